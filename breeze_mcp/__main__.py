@@ -1,0 +1,3 @@
+from breeze_mcp.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""The ASGI application, built by a factory from a Settings value and a runtime database URL.
+
+HTTP edges (MCP endpoint, REST, OAuth, web console) are mounted here; each builds a Principal
+and hands it to the call pipeline. Nothing below this module knows which door was used.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import sqlalchemy as sa
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from breeze_mcp import __version__
+from breeze_mcp.config import Settings
+from breeze_mcp.db import Database
+from breeze_mcp.db.setup import DatabaseSetupError, check_runtime_role, schema_is_current
+
+__all__ = ["create_app", "verify_database"]
+
+log = logging.getLogger(__name__)
+
+
+async def verify_database(db: Database) -> None:
+    """Refuse a role that skips RLS and a schema that is not at this build's revision."""
+    async with db.engine.connect() as conn:
+        await conn.run_sync(check_runtime_role)
+        current, head = await conn.run_sync(schema_is_current)
+    if current != head:
+        raise DatabaseSetupError(
+            f"database schema is at revision {current or 'none'} but this build needs {head}: "
+            "run `breeze-mcp migrate`"
+        )
+
+
+def create_app(settings: Settings, database_url: str) -> Starlette:
+    """Build the application. The database is opened (and checked) in the lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        db = Database(database_url, pool_size=settings.db_pool_size)
+        try:
+            await verify_database(db)
+            app.state.db = db
+            app.state.settings = settings
+            yield
+        finally:
+            await db.dispose()
+
+    async def healthz(request: Request) -> Response:
+        db: Database = request.app.state.db
+        try:
+            async with db.engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except Exception:  # pragma: no cover - reported, not raised
+            log.exception("health check failed")
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    async def index(request: Request) -> Response:
+        return PlainTextResponse(
+            f"Breeze MCP {__version__}\n"
+            f"MCP endpoint: {settings.mcp_url}\n"
+            f"Health: {settings.public_url}/healthz\n"
+        )
+
+    return Starlette(
+        routes=[Route("/", index), Route("/healthz", healthz)],
+        lifespan=lifespan,
+    )

@@ -1,0 +1,1 @@
+"""Identity and credentials: passwords, API keys, OAuth grants and tokens, MFA, sessions."""

@@ -1,0 +1,366 @@
+"""``breeze-mcp``: serve, migrate and administer tenants and users.
+
+Every command uses the same database as the server (the embedded cluster too, while a server
+is running). Bad input prints one line on stderr and exits 1; usage errors exit 2. With
+``--json`` results are printed as one JSON object on stdout (errors as ``{"error": ...}``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import secrets
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from breeze_mcp import __version__
+from breeze_mcp.config import ConfigError, Settings, load_settings
+from breeze_mcp.db import Database
+from breeze_mcp.db.embedded import EmbeddedPostgresError
+from breeze_mcp.db.setup import (
+    DatabaseSetupError,
+    DatabaseTarget,
+    database_target,
+    migrate,
+)
+
+__all__ = ["main"]
+
+T = TypeVar("T")
+
+DEMO_TENANT = "demo"
+DEMO_OWNER = "owner@demo.example"
+
+
+class CliError(Exception):
+    """A one-line error for the user."""
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
+    if args.json:
+        print(json.dumps(payload, default=str))
+    else:
+        print(text)
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        password = line.rstrip("\r\n")
+        if not password:
+            raise CliError("no password on stdin")
+        return password
+    if not sys.stdin.isatty():
+        raise CliError("no terminal to prompt for a password: use --password-stdin")
+    first = getpass.getpass("Password: ")
+    second = getpass.getpass("Repeat password: ")
+    if first != second:
+        raise CliError("passwords do not match")
+    return first
+
+
+def _prepare(target: DatabaseTarget) -> None:
+    """Embedded cluster: keep the schema current (a no-op when it already is)."""
+    if target.embedded is not None:
+        assert target.owner_url is not None
+        migrate(target.owner_url, target.runtime_url)
+
+
+def _with_db(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    with database_target(settings) as target:
+        _prepare(target)
+
+        async def run() -> T:
+            db = Database(target.runtime_url, pool_size=2)
+            try:
+                return await work(db)
+            finally:
+                await db.dispose()
+
+        return asyncio.run(run())
+
+
+# Commands ------------------------------------------------------------------------------------
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
+    with database_target(settings) as target:
+        if target.owner_url is None:
+            raise CliError(
+                "set BREEZE_MIGRATE_DATABASE_URL to a role that owns the schema (it runs the "
+                "migrations and creates/grants the runtime role named in BREEZE_DATABASE_URL)"
+            )
+        if args.downgrade:
+            from breeze_mcp.db.setup import downgrade
+
+            downgrade(target.owner_url, args.downgrade)
+            _emit(args, {"downgraded_to": args.downgrade}, f"downgraded to {args.downgrade}")
+            return
+        lines = migrate(target.owner_url, target.runtime_url)
+    _emit(args, {"done": lines}, "\n".join(lines))
+
+
+def cmd_tenant_create(settings: Settings, args: argparse.Namespace) -> None:
+    from breeze_mcp.accounts import create_tenant
+
+    tenant = _with_db(settings, lambda db: create_tenant(db, args.name, slug=args.slug))
+    _emit(
+        args,
+        {"id": str(tenant.id), "slug": tenant.slug, "name": tenant.name, "status": tenant.status},
+        f"created tenant {tenant.slug} ({tenant.id})",
+    )
+
+
+def cmd_tenant_list(settings: Settings, args: argparse.Namespace) -> None:
+    import sqlalchemy as sa
+
+    from breeze_mcp.db.models import tenants
+
+    async def work(db: Database) -> list[dict[str, str]]:
+        async with db.system_transaction(actor="system:cli") as conn:
+            rows = await conn.execute(
+                sa.select(tenants.c.id, tenants.c.slug, tenants.c.name, tenants.c.status)
+                .order_by(tenants.c.slug)
+            )
+            return [{k: str(v) for k, v in row._mapping.items()} for row in rows]
+
+    rows = _with_db(settings, work)
+    _emit(
+        args,
+        {"tenants": rows},
+        "\n".join(f"{r['slug']:<24} {r['status']:<22} {r['id']}  {r['name']}" for r in rows)
+        or "no tenants",
+    )
+
+
+def cmd_user_create(settings: Settings, args: argparse.Namespace) -> None:
+    from breeze_mcp.accounts import create_user, find_tenant
+
+    password = _read_password(args)
+
+    async def work(db: Database) -> Any:
+        tenant = await find_tenant(db, args.tenant)
+        return await create_user(
+            db, tenant, email=args.email, password=password, role=args.role,
+            display_name=args.name,
+        )
+
+    user = _with_db(settings, work)
+    _emit(
+        args,
+        {"id": str(user.id), "email": user.email, "tenant_id": str(user.tenant_id),
+         "role": user.role},
+        f"created user {user.email} ({user.role}) in tenant {args.tenant}",
+    )
+
+
+def cmd_user_set_password(settings: Settings, args: argparse.Namespace) -> None:
+    from breeze_mcp.accounts import set_password
+
+    password = _read_password(args)
+    user_id = _with_db(settings, lambda db: set_password(db, args.email, password))
+    _emit(args, {"id": str(user_id), "email": args.email}, f"password set for {args.email}")
+
+
+def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> None:
+    from breeze_mcp.accounts import find_tenant
+    from breeze_mcp.demo import seed_demo_data
+
+    async def work(db: Database) -> Any:
+        tenant = await find_tenant(db, args.tenant)
+        return await seed_demo_data(db, tenant.id)
+
+    result = _with_db(settings, work)
+    _emit(
+        args,
+        {"devices_created": result.devices_created, "alerts_created": result.alerts_created},
+        f"added {result.devices_created} devices and {result.alerts_created} alerts",
+    )
+
+
+async def _first_run_demo(db: Database, settings: Settings) -> list[str] | None:
+    """On an empty embedded database, create the demo tenant, its owner and sample data."""
+    import sqlalchemy as sa
+
+    from breeze_mcp.accounts import create_tenant, create_user
+    from breeze_mcp.db.models import tenants
+    from breeze_mcp.demo import seed_demo_data
+
+    async with db.system_transaction(actor="system:serve") as conn:
+        if (await conn.execute(sa.select(sa.func.count()).select_from(tenants))).scalar_one():
+            return None
+    tenant = await create_tenant(db, "Demo MSP", slug=DEMO_TENANT, actor="system:serve")
+    password = secrets.token_urlsafe(15)
+    await create_user(
+        db, tenant, email=DEMO_OWNER, password=password, role="owner",
+        display_name="Demo Owner", actor="system:serve",
+    )
+    result = await seed_demo_data(db, tenant.id)
+    return [
+        "First run: created the demo tenant 'demo' with "
+        f"{result.devices_created} devices and {result.alerts_created} alerts.",
+        f"  Sign in at  {settings.public_url}/login",
+        f"  Email:      {DEMO_OWNER}",
+        f"  Password:   {password}   (shown once; not stored anywhere)",
+        "  Lost it? Set a new one with:",
+        f"    breeze-mcp user set-password --email {DEMO_OWNER}",
+    ]
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from breeze_mcp.app import create_app, verify_database
+
+    host = args.host or settings.host
+    port = args.port if args.port is not None else settings.port
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    with database_target(settings) as target:
+        if target.embedded is not None or args.migrate:
+            if target.owner_url is None:
+                raise CliError("--migrate needs BREEZE_MIGRATE_DATABASE_URL")
+            for line in migrate(target.owner_url, target.runtime_url):
+                logging.getLogger("breeze_mcp").info("%s", line)
+        if target.embedded is not None:
+
+            async def seed() -> list[str] | None:
+                db = Database(target.runtime_url, pool_size=1)
+                try:
+                    return await _first_run_demo(db, settings)
+                finally:
+                    await db.dispose()
+
+            banner = asyncio.run(seed())
+        else:
+            banner = None
+
+        async def verify() -> None:
+            db = Database(target.runtime_url, pool_size=1)
+            try:
+                await verify_database(db)
+            finally:
+                await db.dispose()
+
+        asyncio.run(verify())
+        if target.embedded is not None:
+            if banner:
+                print("\n".join(banner), flush=True)
+            print(
+                f"Embedded PostgreSQL: {target.embedded.data} (socket only)", flush=True
+            )
+        print(f"Breeze MCP {__version__} serving {settings.public_url} "
+              f"(listening on {host}:{port})", flush=True)
+        app = create_app(settings, target.runtime_url)
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level=settings.log_level,
+            proxy_headers=False,  # client IPs come from BREEZE_TRUSTED_PROXIES, not uvicorn
+            server_header=False,
+        )
+
+
+# Parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print results as JSON")
+
+    parser = argparse.ArgumentParser(
+        prog="breeze-mcp",
+        description="Breeze MCP: MCP server with built-in authentication and authorization.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"breeze-mcp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", parents=[common], help="run the HTTP server")
+    serve.add_argument("--host", help="bind address (default BREEZE_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default BREEZE_PORT, 8000)")
+    serve.add_argument(
+        "--migrate", action="store_true",
+        help="run migrations first (always done for the embedded database)",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    mig = sub.add_parser(
+        "migrate",
+        parents=[common],
+        help="upgrade the schema and create/grant the runtime role",
+        description=(
+            "Runs the migrations as the schema owner (BREEZE_MIGRATE_DATABASE_URL; for the "
+            "embedded database, its own owner role), then creates the runtime role named by "
+            "BREEZE_DATABASE_URL if missing (NOSUPERUSER NOBYPASSRLS, needs CREATEROLE) and "
+            "grants it exactly the privileges it needs. The server connects as the runtime "
+            "role and refuses to start as a superuser, a BYPASSRLS role or a table owner."
+        ),
+    )
+    mig.add_argument("--downgrade", metavar="REVISION",
+                     help="reverse migrations down to REVISION ('base' removes everything)")
+    mig.set_defaults(func=cmd_migrate)
+
+    tenant = sub.add_parser("tenant", parents=[common], help="manage tenants")
+    tsub = tenant.add_subparsers(dest="tenant_command", required=True, metavar="ACTION")
+    tc = tsub.add_parser("create", parents=[common], help="create an (active) tenant")
+    tc.add_argument("name")
+    tc.add_argument("--slug", help="short identifier (default: derived from NAME)")
+    tc.set_defaults(func=cmd_tenant_create)
+    tl = tsub.add_parser("list", parents=[common], help="list tenants")
+    tl.set_defaults(func=cmd_tenant_list)
+
+    user = sub.add_parser("user", parents=[common], help="manage users")
+    usub = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    uc = usub.add_parser("create", parents=[common], help="create a user in a tenant")
+    uc.add_argument("--tenant", required=True, help="tenant slug or id")
+    uc.add_argument("--email", required=True)
+    uc.add_argument("--role", required=True, choices=["owner", "admin", "technician", "readonly"])
+    uc.add_argument("--name", help="display name")
+    uc.add_argument("--password-stdin", action="store_true",
+                    help="read the password from the first line of stdin")
+    uc.set_defaults(func=cmd_user_create)
+    up = usub.add_parser("set-password", parents=[common], help="set a user's password")
+    up.add_argument("--email", required=True)
+    up.add_argument("--password-stdin", action="store_true",
+                    help="read the password from the first line of stdin")
+    up.set_defaults(func=cmd_user_set_password)
+
+    demo = sub.add_parser("demo-data", parents=[common], help="add sample devices and alerts")
+    demo.add_argument("--tenant", required=True, help="tenant slug or id")
+    demo.set_defaults(func=cmd_demo_data)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    try:
+        settings = load_settings()
+        args.func(settings, args)
+    except KeyboardInterrupt:
+        return 130
+    except (CliError, ConfigError, DatabaseSetupError, EmbeddedPostgresError) as exc:
+        return _fail(args, str(exc))
+    except ValueError as exc:  # AccountError and friends: bad input, one line
+        return _fail(args, str(exc))
+    return 0
+
+
+def _fail(args: argparse.Namespace, message: str) -> int:
+    message = " ".join(message.split()) if "\n" not in message.strip() else message.strip()
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message}))
+    print(f"breeze-mcp: error: {message}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

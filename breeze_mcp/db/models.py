@@ -1,0 +1,249 @@
+"""Table definitions (SQLAlchemy Core), mirroring the Alembic migrations.
+
+A test compares this metadata with the migrated database, so the two cannot drift apart.
+Every table with a ``tenant_id`` column is row-level-security protected by the migrations;
+``TENANT_TABLES`` is derived from the metadata, and the catalog tests check the database for
+every such table, including ones added later.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB
+
+__all__ = [
+    "ALERT_SEVERITIES",
+    "ALERT_STATUSES",
+    "AUDIT_ACTOR_TYPES",
+    "AUDIT_AUTH_PATHS",
+    "AUDIT_DECISIONS",
+    "AUDIT_OUTCOMES",
+    "DEVICE_STATUSES",
+    "JOB_STATUSES",
+    "ROLES",
+    "TENANT_STATUSES",
+    "alerts",
+    "audit_log",
+    "device_notes",
+    "devices",
+    "isolation_events",
+    "memberships",
+    "metadata",
+    "patch_jobs",
+    "script_runs",
+    "tenants",
+    "users",
+]
+
+metadata = sa.MetaData()
+
+TENANT_STATUSES = ("pending_verification", "pending_payment", "active", "suspended")
+ROLES = ("owner", "admin", "technician", "readonly")
+DEVICE_STATUSES = ("online", "offline", "maintenance")
+ALERT_SEVERITIES = ("info", "warning", "critical")
+ALERT_STATUSES = ("open", "acknowledged", "resolved", "suppressed")
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+AUDIT_ACTOR_TYPES = ("user", "oauth_client", "api_key", "system")
+AUDIT_AUTH_PATHS = ("session", "oauth", "api_key", "cli", "system")
+AUDIT_DECISIONS = ("allowed", "denied")
+AUDIT_OUTCOMES = ("success", "error", "blocked", "rate_limited")
+
+
+def _now() -> sa.TextClause:
+    return sa.text("now()")
+
+
+def _uuid_pk() -> sa.Column[object]:
+    return sa.Column("id", sa.Uuid, primary_key=True, server_default=sa.text("gen_random_uuid()"))
+
+
+def _tenant_fk() -> sa.Column[object]:
+    return sa.Column(
+        "tenant_id",
+        sa.Uuid,
+        sa.ForeignKey("tenants.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    )
+
+
+def _check_in(column: str, values: tuple[str, ...], name: str) -> sa.CheckConstraint:
+    quoted = ", ".join(f"'{v}'" for v in values)
+    return sa.CheckConstraint(f"{column} IN ({quoted})", name=name)
+
+
+tenants = sa.Table(
+    "tenants",
+    metadata,
+    _uuid_pk(),
+    sa.Column("slug", sa.Text, nullable=False, unique=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False, server_default="pending_verification"),
+    sa.Column("email_verified_at", sa.TIMESTAMP(timezone=True)),
+    sa.Column("payment_method_at", sa.TIMESTAMP(timezone=True)),
+    sa.Column("activated_at", sa.TIMESTAMP(timezone=True)),
+    sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
+    _check_in("status", TENANT_STATUSES, "tenants_status_check"),
+    sa.CheckConstraint("slug ~ '^[a-z0-9][a-z0-9-]{0,62}$'", name="tenants_slug_check"),
+)
+
+users = sa.Table(
+    "users",
+    metadata,
+    _uuid_pk(),
+    sa.Column("email", sa.Text, nullable=False),
+    sa.Column("display_name", sa.Text),
+    sa.Column("password_hash", sa.Text),
+    sa.Column("email_verified_at", sa.TIMESTAMP(timezone=True)),
+    sa.Column("disabled_at", sa.TIMESTAMP(timezone=True)),
+    sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
+    sa.Index("users_email_lower_key", sa.text("lower(email)"), unique=True),
+)
+
+memberships = sa.Table(
+    "memberships",
+    metadata,
+    sa.Column("tenant_id", sa.Uuid, sa.ForeignKey("tenants.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("user_id", sa.Uuid, sa.ForeignKey("users.id", ondelete="CASCADE"),
+              primary_key=True, index=True),
+    sa.Column("role", sa.Text, nullable=False),
+    sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
+    _check_in("role", ROLES, "memberships_role_check"),
+)
+
+devices = sa.Table(
+    "devices",
+    metadata,
+    _uuid_pk(),
+    _tenant_fk(),
+    sa.Column("hostname", sa.Text, nullable=False),
+    sa.Column("site", sa.Text, nullable=False, server_default="default"),
+    sa.Column("os_family", sa.Text, nullable=False),
+    sa.Column("os_version", sa.Text, nullable=False),
+    sa.Column("agent_version", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False, server_default="online"),
+    sa.Column("ip_address", INET),
+    sa.Column("tags", ARRAY(sa.Text), nullable=False, server_default="{}"),
+    sa.Column("metrics", JSONB, nullable=False, server_default="{}"),
+    sa.Column("last_seen_at", sa.TIMESTAMP(timezone=True)),
+    sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
+    sa.UniqueConstraint("tenant_id", "id", name="devices_tenant_id_id_key"),
+    sa.UniqueConstraint("tenant_id", "hostname", name="devices_tenant_id_hostname_key"),
+    _check_in("status", DEVICE_STATUSES, "devices_status_check"),
+)
+
+
+def _device_fk(table: str) -> sa.ForeignKeyConstraint:
+    # Composite key: a row can only name a device of its own tenant, even though
+    # foreign-key checks themselves run without row-level security.
+    return sa.ForeignKeyConstraint(
+        ["tenant_id", "device_id"],
+        ["devices.tenant_id", "devices.id"],
+        ondelete="CASCADE",
+        name=f"{table}_device_fkey",
+    )
+
+
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    _uuid_pk(),
+    _tenant_fk(),
+    sa.Column("device_id", sa.Uuid, nullable=False, index=True),
+    sa.Column("severity", sa.Text, nullable=False),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("message", sa.Text, nullable=False, server_default=""),
+    sa.Column("status", sa.Text, nullable=False, server_default="open"),
+    sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
+    sa.Column("updated_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
+    sa.Column("updated_by", sa.Text),
+    sa.Column("suppressed_until", sa.TIMESTAMP(timezone=True)),
+    _device_fk("alerts"),
+    _check_in("severity", ALERT_SEVERITIES, "alerts_severity_check"),
+    _check_in("status", ALERT_STATUSES, "alerts_status_check"),
+)
+
+device_notes = sa.Table(
+    "device_notes",
+    metadata,
+    _uuid_pk(),
+    _tenant_fk(),
+    sa.Column("device_id", sa.Uuid, nullable=False, index=True),
+    sa.Column("author", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
+    _device_fk("device_notes"),
+)
+
+
+def _job_table(name: str, *columns: sa.Column[object]) -> sa.Table:
+    return sa.Table(
+        name,
+        metadata,
+        _uuid_pk(),
+        _tenant_fk(),
+        sa.Column("device_id", sa.Uuid, nullable=False, index=True),
+        *columns,
+        sa.Column("status", sa.Text, nullable=False, server_default="queued"),
+        sa.Column("requested_by", sa.Text, nullable=False),
+        sa.Column("requested_at", sa.TIMESTAMP(timezone=True), nullable=False,
+                  server_default=_now()),
+        sa.Column("finished_at", sa.TIMESTAMP(timezone=True)),
+        _device_fk(name),
+        _check_in("status", JOB_STATUSES, f"{name}_status_check"),
+    )
+
+
+script_runs = _job_table(
+    "script_runs",
+    sa.Column("interpreter", sa.Text, nullable=False),
+    sa.Column("script", sa.Text, nullable=False),
+    sa.Column("timeout_seconds", sa.Integer, nullable=False, server_default="300"),
+)
+
+patch_jobs = _job_table(
+    "patch_jobs",
+    sa.Column("patches", ARRAY(sa.Text), nullable=False),
+    sa.Column("reboot", sa.Text, nullable=False, server_default="if_required"),
+)
+
+isolation_events = _job_table(
+    "isolation_events",
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column("occurred_at", sa.TIMESTAMP(timezone=True), nullable=False,
+              server_default=sa.text("clock_timestamp()")),
+    sa.Column("request_id", sa.Text),
+    # NULL for events before any tenant is known (e.g. a failed login of an unknown email).
+    sa.Column("tenant_id", sa.Uuid, sa.ForeignKey("tenants.id", ondelete="RESTRICT"),
+              index=True),
+    sa.Column("actor_type", sa.Text, nullable=False),
+    sa.Column("actor_id", sa.Text),
+    sa.Column("acting_user_id", sa.Uuid),
+    sa.Column("auth_path", sa.Text, nullable=False),
+    sa.Column("credential_id", sa.Text),
+    sa.Column("client_id", sa.Text),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("parameters", JSONB, nullable=False, server_default="{}"),
+    sa.Column("risk_tier", sa.SmallInteger),
+    sa.Column("scopes", ARRAY(sa.Text), nullable=False, server_default="{}"),
+    sa.Column("decision", sa.Text, nullable=False),
+    sa.Column("deny_reason", sa.Text),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("client_ip", INET),
+    sa.Column("user_agent", sa.Text),
+    sa.Column("duration_ms", sa.Float),
+    _check_in("actor_type", AUDIT_ACTOR_TYPES, "audit_log_actor_type_check"),
+    _check_in("auth_path", AUDIT_AUTH_PATHS, "audit_log_auth_path_check"),
+    _check_in("decision", AUDIT_DECISIONS, "audit_log_decision_check"),
+    _check_in("outcome", AUDIT_OUTCOMES, "audit_log_outcome_check"),
+    sa.CheckConstraint("risk_tier BETWEEN 1 AND 4", name="audit_log_risk_tier_check"),
+)
