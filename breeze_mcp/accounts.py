@@ -57,6 +57,12 @@ class User:
     role: str
 
 
+def _constraint(exc: IntegrityError) -> str | None:
+    diag = getattr(exc.orig, "diag", None)
+    name = getattr(diag, "constraint_name", None)
+    return name if isinstance(name, str) else None
+
+
 def slugify(name: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:63].strip("-")
     if not slug:
@@ -111,7 +117,9 @@ async def create_tenant(
                     parameters={"name": name, "slug": slug, "status": status},
                 ),
             )
-    except IntegrityError:
+    except IntegrityError as exc:
+        if _constraint(exc) != "tenants_slug_key":
+            raise
         raise AccountError(f"a tenant with slug {slug!r} already exists") from None
     return Tenant(id=tenant_id, slug=slug, name=name, status=status)
 
@@ -179,7 +187,9 @@ async def create_user(
                     parameters={"email": email, "role": role, "user_id": str(user_id)},
                 ),
             )
-    except IntegrityError:
+    except IntegrityError as exc:
+        if _constraint(exc) != "users_email_lower_key":
+            raise
         raise AccountError(f"a user with email {email!r} already exists") from None
     return User(id=user_id, email=email, tenant_id=tenant.id, role=role)
 
@@ -191,7 +201,7 @@ async def set_password(db: Database, email: str, password: str) -> uuid.UUID:
     except ValueError as exc:
         raise AccountError(str(exc)) from None
     async with db.system_transaction(actor="system:cli") as conn:
-        user_id = (
+        user_id: uuid.UUID | None = (
             await conn.execute(
                 users.update()
                 .where(sa.func.lower(users.c.email) == email.lower())

@@ -19,6 +19,7 @@ from starlette.routing import Route
 from breeze_mcp import __version__
 from breeze_mcp.config import Settings
 from breeze_mcp.db import Database
+from breeze_mcp.db.catalog import isolation_problems
 from breeze_mcp.db.setup import DatabaseSetupError, check_runtime_role, schema_is_current
 
 __all__ = ["create_app", "verify_database"]
@@ -27,14 +28,20 @@ log = logging.getLogger(__name__)
 
 
 async def verify_database(db: Database) -> None:
-    """Refuse a role that skips RLS and a schema that is not at this build's revision."""
+    """Refuse a role that skips RLS, an old schema, and a broken tenant-isolation invariant."""
     async with db.engine.connect() as conn:
         await conn.run_sync(check_runtime_role)
         current, head = await conn.run_sync(schema_is_current)
-    if current != head:
+        if current != head:
+            raise DatabaseSetupError(
+                f"database schema is at revision {current or 'none'} but this build needs "
+                f"{head}: run `breeze-mcp migrate`"
+            )
+        role = (await conn.execute(sa.text("SELECT current_user"))).scalar_one()
+        problems = await conn.run_sync(lambda sync: isolation_problems(sync, role))
+    if problems:
         raise DatabaseSetupError(
-            f"database schema is at revision {current or 'none'} but this build needs {head}: "
-            "run `breeze-mcp migrate`"
+            "refusing to serve, tenant isolation is broken: " + "; ".join(problems)
         )
 
 

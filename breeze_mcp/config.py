@@ -195,7 +195,9 @@ class Settings(BaseSettings):
     def embedded_database(self) -> bool:
         return self.database_url is None
 
-    def secret(self, name: Literal["session_key", "mfa_encryption_key", "billing_webhook_secret"]) -> str:
+    def secret(
+        self, name: Literal["session_key", "mfa_encryption_key", "billing_webhook_secret"]
+    ) -> str:
         value: SecretStr | None = getattr(self, name)
         if value is None:  # pragma: no cover - load_settings always fills them
             raise ConfigError(f"BREEZE_{name.upper()} is not set")

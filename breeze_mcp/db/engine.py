@@ -36,11 +36,14 @@ def sqlalchemy_url(url: str) -> str:
 class Database:
     """Async engine of the runtime role, plus the transaction helpers every caller uses."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, **engine_kwargs: Any) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, max_overflow: int | None = None,
+        **engine_kwargs: Any,
+    ) -> None:
         self.engine: AsyncEngine = create_async_engine(
             sqlalchemy_url(url),
             pool_size=pool_size,
-            max_overflow=pool_size,
+            max_overflow=pool_size if max_overflow is None else max_overflow,
             pool_pre_ping=True,
             **engine_kwargs,
         )

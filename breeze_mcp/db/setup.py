@@ -265,10 +265,11 @@ def _ensure_runtime_role(conn: sa.Connection, runtime_url: str) -> list[str]:
             f"security; run: ALTER ROLE {_quote_ident(role)} NOSUPERUSER NOBYPASSRLS"
         )
     database = conn.execute(sa.text("SELECT current_database()")).scalar_one()
-    conn.execute(sa.text(f"GRANT CONNECT ON DATABASE {_quote_ident(database)} TO {_quote_ident(role)}"))
-    conn.execute(sa.text(f"GRANT USAGE ON SCHEMA public TO {_quote_ident(role)}"))
+    grantee = _quote_ident(role)
+    conn.execute(sa.text(f"GRANT CONNECT ON DATABASE {_quote_ident(database)} TO {grantee}"))
+    conn.execute(sa.text(f"GRANT USAGE ON SCHEMA public TO {grantee}"))
     for table in metadata.tables:
-        conn.execute(sa.text(f"REVOKE ALL ON TABLE {_quote_ident(table)} FROM {_quote_ident(role)}"))
+        conn.execute(sa.text(f"REVOKE ALL ON TABLE {_quote_ident(table)} FROM {grantee}"))
         privileges = RUNTIME_PRIVILEGES.get(table, ())
         if privileges:
             conn.execute(
@@ -277,6 +278,8 @@ def _ensure_runtime_role(conn: sa.Connection, runtime_url: str) -> list[str]:
                     f"TO {_quote_ident(role)}"
                 )
             )
+    # Identity columns (audit_log.id) draw from sequences the inserting role must use.
+    conn.execute(sa.text(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {_quote_ident(role)}"))
     # The service reads the schema revision at start-up to refuse running against an old schema.
     conn.execute(sa.text(f"REVOKE ALL ON TABLE alembic_version FROM {_quote_ident(role)}"))
     conn.execute(sa.text(f"GRANT SELECT ON TABLE alembic_version TO {_quote_ident(role)}"))

@@ -237,9 +237,8 @@ def upgrade() -> None:
         END
         $$
         """,
-        "CREATE TRIGGER audit_log_no_update_delete BEFORE UPDATE OR DELETE ON audit_log "
-        "FOR EACH ROW EXECUTE FUNCTION breeze_audit_log_append_only()",
-        "CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log "
+        # Statement-level, so the statement fails even when RLS leaves it no row to touch.
+        "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON audit_log "
         "FOR EACH STATEMENT EXECUTE FUNCTION breeze_audit_log_append_only()",
         "ALTER TABLE audit_log ENABLE ROW LEVEL SECURITY",
         "ALTER TABLE audit_log FORCE ROW LEVEL SECURITY",

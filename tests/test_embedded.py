@@ -1,0 +1,226 @@
+"""The zero-configuration path: embedded PostgreSQL in the state directory, as `make run` uses it.
+
+These tests start real server processes and real clusters, exactly as a new user would.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from breeze_mcp.auth.passwords import verify_password
+from breeze_mcp.db.embedded import EmbeddedPostgres
+from breeze_mcp.db.engine import sqlalchemy_url
+from tests.support import REPO, free_port, run_cli, wait_for
+
+
+def embedded_env(state: Path, port: int | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BREEZE_")}
+    env["BREEZE_STATE_DIR"] = str(state)
+    if port:
+        env["BREEZE_PUBLIC_URL"] = f"http://127.0.0.1:{port}"
+    return env
+
+
+class ServeProcess:
+    def __init__(self, state: Path) -> None:
+        self.port = free_port()
+        self.log = state.parent / f"serve-{self.port}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "breeze_mcp", "serve", "--port", str(self.port)],
+            env=embedded_env(state, self.port),
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self) -> None:
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited:\n{self.output()}")
+            try:
+                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, timeout=90, interval=0.2)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout=60)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "state"
+    yield path
+    cluster_dir = path / "postgres"
+    if cluster_dir.exists():  # never leave a cluster running after a failed test
+        cluster = EmbeddedPostgres(cluster_dir)
+        if cluster.running():
+            cluster._stop()
+
+
+def superuser_query(state: Path, sql: str) -> list[tuple[object, ...]]:
+    cluster = EmbeddedPostgres(state / "postgres")
+    engine = sa.create_engine(sqlalchemy_url(cluster.url(database="breeze")))
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(sa.text(sql))]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.req("DB-EMBEDDED", "DB-EMBEDDED-LIFECYCLE", "DB-EMBEDDED-SHARED", "RUN-FIRST-DEMO")
+def test_first_run_restart_and_shared_cli(state: Path) -> None:
+    server = ServeProcess(state)
+    try:
+        server.wait_ready()
+        out = server.output()
+        assert "First run: created the demo tenant 'demo'" in out
+        password = re.search(r"Password:\s+(\S+)", out)
+        assert password, out
+        assert len(password.group(1)) >= 20
+        assert f"{server.url}/login" in out
+
+        # The printed password is the owner's real password, and only its hash is stored.
+        rows = superuser_query(
+            state, "SELECT password_hash FROM users WHERE email = 'owner@demo.example'")
+        assert len(rows) == 1 and verify_password(str(rows[0][0]), password.group(1))
+        assert password.group(1) not in str(rows[0][0])
+        # Sample RMM data exists (seen as the superuser, which bypasses RLS).
+        (devices,), = superuser_query(state, "SELECT count(*) FROM devices")
+        (alerts,), = superuser_query(state, "SELECT count(*) FROM alerts")
+        assert devices == 10 and alerts == 8
+
+        # Socket only, owner-only socket permissions.
+        assert superuser_query(state, "SHOW listen_addresses") == [("",)]
+        assert superuser_query(state, "SHOW unix_socket_permissions") == [("0700",)]
+        socket_dir = EmbeddedPostgres(state / "postgres").socket_dir
+        assert (socket_dir / ".s.PGSQL.5432").exists()
+
+        # The CLI joins the running cluster, and leaving does not stop it.
+        proc = run_cli("tenant", "create", "Second MSP", "--json",
+                       env=embedded_env(state))
+        assert proc.returncode == 0, proc.stderr
+        assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
+        assert EmbeddedPostgres(state / "postgres").running()
+    finally:
+        code = server.stop()
+    assert code == 0, server.output()
+    # The last holder left: the cluster is stopped cleanly, data kept.
+    assert not EmbeddedPostgres(state / "postgres").running()
+    assert not (state / "postgres" / "data" / "postmaster.pid").exists()
+
+    again = ServeProcess(state)
+    try:
+        again.wait_ready()
+        assert "First run" not in again.output()
+        listed = run_cli("tenant", "list", env=embedded_env(state))
+        assert "demo" in listed.stdout and "second-msp" in listed.stdout
+    finally:
+        assert again.stop() == 0
+    assert not EmbeddedPostgres(state / "postgres").running()
+
+    # A CLI command on its own starts the cluster, and stops it when done.
+    alone = run_cli("tenant", "list", "--json", env=embedded_env(state))
+    assert alone.returncode == 0 and "second-msp" in alone.stdout
+    assert not EmbeddedPostgres(state / "postgres").running()
+
+
+@pytest.mark.req("RUN-FIRST-DEMO")
+def test_demo_password_differs_between_installations(tmp_path: Path) -> None:
+    passwords = []
+    for name in ("one", "two"):
+        state = tmp_path / name
+        server = ServeProcess(state)
+        try:
+            server.wait_ready()
+            match = re.search(r"Password:\s+(\S+)", server.output())
+            assert match
+            passwords.append(match.group(1))
+        finally:
+            server.stop()
+    assert passwords[0] != passwords[1]
+
+
+def _interpreter_for(user: str) -> str | None:
+    """A Python of our version that ``user`` may execute (ours may sit under /root)."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in (sys.executable, shutil.which(version), f"/usr/bin/{version}",
+                      f"/usr/local/bin/{version}"):
+        if not candidate:
+            continue
+        try:
+            probe = subprocess.run(
+                [candidate, "-c", "import sys; print(sys.version_info[:2])"],
+                user=user, capture_output=True, text=True, check=False, cwd="/",
+            )
+        except PermissionError:
+            continue
+        if probe.returncode == 0 and probe.stdout.strip() == str(tuple(sys.version_info[:2])):
+            return candidate
+    return None
+
+
+@pytest.mark.req("DB-EMBEDDED-USERS")
+def test_cluster_runs_as_unprivileged_user(state: Path, tmp_path: Path) -> None:
+    """As root, the cluster runs as 'breeze-pg'; run by an ordinary user, as that user."""
+    server = ServeProcess(state)
+    try:
+        server.wait_ready()
+        data = state / "postgres" / "data"
+        owner = pwd.getpwuid(data.stat().st_uid).pw_name
+        pid = int((data / "postmaster.pid").read_text().splitlines()[0])
+        proc_uid = os.stat(f"/proc/{pid}").st_uid
+        if os.geteuid() == 0:
+            assert owner in ("breeze-pg", "nobody")
+            assert proc_uid == data.stat().st_uid != 0
+        else:
+            assert data.stat().st_uid == os.geteuid() == proc_uid
+    finally:
+        server.stop()
+
+    if os.geteuid() != 0:
+        pytest.skip("the root path (cluster run as a system user) can only be exercised as root")
+    # And the whole CLI run by an ordinary user (nobody), with its own state directory.
+    interpreter = _interpreter_for("nobody")
+    if interpreter is None:
+        pytest.skip("no Python interpreter of this version is executable by 'nobody'")
+    nobody = pwd.getpwnam("nobody")
+    home = Path(tempfile.mkdtemp(prefix="breeze-nobody-"))
+    try:
+        os.chown(home, nobody.pw_uid, nobody.pw_gid)
+        site = next(p for p in sys.path if p.endswith("site-packages"))
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(home),
+               "BREEZE_STATE_DIR": str(home / "state")}
+        # addsitedir processes the .pth files of the (possibly editable) installation.
+        launcher = (f"import site, sys; site.addsitedir({site!r}); "
+                    "from breeze_mcp.cli import main; sys.exit(main(sys.argv[1:]))")
+        proc = subprocess.run(
+            [interpreter, "-c", launcher, "tenant", "create", "Nobody MSP", "--json"],
+            user="nobody", env=env, capture_output=True, text=True, cwd=str(home),
+            timeout=180, check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        data = home / "state" / "postgres" / "data"
+        assert data.stat().st_uid == nobody.pw_uid
+        assert not EmbeddedPostgres(home / "state" / "postgres").running()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)

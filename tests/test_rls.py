@@ -1,0 +1,155 @@
+"""Row-level security, proven with raw SQL against the real database as the runtime role."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
+
+from breeze_mcp.accounts import Tenant
+from breeze_mcp.db import Database
+
+pytestmark = pytest.mark.anyio
+
+TENANT_TABLES = ["devices", "alerts", "device_notes", "memberships", "audit_log"]
+
+
+@pytest.mark.req("SEED-RLS", "RLS-POLICIES")
+async def test_select_without_where_returns_only_own_rows(
+    db: Database, tenant_a: Tenant, tenant_b: Tenant
+) -> None:
+    async with db.tenant_transaction(tenant_a.id, actor="test") as conn:
+        rows = (await conn.execute(sa.text("SELECT * FROM devices"))).mappings().all()
+        alerts = (await conn.execute(sa.text("SELECT tenant_id FROM alerts"))).all()
+    assert len(rows) == 10
+    assert {r["tenant_id"] for r in rows} == {tenant_a.id}
+    assert alerts and {r.tenant_id for r in alerts} == {tenant_a.id}
+    async with db.tenant_transaction(tenant_b.id, actor="test") as conn:
+        ids_b = {r.id for r in await conn.execute(sa.text("SELECT id FROM devices"))}
+    assert ids_b and ids_b.isdisjoint({r["id"] for r in rows})
+
+
+@pytest.mark.req("RLS-NO-TENANT-EMPTY", "SEED-RLS")
+@pytest.mark.parametrize("table", TENANT_TABLES)
+async def test_no_tenant_set_reads_nothing(
+    db: Database, tenant_a: Tenant, table: str
+) -> None:
+    async with db.engine.begin() as conn:
+        assert (await conn.execute(sa.text(f"SELECT count(*) FROM {table}"))).scalar_one() == 0
+    async with db.system_transaction(actor="test") as conn:
+        assert (await conn.execute(sa.text(f"SELECT count(*) FROM {table}"))).scalar_one() == 0
+
+
+@pytest.mark.req("RLS-CROSS-WRITE")
+async def test_insert_for_other_tenant_is_refused(
+    db: Database, tenant_a: Tenant, tenant_b: Tenant
+) -> None:
+    with pytest.raises(DBAPIError, match="row-level security"):
+        async with db.tenant_transaction(tenant_a.id, actor="test") as conn:
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO devices (tenant_id, hostname, os_family, os_version, "
+                    "agent_version) VALUES (:t, 'evil', 'linux', 'x', '1')"
+                ),
+                {"t": tenant_b.id},
+            )
+    async with db.tenant_transaction(tenant_b.id, actor="test") as conn:
+        n = (await conn.execute(
+            sa.text("SELECT count(*) FROM devices WHERE hostname = 'evil'"))).scalar_one()
+    assert n == 0
+
+
+@pytest.mark.req("RLS-CROSS-WRITE")
+async def test_update_and_delete_cannot_reach_other_tenant(
+    db: Database, tenant_a: Tenant, tenant_b: Tenant
+) -> None:
+    async with db.tenant_transaction(tenant_a.id, actor="test") as conn:
+        updated = await conn.execute(
+            sa.text("UPDATE devices SET site = 'pwned' WHERE tenant_id = :t"), {"t": tenant_b.id}
+        )
+        deleted = await conn.execute(
+            sa.text("DELETE FROM alerts WHERE tenant_id = :t"), {"t": tenant_b.id}
+        )
+        assert updated.rowcount == 0 and deleted.rowcount == 0
+    # Moving one's own row into another tenant is refused by the WITH CHECK clause.
+    with pytest.raises(DBAPIError, match="row-level security"):
+        async with db.tenant_transaction(tenant_a.id, actor="test") as conn:
+            await conn.execute(
+                sa.text("UPDATE device_notes SET tenant_id = :b"), {"b": tenant_b.id}
+            )
+
+
+@pytest.mark.req("RLS-FK-TENANT")
+async def test_child_row_cannot_point_at_other_tenants_device(
+    db: Database, tenant_a: Tenant, tenant_b: Tenant
+) -> None:
+    async with db.tenant_transaction(tenant_b.id, actor="test") as conn:
+        b_device = (await conn.execute(sa.text("SELECT id FROM devices LIMIT 1"))).scalar_one()
+    with pytest.raises(DBAPIError, match="device_notes_device_fkey"):
+        async with db.tenant_transaction(tenant_a.id, actor="test") as conn:
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO device_notes (tenant_id, device_id, author, body) "
+                    "VALUES (:a, :d, 'x', 'y')"
+                ),
+                {"a": tenant_a.id, "d": b_device},
+            )
+
+
+@pytest.mark.req("RLS-TX-LOCAL")
+async def test_pooled_connection_reused_after_tenant_transaction_sees_nothing(
+    test_db, tenant_a: Tenant
+) -> None:
+    single = Database(test_db.runtime_url, pool_size=1, max_overflow=0)
+    try:
+        async with single.tenant_transaction(tenant_a.id, actor="test") as conn:
+            pid_a = (await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()
+            assert (await conn.execute(sa.text("SELECT count(*) FROM devices"))).scalar_one() > 0
+        async with single.engine.begin() as conn:
+            pid = (await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()
+            setting = (await conn.execute(
+                sa.text("SELECT current_setting('breeze.tenant_id', true)"))).scalar_one()
+            count = (await conn.execute(sa.text("SELECT count(*) FROM devices"))).scalar_one()
+        assert pid == pid_a, "the test must reuse the same pooled connection"
+        assert setting in ("", None)
+        assert count == 0
+    finally:
+        await single.dispose()
+
+
+@pytest.mark.req("RLS-TX-LOCAL")
+async def test_tenant_and_actor_are_set_in_one_statement(db: Database) -> None:
+    tenant_id = uuid.uuid4()
+    user_id = uuid.uuid4()
+    async with db.tenant_transaction(tenant_id, actor="api_key:k1", user_id=user_id) as conn:
+        row = (await conn.execute(sa.text(
+            "SELECT current_setting('breeze.tenant_id'), current_setting('breeze.actor'), "
+            "current_setting('breeze.user_id')"))).one()
+    assert tuple(row) == (str(tenant_id), "api_key:k1", str(user_id))
+
+
+@pytest.mark.req("RLS-NO-TENANT-EMPTY")
+async def test_tenant_transaction_refuses_missing_tenant(db: Database) -> None:
+    with pytest.raises(TypeError, match="fail closed"):
+        async with db.tenant_transaction(None, actor="test"):  # type: ignore[arg-type]
+            pass
+    with pytest.raises(TypeError):
+        async with db.tenant_transaction("not-a-uuid", actor="test"):  # type: ignore[arg-type]
+            pass
+
+
+@pytest.mark.req("RLS-POLICIES")
+async def test_user_sees_own_memberships_without_tenant(
+    db: Database, tenant_a: Tenant
+) -> None:
+    from breeze_mcp.accounts import create_user
+
+    user = await create_user(db, tenant_a, email=f"m{uuid.uuid4().hex[:6]}@a.test",
+                             password="correct-horse-battery", role="technician")
+    async with db.system_transaction(actor="test", user_id=user.id) as conn:
+        rows = (await conn.execute(sa.text("SELECT tenant_id, role FROM memberships"))).all()
+    assert [(r.tenant_id, r.role) for r in rows] == [(tenant_a.id, "technician")]
+    async with db.system_transaction(actor="test", user_id=uuid.uuid4()) as conn:
+        assert (await conn.execute(sa.text("SELECT count(*) FROM memberships"))).scalar_one() == 0

@@ -1,0 +1,68 @@
+"""Pure functions: password policy and hashing, audit redaction."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from breeze_mcp.audit import MAX_PARAMETERS_BYTES, REDACTED, _capped, redact
+from breeze_mcp.auth.passwords import (
+    WeakPasswordError,
+    check_strength,
+    hash_password,
+    verify_password,
+)
+
+
+@pytest.mark.req("PWD-ARGON2")
+def test_argon2id_hash_and_verify() -> None:
+    h = hash_password("correct horse battery staple")
+    assert h.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+    assert verify_password(h, "correct horse battery staple")
+    assert not verify_password(h, "correct horse battery stapl")
+    assert not verify_password(None, "anything at all")
+    assert not verify_password("not-a-hash", "anything at all")
+
+
+@pytest.mark.req("PWD-ARGON2", "CLI-BAD-INPUT")
+@pytest.mark.parametrize(
+    ("password", "message"),
+    [
+        ("short", "at least 12"),
+        ("x" * 300, "at most 256"),
+        ("aaaaaaaaaaaaaaaa", "too easy"),
+        ("password1234", "too easy"),
+        ("alice-is-great-2026", "email"),
+    ],
+)
+def test_weak_passwords_refused(password: str, message: str) -> None:
+    with pytest.raises(WeakPasswordError, match=message):
+        check_strength(password, email="alice@example.com")
+
+
+@pytest.mark.req("AUDIT-REDACT")
+def test_redaction_by_key_and_value() -> None:
+    out = redact({
+        "password": "hunter2", "api_key": "x", "Authorization": "Bearer abc",
+        "nested": {"client_secret": "s", "note": "token bzk_abcdefghijklmnop inside"},
+        "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTYifQ.sig",
+        "hostname": "HQ-DC01", "count": 3, "hotpatch": "KB1", "otp_code": "123456",
+        "list": ["fine", "Bearer zzz"],
+    })
+    assert out["password"] == REDACTED and out["api_key"] == REDACTED
+    assert out["Authorization"] == REDACTED and out["otp_code"] == REDACTED
+    assert out["nested"] == {"client_secret": REDACTED, "note": REDACTED}
+    assert out["jwt"] == REDACTED
+    assert out["hostname"] == "HQ-DC01" and out["count"] == 3 and out["hotpatch"] == "KB1"
+    assert out["list"] == ["fine", REDACTED]
+
+
+@pytest.mark.req("AUDIT-REDACT")
+def test_parameters_are_size_capped() -> None:
+    big = {f"k{i}": "v" * 1000 for i in range(50)}
+    capped = _capped(big)
+    assert capped["_truncated"] is True
+    assert len(json.dumps(capped).encode()) < MAX_PARAMETERS_BYTES
+    long_string = redact({"script": "x" * 5000})["script"]
+    assert len(long_string) < 1100 and long_string.endswith("[truncated]")
