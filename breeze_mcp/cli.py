@@ -13,6 +13,7 @@ import getpass
 import json
 import logging
 import secrets
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -211,6 +212,10 @@ async def _first_run_demo(db: Database, settings: Settings) -> list[str] | None:
     ]
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -219,8 +224,16 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        force=True,
     )
+    if "public_url" not in settings.model_fields_set and port != 8000:
+        # No public URL configured: the default follows the port actually served.
+        settings = settings.model_copy(update={"public_url": f"http://127.0.0.1:{port}"})
+    # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so the
+    # embedded cluster is still released (and stopped) on the way out.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with database_target(settings) as target:
         if target.embedded is not None or args.migrate:
             if target.owner_url is None:
@@ -271,14 +284,18 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # --json is accepted before or after the command; SUPPRESS keeps a subcommand's default
+    # from overwriting a --json given before it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print results as JSON")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print results as JSON")
 
     parser = argparse.ArgumentParser(
         prog="breeze-mcp",
         description="Breeze MCP: MCP server with built-in authentication and authorization.",
-        parents=[common],
     )
+    parser.add_argument("--json", action="store_true", default=False,
+                        help="print results as JSON")
     parser.add_argument("--version", action="version", version=f"breeze-mcp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

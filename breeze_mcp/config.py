@@ -71,8 +71,8 @@ class Settings(BaseSettings):
     )
     migrate_database_url: SecretStr | None = Field(
         None,
-        description="Connection that owns the schema; used only by `breeze-mcp migrate`. "
-        "Defaults to BREEZE_DATABASE_URL.",
+        description="Connection of the role that owns the schema; used only by "
+        "`breeze-mcp migrate` / `serve --migrate`, which need it with an external database.",
     )
     db_pool_size: int = Field(10, ge=1, le=200, description="Connections per process.")
     redis_url: SecretStr | None = Field(
@@ -128,6 +128,22 @@ class Settings(BaseSettings):
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError("must be an origin (scheme, host, port) without a path")
         return f"{parts.scheme}://{parts.netloc.lower()}"
+
+    @field_validator(
+        "database_url", "migrate_database_url", "redis_url", "session_key",
+        "mfa_encryption_key", "billing_webhook_secret", "smtp_host", "smtp_password",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("session_key")
+    @classmethod
+    def _check_session_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters of random data")
+        return value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

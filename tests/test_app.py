@@ -36,7 +36,7 @@ def test_healthz_over_http(settings: Settings, test_db: ProvisionedDatabase) -> 
 async def test_refuses_table_owner(test_db: ProvisionedDatabase) -> None:
     db = Database(test_db.owner_url, pool_size=1)
     try:
-        with pytest.raises(DatabaseSetupError, match="the owner of .* table"):
+        with pytest.raises(DatabaseSetupError, match=r"the owner of .* table"):
             await verify_database(db)
     finally:
         await db.dispose()

@@ -72,7 +72,8 @@ def isolation_problems(conn: sa.Connection, runtime_role: str, schema: str = "pu
             {"t": f"{schema}.{table}"},
         ):
             text = f"{row.q or ''} {row.c or ''}"
-            if "breeze_current_tenant()" not in text and "false" not in text.lower():
+            deny_all = (row.q or "").strip() == "false" and row.c is None
+            if "breeze_current_tenant()" not in text and not deny_all:
                 problems.append(f"{table}: policy {row.polname} does not use the tenant setting")
 
     role = conn.execute(

@@ -254,6 +254,14 @@ class EmbeddedPostgres:
     def _start(self) -> None:
         self.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._own(self.socket_dir)
+        info = self.socket_dir.lstat()
+        expected = self.run_as.pw_uid if self.run_as else os.geteuid()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != expected:
+            raise EmbeddedPostgresError(
+                f"socket directory {self.socket_dir} is not a directory owned by uid "
+                f"{expected}; remove it (or use a shorter BREEZE_STATE_DIR)"
+            )
+        self.socket_dir.chmod(0o700)
         logfile = self.root / "postgres.log"
         if not logfile.exists():
             logfile.touch(mode=0o600)

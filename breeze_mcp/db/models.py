@@ -2,8 +2,8 @@
 
 A test compares this metadata with the migrated database, so the two cannot drift apart.
 Every table with a ``tenant_id`` column is row-level-security protected by the migrations;
-``TENANT_TABLES`` is derived from the metadata, and the catalog tests check the database for
-every such table, including ones added later.
+:mod:`breeze_mcp.db.catalog` checks the database for every such table, including ones added
+later.
 """
 
 from __future__ import annotations

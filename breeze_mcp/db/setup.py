@@ -300,6 +300,7 @@ def check_runtime_role(conn: sa.Connection) -> None:
         sa.text(
             "SELECT r.rolname, r.rolsuper, r.rolbypassrls, "
             " (SELECT count(*) FROM pg_class c WHERE c.relowner = r.oid "
+            "  AND c.relkind IN ('r', 'p', 'v', 'm') "
             "  AND c.relnamespace = 'public'::regnamespace) AS owned "
             "FROM pg_roles r WHERE r.rolname = current_user"
         )
@@ -308,7 +309,7 @@ def check_runtime_role(conn: sa.Connection) -> None:
         raise DatabaseSetupError(
             f"refusing to serve as database role {row.rolname!r}: it is "
             + ("a superuser" if row.rolsuper else "BYPASSRLS" if row.rolbypassrls else
-               f"the owner of {row.owned} table(s)")
+               f"the owner of {row.owned} table(s) or view(s)")
             + ", so row-level security would not apply. Use the runtime role that "
             "`breeze-mcp migrate` creates."
         )
