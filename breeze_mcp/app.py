@@ -16,11 +16,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from breeze_mcp import __version__
+from breeze_mcp import __version__, rest
 from breeze_mcp.config import Settings
 from breeze_mcp.db import Database
 from breeze_mcp.db.catalog import isolation_problems
 from breeze_mcp.db.setup import DatabaseSetupError, check_runtime_role, schema_is_current
+from breeze_mcp.mcp_endpoint import handle_mcp
+from breeze_mcp.services import build_services
 
 __all__ = ["create_app", "verify_database"]
 
@@ -55,6 +57,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             await verify_database(db)
             app.state.db = db
             app.state.settings = settings
+            app.state.services = build_services(settings, db)
             yield
         finally:
             await db.dispose()
@@ -77,6 +80,13 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         )
 
     return Starlette(
-        routes=[Route("/", index), Route("/healthz", healthz)],
+        routes=[
+            Route("/", index),
+            Route("/healthz", healthz),
+            Route("/mcp", handle_mcp, methods=["GET", "POST", "DELETE"]),
+            Route("/api/v1/tools", rest.list_endpoint, methods=["GET"]),
+            Route("/api/v1/tools/{name}", rest.call_endpoint, methods=["POST"]),
+            Route("/api/v1/openapi.json", rest.openapi_endpoint, methods=["GET"]),
+        ],
         lifespan=lifespan,
     )

@@ -183,6 +183,70 @@ def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> None:
     )
 
 
+def cmd_api_key_create(settings: Settings, args: argparse.Namespace) -> None:
+    from breeze_mcp.accounts import find_tenant
+    from breeze_mcp.auth.api_keys import create_api_key
+
+    async def work(db: Database) -> Any:
+        tenant = await find_tenant(db, args.tenant)
+        return await create_api_key(
+            db, tenant, name=args.name, scopes=args.scopes, creator_email=args.created_by,
+            expires_in_days=args.expires_in, rate_limit=args.rate_limit,
+        )
+
+    info, plaintext = _with_db(settings, work)
+    _emit(
+        args,
+        {**info.as_json(), "key": plaintext},
+        "\n".join([
+            f"created API key {info.id} ({info.name}) with scopes {', '.join(info.scopes)}",
+            f"  {plaintext}",
+            "Store it now: it is shown only this once (only its SHA-256 digest is kept).",
+        ]),
+    )
+
+
+def cmd_api_key_list(settings: Settings, args: argparse.Namespace) -> None:
+    from breeze_mcp.accounts import find_tenant
+    from breeze_mcp.auth.api_keys import list_api_keys
+
+    async def work(db: Database) -> Any:
+        return await list_api_keys(db, await find_tenant(db, args.tenant))
+
+    keys = _with_db(settings, work)
+
+    def state(k: Any) -> str:
+        return "revoked" if k.revoked_at else "active"
+
+    _emit(
+        args,
+        {"api_keys": [k.as_json() for k in keys]},
+        "\n".join(
+            f"{k.id}  {state(k):<8} {k.prefix:<14} {','.join(k.scopes):<30} {k.name}"
+            for k in keys
+        ) or "no API keys",
+    )
+
+
+def cmd_api_key_revoke(settings: Settings, args: argparse.Namespace) -> None:
+    import uuid
+
+    from breeze_mcp.accounts import find_tenant
+    from breeze_mcp.auth.api_keys import revoke_api_key
+
+    try:
+        key_id = uuid.UUID(args.id)
+    except ValueError:
+        raise CliError(f"not an API key id: {args.id!r}") from None
+
+    async def work(db: Database) -> Any:
+        tenant = await find_tenant(db, args.tenant) if args.tenant else None
+        return await revoke_api_key(db, key_id, tenant=tenant)
+
+    info = _with_db(settings, work)
+    _emit(args, info.as_json(), f"revoked API key {info.id} ({info.name})")
+
+
 async def _first_run_demo(db: Database, settings: Settings) -> list[str] | None:
     """On an empty embedded database, create the demo tenant, its owner and sample data."""
     import sqlalchemy as sa
@@ -348,6 +412,31 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--password-stdin", action="store_true",
                     help="read the password from the first line of stdin")
     up.set_defaults(func=cmd_user_set_password)
+
+    key = sub.add_parser("api-key", parents=[common], help="manage API keys")
+    ksub = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    kc = ksub.add_parser(
+        "create", parents=[common], help="create a scoped API key (shown once)",
+        description="Scopes are exactly ai:read (Tier 1), ai:write (Tiers 1-2) and ai:execute "
+        "(Tiers 1-3); Tier 4 is never reachable. The key never exceeds its creator's role, "
+        "re-checked on every request.",
+    )
+    kc.add_argument("--tenant", required=True, help="tenant slug or id")
+    kc.add_argument("--name", required=True)
+    kc.add_argument("--scopes", required=True, help="comma-separated, e.g. ai:read,ai:write")
+    kc.add_argument("--expires-in", type=int, metavar="DAYS", help="expire after DAYS days")
+    kc.add_argument("--created-by", metavar="EMAIL",
+                    help="owner/admin creating the key (default: the tenant's first owner)")
+    kc.add_argument("--rate-limit", metavar="LIMIT",
+                    help="e.g. 60/minute (default BREEZE_API_KEY_RATE_LIMIT)")
+    kc.set_defaults(func=cmd_api_key_create)
+    kl = ksub.add_parser("list", parents=[common], help="list a tenant's API keys")
+    kl.add_argument("--tenant", required=True, help="tenant slug or id")
+    kl.set_defaults(func=cmd_api_key_list)
+    kr = ksub.add_parser("revoke", parents=[common], help="revoke an API key at once")
+    kr.add_argument("id", help="the key's id (from `api-key list`)")
+    kr.add_argument("--tenant", help="tenant slug or id (default: search every tenant)")
+    kr.set_defaults(func=cmd_api_key_revoke)
 
     demo = sub.add_parser("demo-data", parents=[common], help="add sample devices and alerts")
     demo.add_argument("--tenant", required=True, help="tenant slug or id")

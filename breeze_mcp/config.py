@@ -83,6 +83,21 @@ class Settings(BaseSettings):
         description="Comma-separated CIDRs of reverse proxies whose X-Forwarded-For we trust. "
         "Default: none.",
     )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated extra browser origins allowed to call /mcp (the public "
+        "URL's origin is always allowed).",
+    )
+    api_key_rate_limit: str = Field(
+        "120/minute", description="Default per-API-key limit (`limits` notation)."
+    )
+    grant_rate_limit: str = Field(
+        "300/minute", description="Per-OAuth-grant limit (`limits` notation)."
+    )
+    max_request_bytes: int = Field(
+        1024 * 1024, ge=1024, le=64 * 1024 * 1024,
+        description="Largest request body accepted by /mcp and the REST API.",
+    )
     session_key: SecretStr | None = Field(
         None, description="Signs web sessions and CSRF tokens (32+ bytes, any text)."
     )
@@ -143,6 +158,24 @@ class Settings(BaseSettings):
     def _check_session_key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 32:
             raise ValueError("must be at least 32 characters of random data")
+        return value
+
+    @field_validator("api_key_rate_limit", "grant_rate_limit")
+    @classmethod
+    def _check_limit(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a rate limit such as '120/minute'") from exc
+        return value
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip().rstrip("/") for item in value.split(",") if item.strip()]
         return value
 
     @field_validator("trusted_proxies", mode="before")

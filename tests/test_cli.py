@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from breeze_mcp.accounts import Tenant, create_user
 from breeze_mcp.db import Database
+from breeze_mcp.db.engine import sqlalchemy_url
 from tests.support import ProvisionedDatabase, run_cli
 
 PASSWORD = "a-Strong-passphrase-42\n"
@@ -32,9 +33,7 @@ def one_error_line(proc, needle: str) -> None:
 
 def counts(test_db: ProvisionedDatabase, email: str) -> tuple[int, int]:
     """(users with this email, audit rows with no tenant) as seen by the owner."""
-    engine = sa.create_engine(test_db.owner_url.replace("postgresql://", "postgresql+psycopg://", 1)
-                              if test_db.owner_url.startswith("postgresql://")
-                              else test_db.owner_url)
+    engine = sa.create_engine(sqlalchemy_url(test_db.owner_url))
     with engine.connect() as conn:
         users = conn.execute(sa.text("SELECT count(*) FROM users WHERE lower(email) = lower(:e)"),
                              {"e": email}).scalar_one()
@@ -164,3 +163,76 @@ def test_set_password(env: dict[str, str]) -> None:
     one_error_line(run_cli("user", "set-password", "--email", "ghost@example.com",
                            "--password-stdin", env=env, stdin="another-Strong-pass-7\n"),
                    "no user")
+
+
+@pytest.mark.req("KEYS-SCOPES", "KEYS-LIFECYCLE", "CLI-COMMANDS")
+def test_api_key_cli(env: dict[str, str]) -> None:
+    slug = f"keys-{uuid.uuid4().hex[:6]}"
+    assert run_cli("tenant", "create", "Keys", "--slug", slug, env=env).returncode == 0
+    owner = f"owner-{slug}@example.com"
+    viewer = f"viewer-{slug}@example.com"
+    for email, role in ((owner, "owner"), (viewer, "readonly")):
+        assert run_cli("user", "create", "--tenant", slug, "--email", email, "--role", role,
+                       "--password-stdin", env=env, stdin=PASSWORD).returncode == 0
+
+    for bad, message in (("*", "unknown scope '*'"), ("ai:admin", "unknown scope"),
+                         ("ai:read,openid", "unknown scope 'openid'"), ("", "at least one")):
+        one_error_line(run_cli("api-key", "create", "--tenant", slug, "--name", "x",
+                               "--scopes", bad, env=env), message)
+    one_error_line(run_cli("api-key", "create", "--tenant", slug, "--name", "x", "--scopes",
+                           "ai:read", "--created-by", viewer, env=env),
+                   "only owners and admins")
+    one_error_line(run_cli("api-key", "create", "--tenant", slug, "--name", "x", "--scopes",
+                           "ai:read", "--expires-in", "0", env=env), "--expires-in")
+    one_error_line(run_cli("api-key", "create", "--tenant", slug, "--name", "x", "--scopes",
+                           "ai:read", "--rate-limit", "lots", env=env), "invalid rate limit")
+    assert json.loads(run_cli("api-key", "list", "--tenant", slug, "--json",
+                              env=env).stdout) == {"api_keys": []}
+
+    proc = run_cli("api-key", "create", "--tenant", slug, "--name", "ci", "--scopes",
+                   "ai:write,ai:read,ai:read", "--expires-in", "30", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    created = json.loads(proc.stdout)
+    key = created["key"]
+    assert key.startswith("bzk_") and len(key) > 70
+    assert created["scopes"] == ["ai:read", "ai:write"]
+    assert created["expires_at"] is not None and created["revoked_at"] is None
+    assert created["prefix"].startswith("bzk_") and key not in json.dumps(created["prefix"])
+
+    listed = json.loads(run_cli("api-key", "list", "--tenant", slug, "--json",
+                                env=env).stdout)["api_keys"]
+    assert [k["id"] for k in listed] == [created["id"]]
+    assert "key" not in listed[0] and key not in json.dumps(listed)
+
+    revoked = run_cli("api-key", "revoke", created["id"], "--json", env=env)
+    assert revoked.returncode == 0, revoked.stderr
+    assert json.loads(revoked.stdout)["revoked_at"] is not None
+    one_error_line(run_cli("api-key", "revoke", str(uuid.uuid4()), env=env), "no API key")
+    one_error_line(run_cli("api-key", "revoke", "nope", env=env), "not an API key id")
+
+
+@pytest.mark.req("KEYS-LIFECYCLE")
+def test_api_key_is_stored_only_as_digest(
+    env: dict[str, str], test_db: ProvisionedDatabase
+) -> None:
+    import hashlib
+
+    slug = f"dig-{uuid.uuid4().hex[:6]}"
+    assert run_cli("tenant", "create", "Digest", "--slug", slug, env=env).returncode == 0
+    assert run_cli("user", "create", "--tenant", slug, "--email", f"o-{slug}@example.com",
+                   "--role", "owner", "--password-stdin", env=env, stdin=PASSWORD).returncode == 0
+    created = json.loads(run_cli("api-key", "create", "--tenant", slug, "--name", "d",
+                                 "--scopes", "ai:read", "--json", env=env).stdout)
+    engine = sa.create_engine(sqlalchemy_url(test_db.owner_url))
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT set_config('breeze.tenant_id', :t, true)"),
+                     {"t": created["tenant_id"]})
+        row = conn.execute(sa.text("SELECT * FROM api_keys WHERE id = :i"),
+                           {"i": created["id"]}).one()
+        audit_rows = conn.execute(sa.text(
+            "SELECT parameters::text FROM audit_log WHERE credential_id = :i"),
+            {"i": created["id"]}).all()
+    engine.dispose()
+    assert bytes(row.digest) == hashlib.sha256(created["key"].encode()).digest()
+    assert created["key"] not in " ".join(str(v) for v in row)
+    assert audit_rows and all(created["key"] not in r[0] for r in audit_rows)

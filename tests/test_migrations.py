@@ -12,7 +12,7 @@ from alembic.migration import MigrationContext
 
 from breeze_mcp.db.engine import sqlalchemy_url
 from breeze_mcp.db.models import metadata
-from breeze_mcp.db.setup import downgrade, migrate
+from breeze_mcp.db.setup import downgrade, head_revision, migrate
 from tests.support import ProvisionedDatabase, create_test_database, drop_test_database
 
 
@@ -53,9 +53,27 @@ def test_downgrade_to_base_and_upgrade_again(scratch: ProvisionedDatabase) -> No
     assert set(metadata.tables) <= public_tables(scratch.owner_url)
     downgrade(scratch.owner_url, "base")
     assert public_tables(scratch.owner_url) <= {"alembic_version"}
+    head = head_revision()
     lines = migrate(scratch.owner_url, scratch.runtime_url)
-    assert lines[0].startswith("schema at revision 0001")
+    assert lines[0] == f"schema at revision {head} (was empty)"
     assert set(metadata.tables) <= public_tables(scratch.owner_url)
     # Running it again is a no-op.
     assert migrate(scratch.owner_url, scratch.runtime_url)[0] == \
-        "schema at revision 0001 (was 0001)"
+        f"schema at revision {head} (was {head})"
+
+
+@pytest.mark.req("DB-MIGRATIONS")
+def test_each_migration_steps_down_and_up(scratch: ProvisionedDatabase) -> None:
+    """Every revision is reversible on its own, not only all of them at once."""
+    from alembic.script import ScriptDirectory
+
+    from breeze_mcp.db.setup import _alembic_config
+
+    scripts = ScriptDirectory.from_config(_alembic_config())
+    for script in scripts.walk_revisions():  # newest first
+        down = script.down_revision
+        assert down is None or isinstance(down, str)
+        downgrade(scratch.owner_url, down or "base")
+    assert public_tables(scratch.owner_url) <= {"alembic_version"}
+    migrate(scratch.owner_url, scratch.runtime_url)
+    assert set(metadata.tables) <= public_tables(scratch.owner_url)

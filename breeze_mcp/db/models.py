@@ -9,7 +9,7 @@ later.
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, INET, JSONB
 
 __all__ = [
     "ALERT_SEVERITIES",
@@ -23,6 +23,7 @@ __all__ = [
     "ROLES",
     "TENANT_STATUSES",
     "alerts",
+    "api_keys",
     "audit_log",
     "device_notes",
     "devices",
@@ -246,4 +247,29 @@ audit_log = sa.Table(
     _check_in("decision", AUDIT_DECISIONS, "audit_log_decision_check"),
     _check_in("outcome", AUDIT_OUTCOMES, "audit_log_outcome_check"),
     sa.CheckConstraint("risk_tier BETWEEN 1 AND 4", name="audit_log_risk_tier_check"),
+)
+
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    _uuid_pk(),
+    _tenant_fk(),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("prefix", sa.Text, nullable=False),
+    sa.Column("digest", BYTEA, nullable=False, unique=True),
+    sa.Column("scopes", ARRAY(sa.Text), nullable=False),
+    sa.Column("created_by", sa.Uuid, sa.ForeignKey("users.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("rate_limit", sa.Text),
+    sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
+    sa.Column("expires_at", sa.TIMESTAMP(timezone=True)),
+    sa.Column("last_used_at", sa.TIMESTAMP(timezone=True)),
+    sa.Column("revoked_at", sa.TIMESTAMP(timezone=True)),
+    sa.Column("revoked_by", sa.Text),
+    sa.CheckConstraint("length(name) BETWEEN 1 AND 100", name="api_keys_name_check"),
+    sa.CheckConstraint(
+        "cardinality(scopes) > 0 AND scopes <@ ARRAY['ai:read', 'ai:write', 'ai:execute']::text[]",
+        name="api_keys_scopes_check",
+    ),
 )

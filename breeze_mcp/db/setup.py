@@ -43,6 +43,7 @@ __all__ = [
     "bootstrap_cluster",
     "check_runtime_role",
     "database_target",
+    "head_revision",
     "migrate",
     "schema_is_current",
 ]
@@ -68,6 +69,7 @@ RUNTIME_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "patch_jobs": _CRUD,
     "isolation_events": _CRUD,
     "audit_log": ("SELECT", "INSERT"),
+    "api_keys": ("SELECT", "INSERT", "UPDATE"),
 }
 
 
@@ -287,11 +289,15 @@ def _ensure_runtime_role(conn: sa.Connection, runtime_url: str) -> list[str]:
     return done
 
 
+def head_revision() -> str | None:
+    """The newest migration this build knows."""
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
 def schema_is_current(conn: sa.Connection) -> tuple[str | None, str | None]:
     """(database revision, newest revision this build knows)."""
     current = MigrationContext.configure(conn).get_current_revision()
-    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
-    return current, head
+    return current, head_revision()
 
 
 def check_runtime_role(conn: sa.Connection) -> None:

@@ -1,0 +1,312 @@
+"""API keys: scoped, tenant-bound, shown once, stored as a SHA-256 digest.
+
+A key's scopes are exactly some of ``ai:read``, ``ai:write``, ``ai:execute`` (no wildcard, no
+admin override). They can never exceed what the key's creator's role allows, and that is
+re-checked on every request: a creator who is demoted takes the key down with them, and a
+creator who is removed (or disabled) leaves the key with nothing, so it is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from limits import parse as parse_limit
+
+from breeze_mcp import audit
+from breeze_mcp.accounts import AccountError, Tenant
+from breeze_mcp.auth.principal import ALL_SCOPES, ROLE_SCOPES, Principal
+from breeze_mcp.auth.tokens import digest, mint_tenant_bound, tenant_of
+from breeze_mcp.db import Database
+from breeze_mcp.db.models import api_keys, memberships, tenants, users
+
+__all__ = [
+    "PREFIX",
+    "ApiKeyInfo",
+    "KeyRejected",
+    "authenticate",
+    "create_api_key",
+    "list_api_keys",
+    "parse_scopes",
+    "revoke_api_key",
+]
+
+PREFIX = "bzk"
+MAX_EXPIRY_DAYS = 3650
+
+
+class KeyRejected(Exception):
+    """The presented key cannot be used; ``reason`` is for the audit, not the caller."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    name: str
+    prefix: str
+    scopes: tuple[str, ...]
+    created_by: uuid.UUID
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    last_used_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+    rate_limit: str | None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "id": str(self.id),
+            "tenant_id": str(self.tenant_id),
+            "name": self.name,
+            "prefix": self.prefix,
+            "scopes": list(self.scopes),
+            "created_by": str(self.created_by),
+            "created_at": self.created_at.isoformat(),
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "last_used_at": self.last_used_at.isoformat() if self.last_used_at else None,
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+            "rate_limit": self.rate_limit,
+        }
+
+
+def parse_scopes(raw: str | Iterable[str]) -> tuple[str, ...]:
+    """Exactly the known scopes, deduplicated, in canonical order; anything else is refused."""
+    items = [s.strip() for s in (raw.split(",") if isinstance(raw, str) else raw)]
+    items = [s for s in items if s]
+    if not items:
+        raise AccountError("at least one scope is required (ai:read, ai:write, ai:execute)")
+    unknown = [s for s in items if s not in ALL_SCOPES]
+    if unknown:
+        raise AccountError(
+            f"unknown scope {unknown[0]!r}: scopes are exactly ai:read, ai:write, ai:execute"
+        )
+    return tuple(s for s in ALL_SCOPES if s in items)
+
+
+def _info(row: sa.Row[object]) -> ApiKeyInfo:
+    m = row._mapping
+    return ApiKeyInfo(
+        id=m["id"], tenant_id=m["tenant_id"], name=m["name"], prefix=m["prefix"],
+        scopes=tuple(m["scopes"]), created_by=m["created_by"], created_at=m["created_at"],
+        expires_at=m["expires_at"], last_used_at=m["last_used_at"],
+        revoked_at=m["revoked_at"], rate_limit=m["rate_limit"],
+    )
+
+
+_COLUMNS = [api_keys.c.id, api_keys.c.tenant_id, api_keys.c.name, api_keys.c.prefix,
+            api_keys.c.scopes, api_keys.c.created_by, api_keys.c.created_at,
+            api_keys.c.expires_at, api_keys.c.last_used_at, api_keys.c.revoked_at,
+            api_keys.c.rate_limit]
+
+
+async def create_api_key(
+    db: Database,
+    tenant: Tenant,
+    *,
+    name: str,
+    scopes: Iterable[str] | str,
+    creator_email: str | None = None,
+    expires_in_days: int | None = None,
+    rate_limit: str | None = None,
+    actor: str = "system:cli",
+) -> tuple[ApiKeyInfo, str]:
+    """Create a key; returns its record and the plaintext, which is never stored or shown again."""
+    name = name.strip()
+    if not 1 <= len(name) <= 100:
+        raise AccountError("key name must be 1 to 100 characters")
+    wanted = parse_scopes(scopes)
+    if expires_in_days is not None and not 1 <= expires_in_days <= MAX_EXPIRY_DAYS:
+        raise AccountError(f"--expires-in must be between 1 and {MAX_EXPIRY_DAYS} days")
+    if rate_limit is not None:
+        try:
+            parse_limit(rate_limit)
+        except ValueError:
+            raise AccountError(
+                f"invalid rate limit {rate_limit!r}: use e.g. '120/minute' or '10/second'"
+            ) from None
+    plaintext = mint_tenant_bound(PREFIX, tenant.id)
+    async with db.tenant_transaction(tenant.id, actor=actor) as conn:
+        query = (
+            sa.select(users.c.id, users.c.email, memberships.c.role)
+            .join(memberships, memberships.c.user_id == users.c.id)
+            .where(memberships.c.tenant_id == tenant.id, users.c.disabled_at.is_(None))
+        )
+        if creator_email:
+            query = query.where(sa.func.lower(users.c.email) == creator_email.strip().lower())
+        else:
+            query = query.where(memberships.c.role == "owner").order_by(memberships.c.created_at)
+        creator = (await conn.execute(query.limit(1))).first()
+        if creator is None:
+            raise AccountError(
+                f"no member {creator_email!r} in tenant {tenant.slug!r}" if creator_email
+                else f"tenant {tenant.slug!r} has no owner to create the key; pass --created-by"
+            )
+        if creator.role not in ("owner", "admin"):
+            raise AccountError(
+                f"{creator.email} is {creator.role}: only owners and admins create API keys"
+            )
+        beyond = [s for s in wanted if s not in ROLE_SCOPES[creator.role]]
+        if beyond:
+            raise AccountError(f"{creator.email}'s role {creator.role} cannot grant {beyond[0]}")
+        expires = (
+            sa.func.now() + dt.timedelta(days=expires_in_days) if expires_in_days else None
+        )
+        row = (
+            await conn.execute(
+                api_keys.insert()
+                .values(
+                    tenant_id=tenant.id,
+                    name=name,
+                    prefix=plaintext[:4] + "…" + plaintext[-6:],
+                    digest=digest(plaintext),
+                    scopes=list(wanted),
+                    created_by=creator.id,
+                    rate_limit=rate_limit,
+                    expires_at=expires,
+                )
+                .returning(*_COLUMNS)
+            )
+        ).one()
+        info = _info(row)
+        await audit.write(
+            conn,
+            audit.AuditEntry(
+                actor_type="system" if actor.startswith("system:") else "user",
+                actor_id=actor,
+                auth_path="cli" if actor.startswith("system:cli") else "session",
+                action="api_key.create",
+                decision="allowed",
+                outcome="success",
+                tenant_id=tenant.id,
+                acting_user_id=creator.id,
+                credential_id=str(info.id),
+                parameters={"name": name, "scopes": list(wanted),
+                            "expires_in_days": expires_in_days, "rate_limit": rate_limit},
+                scopes=list(wanted),
+            ),
+        )
+    return info, plaintext
+
+
+async def list_api_keys(db: Database, tenant: Tenant) -> list[ApiKeyInfo]:
+    async with db.tenant_transaction(tenant.id, actor="system:cli") as conn:
+        rows = await conn.execute(
+            sa.select(*_COLUMNS).where(api_keys.c.tenant_id == tenant.id)
+            .order_by(api_keys.c.created_at)
+        )
+        return [_info(r) for r in rows]
+
+
+async def revoke_api_key(
+    db: Database, key_id: uuid.UUID, *, tenant: Tenant | None = None, actor: str = "system:cli"
+) -> ApiKeyInfo:
+    """Revoke a key (idempotent). Without ``tenant``, every tenant is searched (CLI use)."""
+    if tenant is not None:
+        candidates = [tenant.id]
+    else:
+        async with db.system_transaction(actor=actor) as conn:
+            candidates = list((await conn.execute(sa.select(tenants.c.id))).scalars())
+    for tenant_id in candidates:
+        async with db.tenant_transaction(tenant_id, actor=actor) as conn:
+            row = (
+                await conn.execute(
+                    api_keys.update()
+                    .where(api_keys.c.id == key_id, api_keys.c.tenant_id == tenant_id)
+                    .values(
+                        revoked_at=sa.func.coalesce(api_keys.c.revoked_at, sa.func.now()),
+                        revoked_by=sa.func.coalesce(api_keys.c.revoked_by, actor),
+                    )
+                    .returning(*_COLUMNS)
+                )
+            ).first()
+            if row is None:
+                continue
+            info = _info(row)
+            await audit.write(
+                conn,
+                audit.AuditEntry(
+                    actor_type="system" if actor.startswith("system:") else "user",
+                    actor_id=actor,
+                    auth_path="cli" if actor.startswith("system:cli") else "session",
+                    action="api_key.revoke",
+                    decision="allowed",
+                    outcome="success",
+                    tenant_id=tenant_id,
+                    credential_id=str(key_id),
+                    parameters={"key_id": str(key_id), "name": info.name},
+                ),
+            )
+            return info
+    raise AccountError(f"no API key {key_id}")
+
+
+async def authenticate(db: Database, token: str, *, default_rate_limit: str) -> Principal:
+    """The Principal for a presented key, or :class:`KeyRejected`.
+
+    One indexed lookup inside the key's tenant transaction, joined with the tenant's state and
+    the creator's current membership; the effective scopes are the key's scopes intersected
+    with what the creator's role allows today.
+    """
+    tenant_id = tenant_of(token, PREFIX)
+    if tenant_id is None:
+        raise KeyRejected("malformed key")
+    async with db.tenant_transaction(tenant_id, actor="system:auth") as conn:
+        row = (
+            await conn.execute(
+                sa.select(
+                    api_keys.c.id, api_keys.c.scopes, api_keys.c.created_by,
+                    api_keys.c.rate_limit, api_keys.c.revoked_at,
+                    (api_keys.c.expires_at <= sa.func.now()).label("expired"),
+                    (
+                        api_keys.c.last_used_at.is_(None)
+                        | (api_keys.c.last_used_at < sa.func.now() - dt.timedelta(seconds=60))
+                    ).label("touch"),
+                    tenants.c.status.label("tenant_status"),
+                    memberships.c.role,
+                    users.c.disabled_at,
+                )
+                .join(tenants, tenants.c.id == api_keys.c.tenant_id)
+                .join(users, users.c.id == api_keys.c.created_by)
+                .outerjoin(
+                    memberships,
+                    (memberships.c.tenant_id == api_keys.c.tenant_id)
+                    & (memberships.c.user_id == api_keys.c.created_by),
+                )
+                .where(api_keys.c.digest == digest(token), api_keys.c.tenant_id == tenant_id)
+            )
+        ).first()
+        if row is None:
+            raise KeyRejected("unknown key")
+        if row.revoked_at is not None:
+            raise KeyRejected("revoked key")
+        if row.expired:
+            raise KeyRejected("expired key")
+        if row.tenant_status != "active":
+            raise KeyRejected(f"tenant is {row.tenant_status}")
+        if row.role is None or row.disabled_at is not None:
+            raise KeyRejected("key creator no longer has access to the tenant")
+        scopes = frozenset(row.scopes) & ROLE_SCOPES[row.role]
+        if not scopes:
+            raise KeyRejected("key creator's role no longer allows any of the key's scopes")
+        if row.touch:  # last-used time, at most once a minute per key
+            await conn.execute(
+                api_keys.update().where(api_keys.c.id == row.id)
+                .values(last_used_at=sa.func.now())
+            )
+    return Principal(
+        tenant_id=tenant_id,
+        actor_type="api_key",
+        actor_id=str(row.id),
+        auth_path="api_key",
+        credential_id=str(row.id),
+        scopes=scopes,
+        acting_user_id=row.created_by,
+        rate_limits=((f"api_key:{row.id}", row.rate_limit or default_rate_limit),),
+    )

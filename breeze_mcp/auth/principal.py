@@ -1,0 +1,84 @@
+"""The Principal: who is calling, for which tenant, with what scopes, through which door.
+
+Each front door (MCP endpoint, REST, web console) authenticates its credential and builds one
+Principal. Nothing after that point knows which door was used, except to write it into the
+audit entry, which is how audit parity holds by construction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "ALL_SCOPES",
+    "ROLE_SCOPES",
+    "SCOPE_CEILING",
+    "ActorType",
+    "AuthPath",
+    "Principal",
+    "RequestContext",
+    "scope_for_tier",
+]
+
+ActorType = Literal["user", "oauth_client", "api_key", "system"]
+AuthPath = Literal["session", "oauth", "api_key", "cli", "system"]
+
+#: The only scopes there are, from weakest to strongest.
+ALL_SCOPES: tuple[str, ...] = ("ai:read", "ai:write", "ai:execute")
+
+#: Highest risk tier each scope reaches. Tier 4 is reached by none.
+SCOPE_CEILING: dict[str, int] = {"ai:read": 1, "ai:write": 2, "ai:execute": 3}
+
+#: Scopes a member of each role may hold (and so grant to a key or an AI client).
+ROLE_SCOPES: dict[str, frozenset[str]] = {
+    "owner": frozenset(ALL_SCOPES),
+    "admin": frozenset(ALL_SCOPES),
+    "technician": frozenset(ALL_SCOPES),
+    "readonly": frozenset({"ai:read"}),
+}
+
+
+def scope_for_tier(tier: int) -> str | None:
+    """The weakest scope that reaches ``tier`` (None for Tier 4: nothing does)."""
+    for scope in ALL_SCOPES:
+        if SCOPE_CEILING[scope] >= tier:
+            return scope
+    return None
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Facts about the HTTP request, resolved once at the edge."""
+
+    request_id: str
+    client_ip: str | None = None
+    user_agent: str | None = None
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller. ``tenant_id`` comes only from the credential."""
+
+    tenant_id: uuid.UUID
+    actor_type: ActorType
+    actor_id: str
+    auth_path: AuthPath
+    credential_id: str
+    scopes: frozenset[str]
+    acting_user_id: uuid.UUID | None = None
+    client_id: str | None = None
+    #: Rate-limit buckets this caller draws from, with their limits in ``limits`` notation:
+    #: (("api_key:<id>", "120/minute"),) or (("grant:<id>", "300/minute"),).
+    rate_limits: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def tier_ceiling(self) -> int:
+        """Highest tier the scopes reach (0 when they reach nothing)."""
+        return max((SCOPE_CEILING[s] for s in self.scopes if s in SCOPE_CEILING), default=0)
+
+    @property
+    def actor(self) -> str:
+        """``type:id`` label stored on rows this caller creates (requested_by, author)."""
+        return f"{self.actor_type}:{self.actor_id}"

@@ -1,0 +1,184 @@
+"""The one call pipeline every front door uses.
+
+``call_tool(services, principal, name, arguments, request)``, read top to bottom:
+
+1. resolve the tool and the call's effective tier (max of the tool's and the action's tier;
+   an unknown tool or action is Tier 4);
+2. tier gate: Tier 4 is refused for everyone; a tier above the scopes' ceiling is refused with
+   the scope that would reach it;
+3. rate limits: the caller's buckets (per key / per grant) and the tool's own, if any;
+4. argument validation by the tool's pydantic model;
+5. one tenant transaction in which the tool runs and its audit entry is written, committed
+   together.
+
+Every outcome — denied, blocked, rate-limited, invalid, failed — writes its audit entry too,
+so nothing is ever silently dropped. This is the only place the tier decision is made.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from breeze_mcp import audit
+from breeze_mcp.auth.principal import Principal, RequestContext, scope_for_tier
+from breeze_mcp.auth.rate_limit import RateDecision
+from breeze_mcp.services import Services
+from breeze_mcp.tools.registry import BLOCKED_TIER, ToolContext, ToolError
+
+__all__ = ["CallResult", "Status", "call_tool", "format_validation_error"]
+
+log = logging.getLogger(__name__)
+
+Status = Literal[
+    "ok",
+    "unknown_tool",
+    "blocked",
+    "insufficient_scope",
+    "rate_limited",
+    "invalid_arguments",
+    "tool_error",
+    "internal_error",
+]
+
+
+@dataclass(frozen=True)
+class CallResult:
+    status: Status
+    tool: str
+    tier: int
+    message: str = ""
+    result: Mapping[str, Any] | None = None
+    error_code: str | None = None  # for tool_error: not_found, invalid_state, ...
+    required_scope: str | None = None
+    rate: RateDecision | None = None
+    details: list[dict[str, Any]] = field(default_factory=list)
+
+
+def format_validation_error(exc: ValidationError) -> tuple[str, list[dict[str, Any]]]:
+    details = []
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "(arguments)"
+        details.append({"field": loc, "message": err["msg"], "type": err["type"]})
+        parts.append(f"{loc}: {err['msg']}")
+    return "invalid arguments: " + "; ".join(parts), details
+
+
+async def _audit_alone(services: Services, entry: audit.AuditEntry, principal: Principal) -> None:
+    """Write an entry for a call that did not run (its own small transaction)."""
+    async with services.db.tenant_transaction(
+        principal.tenant_id, actor=principal.actor, user_id=principal.acting_user_id
+    ) as conn:
+        await audit.write(conn, entry)
+
+
+async def call_tool(
+    services: Services,
+    principal: Principal,
+    name: str,
+    arguments: Mapping[str, Any] | None,
+    request: RequestContext,
+) -> CallResult:
+    started = time.perf_counter()
+    arguments = arguments or {}
+    spec = services.registry.get(name)
+    tier = spec.effective_tier(arguments) if spec else BLOCKED_TIER
+
+    def entry(**fields: Any) -> audit.AuditEntry:
+        return audit.AuditEntry(
+            actor_type=principal.actor_type,
+            actor_id=principal.actor_id,
+            acting_user_id=principal.acting_user_id,
+            auth_path=principal.auth_path,
+            credential_id=principal.credential_id,
+            client_id=principal.client_id,
+            tenant_id=principal.tenant_id,
+            request_id=request.request_id,
+            client_ip=request.client_ip,
+            user_agent=request.user_agent,
+            action=name,
+            parameters=arguments,
+            risk_tier=tier,
+            scopes=sorted(principal.scopes),
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            **fields,
+        )
+
+    # 1-2. Resolve and gate. -----------------------------------------------------------------
+    if spec is None:
+        await _audit_alone(services, entry(decision="denied", outcome="blocked",
+                                           deny_reason="unknown_tool"), principal)
+        return CallResult("unknown_tool", name, tier, f"Unknown tool: {name}")
+    if tier >= BLOCKED_TIER:
+        reason = "tier4_tool" if spec.base_tier >= BLOCKED_TIER else "unknown_or_tier4_action"
+        await _audit_alone(services, entry(decision="denied", outcome="blocked",
+                                           deny_reason=reason), principal)
+        what = f"tool {name!r}" if spec.base_tier >= BLOCKED_TIER else (
+            f"action {arguments.get('action')!r} of tool {name!r}")
+        return CallResult(
+            "blocked", name, tier,
+            f"{what} is Tier 4: blocked at every scope level and never executed",
+        )
+    if tier > principal.tier_ceiling:
+        needed = scope_for_tier(tier)
+        await _audit_alone(services, entry(decision="denied", outcome="blocked",
+                                           deny_reason="insufficient_scope"), principal)
+        return CallResult(
+            "insufficient_scope", name, tier,
+            f"{name} is a Tier {tier} call and needs the {needed} scope "
+            f"(granted: {', '.join(sorted(principal.scopes)) or 'none'})",
+            required_scope=needed,
+        )
+
+    # 3. Rate limits. ------------------------------------------------------------------------
+    buckets = list(principal.rate_limits)
+    if spec.rate_limit:
+        buckets.append((f"tenant:{principal.tenant_id}:tool:{name}", spec.rate_limit))
+    rate = await services.limiter.hit_all(buckets)
+    if rate is not None and not rate.allowed:
+        await _audit_alone(services, entry(decision="denied", outcome="rate_limited",
+                                           deny_reason=f"rate_limit:{rate.bucket}"), principal)
+        return CallResult(
+            "rate_limited", name, tier,
+            f"rate limit of {rate.limit} per {rate.window}s exceeded; retry in "
+            f"{max(rate.reset_after, 1)}s",
+            rate=rate,
+        )
+
+    # 4. Validate. ---------------------------------------------------------------------------
+    try:
+        args = spec.input_model.model_validate(arguments)
+    except ValidationError as exc:
+        message, details = format_validation_error(exc)
+        await _audit_alone(services, entry(decision="allowed", outcome="error", error=message),
+                           principal)
+        return CallResult("invalid_arguments", name, tier, message, rate=rate, details=details)
+
+    # 5. Run and audit in one tenant transaction. --------------------------------------------
+    assert spec.handler is not None  # Tier 4 (no handler) never gets here
+    try:
+        async with services.db.tenant_transaction(
+            principal.tenant_id, actor=principal.actor, user_id=principal.acting_user_id
+        ) as conn:
+            result = await spec.handler(ToolContext(conn, principal.tenant_id, principal.actor),
+                                        args)
+            await audit.write(conn, entry(decision="allowed", outcome="success"))
+    except ToolError as exc:
+        await _audit_alone(services, entry(decision="allowed", outcome="error",
+                                           error=f"{exc.code}: {exc.message}"), principal)
+        return CallResult("tool_error", name, tier, exc.message, error_code=exc.code, rate=rate)
+    except Exception:
+        log.exception("tool %s failed", name)
+        try:
+            await _audit_alone(services, entry(decision="allowed", outcome="error",
+                                               error="internal error"), principal)
+        except Exception:
+            log.exception("could not write the failure audit entry for %s", name)
+        return CallResult("internal_error", name, tier, "internal error", rate=rate)
+    return CallResult("ok", name, tier, result=result, rate=rate)
