@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from breeze_mcp import __version__, rest
+from breeze_mcp import __version__, admin_api, oauth_endpoints, rest, web
 from breeze_mcp.config import Settings
 from breeze_mcp.db import Database
 from breeze_mcp.db.catalog import isolation_problems
@@ -87,6 +87,37 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             Route("/api/v1/tools", rest.list_endpoint, methods=["GET"]),
             Route("/api/v1/tools/{name}", rest.call_endpoint, methods=["POST"]),
             Route("/api/v1/openapi.json", rest.openapi_endpoint, methods=["GET"]),
+            Route("/api/v1/oauth/grants", admin_api.list_grants, methods=["GET"]),
+            Route("/api/v1/oauth/grants/{grant_id}", admin_api.revoke_one_grant,
+                  methods=["DELETE"]),
+            Route("/api/v1/oauth/clients/{client_id}/grants", admin_api.revoke_client_grants,
+                  methods=["DELETE"]),
+            # OAuth 2.1 authorization server and discovery.
+            Route("/.well-known/oauth-protected-resource",
+                  oauth_endpoints.protected_resource_metadata, methods=["GET"]),
+            Route("/.well-known/oauth-protected-resource/mcp",
+                  oauth_endpoints.protected_resource_metadata, methods=["GET"]),
+            Route("/.well-known/oauth-authorization-server",
+                  oauth_endpoints.authorization_server_metadata, methods=["GET"]),
+            Route("/.well-known/oauth-authorization-server/mcp",
+                  oauth_endpoints.authorization_server_metadata, methods=["GET"]),
+            Route("/.well-known/openid-configuration",
+                  oauth_endpoints.authorization_server_metadata, methods=["GET"]),
+            Route("/.well-known/openid-configuration/mcp",
+                  oauth_endpoints.authorization_server_metadata, methods=["GET"]),
+            Route("/mcp/.well-known/openid-configuration",
+                  oauth_endpoints.authorization_server_metadata, methods=["GET"]),
+            Route("/register", oauth_endpoints.register, methods=["POST"]),
+            Route("/authorize", oauth_endpoints.authorize, methods=["GET", "POST"]),
+            Route("/token", oauth_endpoints.token, methods=["POST"]),
+            Route("/revoke", oauth_endpoints.revoke, methods=["POST"]),
+            # Pages for humans.
+            Route("/login", web.login_page, methods=["GET"]),
+            Route("/login", web.login_submit, methods=["POST"]),
+            Route("/logout", web.logout, methods=["POST"]),
+            Route("/account/connections", web.connections_page, methods=["GET"]),
+            Route("/account/connections/{grant_id}/disconnect", web.disconnect,
+                  methods=["POST"]),
         ],
         lifespan=lifespan,
     )

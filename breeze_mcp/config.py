@@ -94,6 +94,23 @@ class Settings(BaseSettings):
     grant_rate_limit: str = Field(
         "300/minute", description="Per-OAuth-grant limit (`limits` notation)."
     )
+    dcr_rate_limit: str = Field(
+        "60/minute",
+        description="Dynamic Client Registrations per source address (IPv6 folded to /64); "
+        "generous, since AI platforms share a few egress addresses.",
+    )
+    dcr_global_rate_limit: str = Field(
+        "600/minute", description="Dynamic Client Registrations per minute, all sources."
+    )
+    dcr_max_pending: int = Field(
+        10000, ge=10,
+        description="Most registrations that have not completed an authorization yet (they "
+        "expire after 24 hours).",
+    )
+    oauth_private_schemes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["cursor", "vscode", "vscode-insiders", "windsurf"],
+        description="Private-use redirect URI schemes clients may register (RFC 8252 §7.1).",
+    )
     max_request_bytes: int = Field(
         1024 * 1024, ge=1024, le=64 * 1024 * 1024,
         description="Largest request body accepted by /mcp and the REST API.",
@@ -160,7 +177,15 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 32 characters of random data")
         return value
 
-    @field_validator("api_key_rate_limit", "grant_rate_limit")
+    @field_validator("oauth_private_schemes", mode="before")
+    @classmethod
+    def _split_schemes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip().lower() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("api_key_rate_limit", "grant_rate_limit", "dcr_rate_limit",
+                     "dcr_global_rate_limit")
     @classmethod
     def _check_limit(cls, value: str) -> str:
         from limits import parse

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from breeze_mcp.auth import api_keys
+from breeze_mcp.auth import api_keys, oauth
 from breeze_mcp.auth.client_ip import resolve_client_ip
 from breeze_mcp.auth.principal import ALL_SCOPES, Principal, RequestContext
 from breeze_mcp.services import Services
@@ -97,6 +97,11 @@ async def authenticate_bearer(request: Request, services: Services) -> Principal
             )
         except api_keys.KeyRejected:
             return AuthFailure("invalid_token", "the API key is invalid, expired or revoked")
+    if token.startswith(oauth.ACCESS_PREFIX + "_"):
+        try:
+            return await oauth.authenticate_access_token(services.db, services.settings, token)
+        except oauth.TokenRejected:
+            return AuthFailure("invalid_token", "the access token is invalid, expired or revoked")
     return AuthFailure("invalid_token", "the access token is invalid or expired")
 
 

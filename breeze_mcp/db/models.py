@@ -273,3 +273,126 @@ api_keys = sa.Table(
         name="api_keys_scopes_check",
     ),
 )
+
+oauth_clients = sa.Table(
+    "oauth_clients",
+    metadata,
+    sa.Column("client_id", sa.Text, primary_key=True),
+    sa.Column("secret_digest", BYTEA),
+    sa.Column("token_endpoint_auth_method", sa.Text, nullable=False),
+    sa.Column("redirect_uris", ARRAY(sa.Text), nullable=False),
+    sa.Column("grant_types", ARRAY(sa.Text), nullable=False),
+    sa.Column("response_types", ARRAY(sa.Text), nullable=False),
+    sa.Column("client_name", sa.Text),
+    sa.Column("client_uri", sa.Text),
+    sa.Column("logo_uri", sa.Text),
+    sa.Column("scope", sa.Text),
+    sa.Column("contacts", ARRAY(sa.Text), nullable=False, server_default="{}"),
+    sa.Column("software_id", sa.Text),
+    sa.Column("software_version", sa.Text),
+    sa.Column("registered_ip", INET),
+    sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
+    sa.Column("expires_at", sa.TIMESTAMP(timezone=True), index=True),
+    sa.Column("last_authorized_at", sa.TIMESTAMP(timezone=True)),
+    sa.CheckConstraint(
+        "token_endpoint_auth_method IN ('none', 'client_secret_post', 'client_secret_basic')",
+        name="oauth_clients_auth_method_check",
+    ),
+    sa.CheckConstraint(
+        "(token_endpoint_auth_method = 'none') = (secret_digest IS NULL)",
+        name="oauth_clients_secret_check",
+    ),
+)
+
+web_sessions = sa.Table(
+    "web_sessions",
+    metadata,
+    _uuid_pk(),
+    sa.Column("digest", BYTEA, nullable=False, unique=True),
+    sa.Column("user_id", sa.Uuid, sa.ForeignKey("users.id", ondelete="CASCADE"),
+              nullable=False, index=True),
+    sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
+    sa.Column("expires_at", sa.TIMESTAMP(timezone=True), nullable=False),
+    sa.Column("last_seen_at", sa.TIMESTAMP(timezone=True), nullable=False,
+              server_default=_now()),
+    sa.Column("revoked_at", sa.TIMESTAMP(timezone=True)),
+    sa.Column("client_ip", INET),
+    sa.Column("user_agent", sa.Text),
+)
+
+oauth_grants = sa.Table(
+    "oauth_grants",
+    metadata,
+    _uuid_pk(),
+    _tenant_fk(),
+    sa.Column("client_id", sa.Text,
+              sa.ForeignKey("oauth_clients.client_id", ondelete="CASCADE"),
+              nullable=False, index=True),
+    sa.Column("user_id", sa.Uuid, sa.ForeignKey("users.id", ondelete="CASCADE"),
+              nullable=False, index=True),
+    sa.Column("scopes", ARRAY(sa.Text), nullable=False),
+    sa.Column("resource", sa.Text, nullable=False),
+    sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
+    sa.Column("last_used_at", sa.TIMESTAMP(timezone=True)),
+    sa.Column("revoked_at", sa.TIMESTAMP(timezone=True)),
+    sa.Column("revoked_reason", sa.Text),
+    sa.UniqueConstraint("tenant_id", "id", name="oauth_grants_tenant_id_id_key"),
+)
+
+
+def _grant_fk(table: str) -> sa.ForeignKeyConstraint:
+    return sa.ForeignKeyConstraint(
+        ["tenant_id", "grant_id"], ["oauth_grants.tenant_id", "oauth_grants.id"],
+        ondelete="CASCADE", name=f"{table}_grant_fkey",
+    )
+
+
+oauth_codes = sa.Table(
+    "oauth_codes",
+    metadata,
+    sa.Column("digest", BYTEA, primary_key=True),
+    _tenant_fk(),
+    sa.Column("grant_id", sa.Uuid, nullable=False),
+    sa.Column("redirect_uri", sa.Text, nullable=False),
+    sa.Column("code_challenge", sa.Text, nullable=False),
+    sa.Column("resource", sa.Text, nullable=False),
+    sa.Column("scopes", ARRAY(sa.Text), nullable=False),
+    sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
+    sa.Column("expires_at", sa.TIMESTAMP(timezone=True), nullable=False),
+    sa.Column("used_at", sa.TIMESTAMP(timezone=True)),
+    _grant_fk("oauth_codes"),
+)
+
+oauth_refresh_tokens = sa.Table(
+    "oauth_refresh_tokens",
+    metadata,
+    _uuid_pk(),
+    _tenant_fk(),
+    sa.Column("grant_id", sa.Uuid, nullable=False, index=True),
+    sa.Column("digest", BYTEA, nullable=False, unique=True),
+    sa.Column("parent_id", sa.Uuid,
+              sa.ForeignKey("oauth_refresh_tokens.id", ondelete="CASCADE")),
+    sa.Column("scopes", ARRAY(sa.Text), nullable=False),
+    sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
+    sa.Column("expires_at", sa.TIMESTAMP(timezone=True), nullable=False),
+    sa.Column("used_at", sa.TIMESTAMP(timezone=True)),
+    sa.Column("revoked_at", sa.TIMESTAMP(timezone=True)),
+    # The successor's plaintext, AES-GCM sealed, kept only for the retry grace window.
+    sa.Column("successor_sealed", BYTEA),
+    sa.Index("ix_oauth_refresh_tokens_parent_id", "parent_id", unique=True),
+    _grant_fk("oauth_refresh_tokens"),
+)
+
+oauth_access_tokens = sa.Table(
+    "oauth_access_tokens",
+    metadata,
+    _uuid_pk(),
+    _tenant_fk(),
+    sa.Column("grant_id", sa.Uuid, nullable=False, index=True),
+    sa.Column("digest", BYTEA, nullable=False, unique=True),
+    sa.Column("scopes", ARRAY(sa.Text), nullable=False),
+    sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
+    sa.Column("expires_at", sa.TIMESTAMP(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.TIMESTAMP(timezone=True)),
+    _grant_fk("oauth_access_tokens"),
+)

@@ -70,6 +70,12 @@ RUNTIME_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "isolation_events": _CRUD,
     "audit_log": ("SELECT", "INSERT"),
     "api_keys": ("SELECT", "INSERT", "UPDATE"),
+    "oauth_clients": _CRUD,
+    "web_sessions": ("SELECT", "INSERT", "UPDATE"),
+    "oauth_grants": ("SELECT", "INSERT", "UPDATE"),
+    "oauth_codes": ("SELECT", "INSERT", "UPDATE"),
+    "oauth_refresh_tokens": ("SELECT", "INSERT", "UPDATE"),
+    "oauth_access_tokens": ("SELECT", "INSERT", "UPDATE"),
 }
 
 

@@ -1,0 +1,120 @@
+"""Admin REST endpoints for OAuth grants: list them, revoke one, revoke every grant of a client.
+
+Callers authenticate with a bearer credential whose human (the API key's creator, or the OAuth
+grant's user) is an owner or admin of the tenant today. Each revocation kills every access
+token, refresh token and pending code of the grant in the same request, and is audited.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from breeze_mcp.auth import oauth
+from breeze_mcp.auth.principal import Principal
+from breeze_mcp.db.models import memberships, oauth_clients, oauth_grants, users
+from breeze_mcp.edge import AuthFailure, authenticate_bearer, bearer_challenge, request_context
+from breeze_mcp.services import Services
+
+__all__ = ["list_grants", "revoke_client_grants", "revoke_one_grant"]
+
+ADMIN_ROLES = ("owner", "admin")
+
+
+async def _admin(request: Request) -> Principal | Response:
+    services: Services = request.app.state.services
+    principal = await authenticate_bearer(request, services)
+    if isinstance(principal, AuthFailure):
+        return JSONResponse(
+            {"error": principal.error or "unauthorized", "message": principal.description},
+            status_code=401,
+            headers={"WWW-Authenticate": bearer_challenge(services, error=principal.error)})
+    async with services.db.tenant_transaction(principal.tenant_id, actor=principal.actor) as conn:
+        role = (await conn.execute(
+            sa.select(memberships.c.role).where(
+                memberships.c.tenant_id == principal.tenant_id,
+                memberships.c.user_id == principal.acting_user_id)
+        )).scalar_one_or_none()
+    if role not in ADMIN_ROLES:
+        return JSONResponse({"error": "forbidden",
+                             "message": "only owners and admins manage OAuth grants"},
+                            status_code=403)
+    return principal
+
+
+def _grant_json(row: Any) -> dict[str, Any]:
+    return {
+        "id": str(row.id), "client_id": row.client_id, "client_name": row.client_name,
+        "user_id": str(row.user_id), "user_email": row.email, "scopes": list(row.scopes),
+        "resource": row.resource, "created_at": row.created_at.isoformat(),
+        "last_used_at": row.last_used_at.isoformat() if row.last_used_at else None,
+        "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+        "revoked_reason": row.revoked_reason,
+    }
+
+
+async def list_grants(request: Request) -> Response:
+    principal = await _admin(request)
+    if isinstance(principal, Response):
+        return principal
+    services: Services = request.app.state.services
+    include_revoked = request.query_params.get("include_revoked") == "true"
+    query = (
+        sa.select(oauth_grants, oauth_clients.c.client_name, users.c.email)
+        .join(oauth_clients, oauth_clients.c.client_id == oauth_grants.c.client_id)
+        .join(users, users.c.id == oauth_grants.c.user_id)
+        .where(oauth_grants.c.tenant_id == principal.tenant_id)
+        .order_by(oauth_grants.c.created_at.desc())
+    )
+    if not include_revoked:
+        query = query.where(oauth_grants.c.revoked_at.is_(None))
+    async with services.db.tenant_transaction(principal.tenant_id, actor=principal.actor) as conn:
+        rows = (await conn.execute(query)).all()
+    return JSONResponse({"grants": [_grant_json(r) for r in rows]})
+
+
+async def revoke_one_grant(request: Request) -> Response:
+    principal = await _admin(request)
+    if isinstance(principal, Response):
+        return principal
+    services: Services = request.app.state.services
+    try:
+        grant_id = uuid.UUID(request.path_params["grant_id"])
+    except ValueError:
+        return JSONResponse({"error": "not_found", "message": "no such grant"}, status_code=404)
+    revoked = await oauth.revoke_grant(
+        services.db, principal.tenant_id, grant_id, reason="revoked_by_admin",
+        actor_type=principal.actor_type, actor_id=principal.actor_id,
+        request=request_context(request, services), auth_path=principal.auth_path,
+        acting_user_id=principal.acting_user_id,
+    )
+    if not revoked:
+        return JSONResponse({"error": "not_found", "message": "no live grant with that id"},
+                            status_code=404)
+    return JSONResponse({"revoked": [str(grant_id)]})
+
+
+async def revoke_client_grants(request: Request) -> Response:
+    principal = await _admin(request)
+    if isinstance(principal, Response):
+        return principal
+    services: Services = request.app.state.services
+    client_id = request.path_params["client_id"]
+    async with services.db.tenant_transaction(principal.tenant_id, actor=principal.actor) as conn:
+        ids = list((await conn.execute(
+            sa.select(oauth_grants.c.id).where(
+                oauth_grants.c.tenant_id == principal.tenant_id,
+                oauth_grants.c.client_id == client_id, oauth_grants.c.revoked_at.is_(None))
+        )).scalars())
+    ctx = request_context(request, services)
+    for grant_id in ids:
+        await oauth.revoke_grant(
+            services.db, principal.tenant_id, grant_id, reason="client_revoked_by_admin",
+            actor_type=principal.actor_type, actor_id=principal.actor_id, request=ctx,
+            auth_path=principal.auth_path, acting_user_id=principal.acting_user_id,
+        )
+    return JSONResponse({"revoked": [str(g) for g in ids]})

@@ -1,0 +1,104 @@
+"""Web sessions for humans, and CSRF tokens for every form.
+
+A session id is a 256-bit ``bzs_`` secret in an HttpOnly, SameSite=Lax cookie (Secure when the
+public URL is https); only its SHA-256 digest is stored. CSRF protection is a signed
+double-submit: a random ``breeze_csrf`` cookie, and in each form an HMAC of it under the
+session key, so a cross-site form can neither read nor forge the value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from breeze_mcp.auth.tokens import digest, mint
+from breeze_mcp.db import Database
+from breeze_mcp.db.models import users, web_sessions
+
+__all__ = [
+    "CSRF_COOKIE",
+    "SESSION_COOKIE",
+    "SessionUser",
+    "create_session",
+    "csrf_token",
+    "csrf_valid",
+    "end_session",
+    "load_session",
+    "new_csrf_cookie",
+]
+
+SESSION_PREFIX = "bzs"
+SESSION_COOKIE = "breeze_session"
+CSRF_COOKIE = "breeze_csrf"
+
+
+@dataclass(frozen=True)
+class SessionUser:
+    session_id: uuid.UUID
+    user_id: uuid.UUID
+    email: str
+    display_name: str | None
+
+
+async def create_session(
+    db: Database, user_id: uuid.UUID, *, ttl: int, client_ip: str | None,
+    user_agent: str | None,
+) -> str:
+    token = mint(SESSION_PREFIX)
+    async with db.system_transaction(actor=f"user:{user_id}", user_id=user_id) as conn:
+        await conn.execute(web_sessions.insert().values(
+            digest=digest(token), user_id=user_id,
+            expires_at=sa.func.now() + dt.timedelta(seconds=ttl),
+            client_ip=client_ip, user_agent=(user_agent or "")[:512] or None,
+        ))
+    return token
+
+
+async def load_session(db: Database, token: str | None) -> SessionUser | None:
+    if not token or not token.startswith(SESSION_PREFIX + "_") or len(token) > 100:
+        return None
+    async with db.system_transaction(actor="system:session") as conn:
+        row = (await conn.execute(
+            sa.select(web_sessions.c.id, users.c.id.label("user_id"), users.c.email,
+                      users.c.display_name)
+            .join(users, users.c.id == web_sessions.c.user_id)
+            .where(web_sessions.c.digest == digest(token),
+                   web_sessions.c.revoked_at.is_(None),
+                   web_sessions.c.expires_at > sa.func.now(),
+                   users.c.disabled_at.is_(None))
+        )).first()
+    if row is None:
+        return None
+    return SessionUser(row.id, row.user_id, row.email, row.display_name)
+
+
+async def end_session(db: Database, token: str | None) -> None:
+    if not token:
+        return
+    async with db.system_transaction(actor="system:session") as conn:
+        await conn.execute(web_sessions.update()
+                           .where(web_sessions.c.digest == digest(token))
+                           .values(revoked_at=sa.func.coalesce(web_sessions.c.revoked_at,
+                                                               sa.func.now())))
+
+
+def new_csrf_cookie() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def csrf_token(session_key: str, cookie_value: str) -> str:
+    mac = hmac.new(session_key.encode(), b"breeze-csrf:" + cookie_value.encode(),
+                   hashlib.sha256)
+    return mac.hexdigest()
+
+
+def csrf_valid(session_key: str, cookie_value: str | None, submitted: str | None) -> bool:
+    if not cookie_value or not submitted:
+        return False
+    return hmac.compare_digest(csrf_token(session_key, cookie_value), submitted)

@@ -1,0 +1,439 @@
+"""OAuth 2.1 HTTP endpoints: discovery, registration, authorization, token, revocation.
+
+* ``/.well-known/oauth-protected-resource[/mcp]`` (RFC 9728) and
+  ``/.well-known/oauth-authorization-server`` (RFC 8414, also served as
+  ``/.well-known/openid-configuration``) with one issuer string everywhere.
+* ``POST /register`` (RFC 7591), rate-limited per source and capped globally.
+* ``GET/POST /authorize``: sign-in, then consent; PKCE S256 only; exact redirect URI match
+  (any port for loopback); ``resource`` validated and bound (RFC 8707); ``iss`` (RFC 9207)
+  and ``state`` in the response. A bad client or redirect URI is an error page, never a
+  redirect.
+* ``POST /token``: ``authorization_code`` and ``refresh_token``; ``Cache-Control: no-store``.
+* ``POST /revoke`` (RFC 7009).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import uuid
+from typing import Any
+from urllib.parse import unquote, urlencode, urlsplit
+
+import sqlalchemy as sa
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from breeze_mcp.auth import oauth
+from breeze_mcp.auth.client_ip import rate_limit_key
+from breeze_mcp.auth.oauth_clients import (
+    RegistrationError,
+    parse_registration_body,
+    redirect_uri_matches,
+    validate_registration,
+)
+from breeze_mcp.auth.principal import ALL_SCOPES, ROLE_SCOPES
+from breeze_mcp.db.models import memberships, tenants
+from breeze_mcp.edge import read_body, request_context
+from breeze_mcp.services import Services
+from breeze_mcp.web import check_csrf, current_user, error_page, form_target_for, login_form, render
+
+__all__ = [
+    "authorization_server_metadata",
+    "authorize",
+    "protected_resource_metadata",
+    "register",
+    "revoke",
+    "token",
+]
+
+log = logging.getLogger(__name__)
+
+SCOPE_WORDS = {
+    "ai:read": "Read devices, alerts, device health and notes (Tier 1).",
+    "ai:write": "Acknowledge, resolve and suppress alerts, add notes and switch maintenance "
+    "mode (Tier 2).",
+    "ai:execute": "Run scripts, deploy patches, isolate and reboot devices (Tier 3).",
+}
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+AUTHORIZE_PARAMS = ("response_type", "client_id", "redirect_uri", "scope", "state",
+                    "code_challenge", "code_challenge_method", "resource")
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _json(body: dict[str, Any], status: int = 200,
+          headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=status, headers={**NO_STORE, **(headers or {})})
+
+
+# Discovery ----------------------------------------------------------------------------------
+
+
+def protected_resource_document(services: Services) -> dict[str, Any]:
+    settings = services.settings
+    return {
+        "resource": settings.mcp_url,
+        "authorization_servers": [settings.issuer],
+        "scopes_supported": list(ALL_SCOPES),
+        "bearer_methods_supported": ["header"],
+        "resource_name": "Breeze MCP",
+    }
+
+
+def authorization_server_document(services: Services) -> dict[str, Any]:
+    issuer = services.settings.issuer
+    auth_methods = ["none", "client_secret_post", "client_secret_basic"]
+    return {
+        "issuer": issuer,
+        "authorization_endpoint": f"{issuer}/authorize",
+        "token_endpoint": f"{issuer}/token",
+        "registration_endpoint": f"{issuer}/register",
+        "revocation_endpoint": f"{issuer}/revoke",
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "scopes_supported": [*ALL_SCOPES, "offline_access"],
+        "authorization_response_iss_parameter_supported": True,
+        "service_documentation": f"{issuer}/",
+    }
+
+
+async def protected_resource_metadata(request: Request) -> Response:
+    return JSONResponse(protected_resource_document(_services(request)),
+                        headers={"Access-Control-Allow-Origin": "*"})
+
+
+async def authorization_server_metadata(request: Request) -> Response:
+    return JSONResponse(authorization_server_document(_services(request)),
+                        headers={"Access-Control-Allow-Origin": "*"})
+
+
+# Registration -------------------------------------------------------------------------------
+
+
+async def register(request: Request) -> Response:
+    services = _services(request)
+    ctx = request_context(request, services)
+    decision = await services.limiter.hit(
+        f"dcr-ip:{rate_limit_key(ctx.client_ip or '')}", services.settings.dcr_rate_limit)
+    if not decision.allowed:
+        return _json({"error": "temporarily_unavailable",
+                      "error_description": "too many registrations from this address"},
+                     429, decision.headers())
+    global_decision = await services.limiter.hit("dcr-global",
+                                                 services.settings.dcr_global_rate_limit)
+    if not global_decision.allowed:
+        return _json({"error": "temporarily_unavailable",
+                      "error_description": "registration is busy; try again shortly"},
+                     429, global_decision.headers())
+    raw = await read_body(request, 64 * 1024)
+    try:
+        if raw is None:
+            raise RegistrationError("invalid_client_metadata", "body exceeds 65536 bytes")
+        body = parse_registration_body(raw)
+        reg = validate_registration(body, private_schemes=frozenset(
+            services.settings.oauth_private_schemes))
+    except RegistrationError as exc:
+        return _json({"error": exc.error, "error_description": exc.description}, 400)
+    try:
+        response, _ = await oauth.register_client(
+            services.db, reg, client_ip=ctx.client_ip, request_id=ctx.request_id,
+            max_pending=services.settings.dcr_max_pending)
+    except oauth.OAuthError as exc:
+        return _json(exc.body(), exc.status)
+    return _json(response, 201)
+
+
+# Authorization ------------------------------------------------------------------------------
+
+
+class _Redirectable(Exception):
+    """An error to send back to the client's redirect URI (RFC 6749 §4.1.2.1)."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+
+
+def _redirect(redirect_uri: str, params: dict[str, str]) -> RedirectResponse:
+    sep = "&" if urlsplit(redirect_uri).query else "?"
+    return RedirectResponse(f"{redirect_uri}{sep}{urlencode(params)}", status_code=303,
+                            headers=NO_STORE)
+
+
+def _single(params: Any, name: str) -> str | None:
+    values = params.getlist(name)
+    if len(values) > 1:
+        raise _Redirectable("invalid_request", f"{name} must not be repeated")
+    return values[0] if values else None
+
+
+async def authorize(request: Request) -> Response:
+    services = _services(request)
+    params: Any = request.query_params
+    form: FormData | None = None
+    if request.method == "POST":
+        form = await request.form()
+        params = form
+
+    # 1. Client and redirect URI: errors here are pages, never redirects.
+    client_ids = params.getlist("client_id")
+    redirect_uris = params.getlist("redirect_uri")
+    if len(client_ids) != 1 or not client_ids[0]:
+        return error_page(request, "Unknown application",
+                          "The request does not name exactly one client_id.")
+    client = await oauth.get_client(services.db, client_ids[0])
+    if client is None:
+        return error_page(request, "Unknown application",
+                          "This application is not registered (or its registration expired).",
+                          hint="Reconnect from the application to register it again.")
+    if len(redirect_uris) != 1 or not redirect_uri_matches(client.redirect_uris,
+                                                           redirect_uris[0]):
+        return error_page(request, "Invalid redirect",
+                          "The redirect_uri is missing or is not registered for "
+                          f"{client.display_name}.")
+    redirect_uri = redirect_uris[0]
+    state = params.get("state")
+    base: dict[str, str] = {"iss": services.settings.issuer}
+    if state is not None:
+        base["state"] = state
+
+    # 2. Everything else is answered at the redirect URI.
+    try:
+        checked = _check_request(services, params, client)
+    except _Redirectable as exc:
+        return _redirect(redirect_uri, {"error": exc.error,
+                                        "error_description": exc.description, **base})
+
+    user = await current_user(request)
+    if user is None:
+        if request.method == "POST":
+            return error_page(request, "Session expired", "Sign in again to continue.",
+                              status=401)
+        next_url = "/authorize?" + urlencode([(k, v) for k in AUTHORIZE_PARAMS
+                                              for v in params.getlist(k)])
+        return login_form(request, next_url=next_url, client_name=client.display_name)
+
+    choices = await _tenant_choices(services, user.user_id)
+    if not choices:
+        return _redirect(redirect_uri, {"error": "access_denied",
+                                        "error_description": "no active organization", **base})
+
+    if request.method == "GET":
+        return _consent_page(request, client, redirect_uri, checked, choices, user.email)
+
+    assert form is not None
+    if not await check_csrf(request, form):
+        return error_page(request, "Form expired",
+                          "This consent form is no longer valid. Start again from the "
+                          "application.", status=403)
+    if form.get("decision") != "approve":
+        return _redirect(redirect_uri, {"error": "access_denied",
+                                        "error_description": "the user denied the request",
+                                        **base})
+    try:
+        tenant_id = uuid.UUID(str(form.get("tenant_id")))
+    except ValueError:
+        return error_page(request, "Bad request", "No organization was chosen.")
+    role = next((c["role"] for c in choices if c["id"] == str(tenant_id)), None)
+    if role is None:
+        return error_page(request, "Bad request", "You are not a member of that organization.",
+                          status=403)
+    chosen = [str(s) for s in form.getlist("scope_choice")]
+    granted = [s for s in ALL_SCOPES
+               if s in chosen and s in checked["scopes"] and s in ROLE_SCOPES[role]]
+    if not granted:
+        return _redirect(redirect_uri, {"error": "access_denied",
+                                        "error_description": "no scope was granted", **base})
+    ctx = request_context(request, services)
+    try:
+        code = await oauth.create_authorization(
+            services.db, services.settings, tenant_id=tenant_id, client=client,
+            user_id=user.user_id, scopes=granted, resource=checked["resource"],
+            redirect_uri=redirect_uri, code_challenge=checked["code_challenge"],
+            request=ctx, requested_scopes=checked["scopes"],
+        )
+    except oauth.OAuthError as exc:
+        return _redirect(redirect_uri, {"error": exc.error,
+                                        "error_description": exc.description, **base})
+    return _redirect(redirect_uri, {"code": code, **base})
+
+
+def _check_request(services: Services, params: Any, client: oauth.Client) -> dict[str, Any]:
+    response_type = _single(params, "response_type")
+    if response_type != "code":
+        raise _Redirectable("unsupported_response_type", "only response_type=code is supported")
+    challenge = _single(params, "code_challenge")
+    method = _single(params, "code_challenge_method")
+    if not challenge:
+        raise _Redirectable("invalid_request", "code_challenge is required (PKCE)")
+    if method != "S256":
+        raise _Redirectable("invalid_request", "code_challenge_method must be S256")
+    if not oauth.CODE_CHALLENGE_PATTERN.match(challenge):
+        raise _Redirectable("invalid_request", "code_challenge must be 43 base64url characters")
+    resources = params.getlist("resource")
+    if len(resources) > 1:
+        raise _Redirectable("invalid_target", "only one resource may be requested")
+    bound = services.settings.mcp_url
+    if resources and oauth.normalize_resource(resources[0]) != bound:
+        raise _Redirectable("invalid_target", f"unknown resource; this server is {bound}")
+    asked = [s for s in oauth.parse_scope(_single(params, "scope")) if s in ALL_SCOPES]
+    if not asked:
+        # Unknown scopes ("claudeai", "openid") are dropped; with nothing left, ask for
+        # everything and let the human decide on the consent screen.
+        asked = list(ALL_SCOPES)
+    state = _single(params, "state")
+    if state is not None and len(state) > 2000:
+        raise _Redirectable("invalid_request", "state is too long")
+    return {"scopes": asked, "resource": bound, "code_challenge": challenge}
+
+
+async def _tenant_choices(services: Services, user_id: uuid.UUID) -> list[dict[str, str]]:
+    async with services.db.system_transaction(actor=f"user:{user_id}", user_id=user_id) as conn:
+        rows = (await conn.execute(
+            sa.select(tenants.c.id, tenants.c.name, memberships.c.role)
+            .join(tenants, tenants.c.id == memberships.c.tenant_id)
+            .where(memberships.c.user_id == user_id, tenants.c.status == "active")
+            .order_by(tenants.c.name)
+        )).all()
+    return [{"id": str(r.id), "name": r.name, "role": r.role} for r in rows]
+
+
+def _consent_page(request: Request, client: oauth.Client, redirect_uri: str,
+                  checked: dict[str, Any], choices: list[dict[str, str]],
+                  email: str) -> Response:
+    tenant_id = choices[0]["id"]
+    role = choices[0]["role"]
+    scopes = [{"name": s, "words": SCOPE_WORDS[s], "allowed": s in ROLE_SCOPES[role]}
+              for s in checked["scopes"]]
+    parts = urlsplit(redirect_uri)
+    host = parts.hostname if parts.scheme in ("http", "https") else f"{parts.scheme}://"
+    hidden = [(k, v) for k in AUTHORIZE_PARAMS for v in request.query_params.getlist(k)]
+    return render(request, "consent.html", {
+        "client_name": client.display_name, "redirect_host": host or redirect_uri,
+        "user_email": email, "tenants": choices, "tenant_id": tenant_id, "scopes": scopes,
+        "params": hidden, "error": None,
+    }, form_targets=[form_target_for(redirect_uri)])
+
+
+# Token and revocation -----------------------------------------------------------------------
+
+
+def _basic_credentials(request: Request) -> tuple[str, str] | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise oauth.OAuthError("invalid_client", "malformed Basic credentials", 401) from None
+    client_id, sep, secret = decoded.partition(":")
+    if not sep:
+        raise oauth.OAuthError("invalid_client", "malformed Basic credentials", 401)
+    return unquote(client_id), unquote(secret)  # RFC 6749 §2.3.1: form-urlencoded first
+
+
+async def _client_from_form(request: Request, services: Services,
+                            form: FormData) -> oauth.Client:
+    basic = _basic_credentials(request)
+    form_client_id = form.get("client_id")
+    form_secret = form.get("client_secret")
+    client_id = basic[0] if basic else form_client_id
+    if not isinstance(client_id, str) or not client_id:
+        raise oauth.OAuthError("invalid_client", "client authentication is required", 401)
+    client = await oauth.get_client(services.db, client_id)
+    return oauth.authenticate_client(
+        client, basic=basic,
+        form_secret=form_secret if isinstance(form_secret, str) else None,
+        form_client_id=form_client_id if isinstance(form_client_id, str) else None,
+    )
+
+
+async def _read_form(request: Request) -> FormData:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        raise oauth.OAuthError("invalid_request",
+                               "send application/x-www-form-urlencoded parameters")
+    form = await request.form()
+    for key in form:
+        if len(form.getlist(key)) > 1:
+            raise oauth.OAuthError("invalid_request", f"{key} must not be repeated")
+    return form
+
+
+def _oauth_error_response(exc: oauth.OAuthError, request: Request) -> JSONResponse:
+    headers: dict[str, str] = {}
+    if exc.status == 401 and request.headers.get("authorization", "").lower().startswith(
+            "basic"):
+        headers["WWW-Authenticate"] = 'Basic realm="breeze-mcp"'
+    if exc.status == 503:
+        headers["Retry-After"] = "1"
+    return _json(exc.body(), exc.status, headers)
+
+
+async def token(request: Request) -> Response:
+    services = _services(request)
+    ctx = request_context(request, services)
+    try:
+        form = await _read_form(request)
+        client = await _client_from_form(request, services, form)
+        grant_type = form.get("grant_type")
+
+        def field(name: str) -> str | None:
+            value = form.get(name)
+            return value if isinstance(value, str) else None
+
+        if grant_type == "authorization_code":
+            code = field("code")
+            if not code:
+                raise oauth.OAuthError("invalid_request", "code is required")
+            result = await oauth.exchange_code(
+                services.db, services.settings, client, code=code,
+                code_verifier=field("code_verifier"), redirect_uri=field("redirect_uri"),
+                resource=field("resource"), request=ctx)
+        elif grant_type == "refresh_token":
+            if "refresh_token" not in client.grant_types:
+                raise oauth.OAuthError("unauthorized_client",
+                                       "this client did not register the refresh_token grant")
+            refresh_token = field("refresh_token")
+            if not refresh_token:
+                raise oauth.OAuthError("invalid_request", "refresh_token is required")
+            result = await oauth.refresh(
+                services.db, services.settings, client, refresh_token=refresh_token,
+                scope=field("scope"), resource=field("resource"), request=ctx)
+        elif not grant_type:
+            raise oauth.OAuthError("invalid_request", "grant_type is required")
+        else:
+            raise oauth.OAuthError("unsupported_grant_type",
+                                   "use authorization_code or refresh_token")
+    except oauth.OAuthError as exc:
+        return _oauth_error_response(exc, request)
+    return _json(result.body())
+
+
+async def revoke(request: Request) -> Response:
+    services = _services(request)
+    try:
+        form = await _read_form(request)
+        client = await _client_from_form(request, services, form)
+        value = form.get("token")
+        if not isinstance(value, str) or not value:
+            raise oauth.OAuthError("invalid_request", "token is required")
+        hint = form.get("token_type_hint")
+        await oauth.revoke_token(services.db, client, value,
+                                 hint if isinstance(hint, str) else None,
+                                 request_context(request, services))
+    except oauth.OAuthError as exc:
+        return _oauth_error_response(exc, request)
+    return Response(status_code=200, headers=NO_STORE)

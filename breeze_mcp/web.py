@@ -1,0 +1,290 @@
+"""Pages for humans: sign-in, the consent screen's rendering, connected apps, sign-out.
+
+Every page is served with ``Content-Security-Policy`` (``frame-ancestors 'none'``, a per-page
+style nonce, no scripts), ``X-Frame-Options: DENY``, ``Referrer-Policy: no-referrer`` and
+``Cache-Control: no-store``; every form carries a CSRF token (signed double-submit cookie).
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+import jinja2
+import sqlalchemy as sa
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from breeze_mcp import audit
+from breeze_mcp.auth import oauth, sessions
+from breeze_mcp.auth.client_ip import rate_limit_key
+from breeze_mcp.auth.passwords import verify_password
+from breeze_mcp.db.models import oauth_clients, oauth_grants, tenants, users
+from breeze_mcp.edge import request_context
+from breeze_mcp.services import Services
+
+__all__ = [
+    "connections_page",
+    "current_user",
+    "disconnect",
+    "login_page",
+    "login_submit",
+    "logout",
+    "render",
+]
+
+_templates = jinja2.Environment(
+    loader=jinja2.PackageLoader("breeze_mcp", "templates"),
+    autoescape=jinja2.select_autoescape(["html"]),
+    undefined=jinja2.StrictUndefined,
+)
+
+LOGIN_IP_LIMIT = "20/minute"
+LOGIN_ACCOUNT_LIMIT = "10/15minute"
+
+
+def _secure(services: Services) -> bool:
+    return services.settings.public_url.startswith("https://")
+
+
+def csrf_cookie(request: Request) -> tuple[str, bool]:
+    """The CSRF cookie value, and whether it must be (re)set on the response."""
+    value = request.cookies.get(sessions.CSRF_COOKIE)
+    if value and 20 <= len(value) <= 100:
+        return value, False
+    return sessions.new_csrf_cookie(), True
+
+
+def render(
+    request: Request,
+    template: str,
+    context: dict[str, Any],
+    *,
+    status: int = 200,
+    form_targets: Iterable[str] = (),
+) -> HTMLResponse:
+    services: Services = request.app.state.services
+    nonce = secrets.token_urlsafe(16)
+    cookie, fresh = csrf_cookie(request)
+    body = _templates.get_template(template).render(
+        nonce=nonce, csrf=sessions.csrf_token(services.settings.secret("session_key"), cookie),
+        **context,
+    )
+    # form-action must allow where an approved consent redirects (Chrome enforces it on the
+    # redirect that follows a form submission).
+    targets = " ".join(sorted({t for t in form_targets if t}))
+    csp = (
+        f"default-src 'none'; style-src 'nonce-{nonce}'; img-src 'self'; "
+        f"form-action 'self' {targets}".rstrip()
+        + "; frame-ancestors 'none'; base-uri 'none'"
+    )
+    response = HTMLResponse(body, status_code=status, headers={
+        "Content-Security-Policy": csp,
+        "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+    })
+    if fresh:
+        response.set_cookie(sessions.CSRF_COOKIE, cookie, httponly=True, samesite="lax",
+                            secure=_secure(services), path="/")
+    return response
+
+
+def error_page(request: Request, title: str, message: str, *, status: int = 400,
+               hint: str | None = None) -> HTMLResponse:
+    return render(request, "error.html", {"title": title, "message": message, "hint": hint},
+                  status=status)
+
+
+async def check_csrf(request: Request, form: Any) -> bool:
+    services: Services = request.app.state.services
+    origin = request.headers.get("origin")
+    if origin is not None and origin.rstrip("/").lower() != services.settings.public_url:
+        return False
+    submitted = form.get("csrf_token")
+    return sessions.csrf_valid(
+        services.settings.secret("session_key"), request.cookies.get(sessions.CSRF_COOKIE),
+        submitted if isinstance(submitted, str) else None,
+    )
+
+
+async def current_user(request: Request) -> sessions.SessionUser | None:
+    services: Services = request.app.state.services
+    return await sessions.load_session(services.db, request.cookies.get(sessions.SESSION_COOKIE))
+
+
+def safe_next(value: object, default: str = "/account/connections") -> str:
+    """Only same-site relative paths; never '//host' or a scheme."""
+    if not isinstance(value, str) or not value.startswith("/") or value.startswith("//") \
+            or "\\" in value or len(value) > 4000:
+        return default
+    return value
+
+
+def mfa_required(user_id: uuid.UUID) -> bool:
+    """Hook for the second factor (TOTP), added with the humans issue: today, never."""
+    return False
+
+
+def login_form(request: Request, *, next_url: str, email: str = "", error: str | None = None,
+               client_name: str | None = None, status: int = 200) -> HTMLResponse:
+    return render(request, "login.html", {
+        "action": "/login", "next": next_url, "email": email, "error": error,
+        "client_name": client_name,
+    }, status=status)
+
+
+async def login_page(request: Request) -> Response:
+    if await current_user(request) is not None:
+        return RedirectResponse(safe_next(request.query_params.get("next")), status_code=303)
+    return login_form(request, next_url=safe_next(request.query_params.get("next")))
+
+
+async def login_submit(request: Request) -> Response:
+    services: Services = request.app.state.services
+    form = await request.form()
+    next_url = safe_next(form.get("next"))
+    email = str(form.get("email") or "").strip()[:254]
+    password = str(form.get("password") or "")
+    if not await check_csrf(request, form):
+        return error_page(request, "Form expired",
+                          "This form is no longer valid. Go back, reload the page and try again.",
+                          status=403)
+    ctx = request_context(request, services)
+    for bucket, limit in ((f"login-ip:{rate_limit_key(ctx.client_ip or '')}", LOGIN_IP_LIMIT),
+                          (f"login-email:{email.lower()}", LOGIN_ACCOUNT_LIMIT)):
+        decision = await services.limiter.hit(bucket, limit)
+        if not decision.allowed:
+            await _audit_login(services, ctx, None, email, "rate_limited", "rate_limited")
+            response = login_form(request, next_url=next_url, email=email, status=429,
+                                  error="Too many sign-in attempts. Wait a few minutes and "
+                                  "try again.")
+            response.headers.update(decision.headers())
+            return response
+    async with services.db.system_transaction(actor="system:login") as conn:
+        row = (await conn.execute(
+            sa.select(users.c.id, users.c.password_hash, users.c.disabled_at)
+            .where(sa.func.lower(users.c.email) == email.lower())
+        )).first()
+    # verify_password costs the same whether or not the account exists: no enumeration.
+    ok = verify_password(row.password_hash if row else None, password)
+    if not ok or row is None or row.disabled_at is not None:
+        await _audit_login(services, ctx, row.id if row else None, email, "error",
+                           "bad_credentials")
+        return login_form(request, next_url=next_url, email=email, status=401,
+                          error="Wrong email or password.")
+    if mfa_required(row.id):  # pragma: no cover - arrives with the humans issue
+        return error_page(request, "Second factor required", "MFA is not available yet.")
+    token = await sessions.create_session(services.db, row.id, ttl=services.settings.session_ttl,
+                                          client_ip=ctx.client_ip, user_agent=ctx.user_agent)
+    await _audit_login(services, ctx, row.id, email, "success", None)
+    redirect = RedirectResponse(next_url, status_code=303)
+    redirect.set_cookie(sessions.SESSION_COOKIE, token, httponly=True, samesite="lax",
+                        secure=_secure(services), path="/",
+                        max_age=services.settings.session_ttl)
+    return redirect
+
+
+async def _audit_login(services: Services, ctx: Any, user_id: uuid.UUID | None, email: str,
+                       outcome: audit.Outcome, reason: str | None) -> None:
+    async with services.db.system_transaction(actor="system:login") as conn:
+        await audit.write(conn, audit.AuditEntry(
+            actor_type="user", actor_id=str(user_id) if user_id else None,
+            acting_user_id=user_id, auth_path="session",
+            action="auth.login" if outcome == "success" else "auth.login_failed",
+            decision="allowed" if outcome == "success" else "denied", outcome=outcome,
+            deny_reason=reason, request_id=ctx.request_id, client_ip=ctx.client_ip,
+            user_agent=ctx.user_agent, parameters={"email": email},
+        ))
+
+
+async def logout(request: Request) -> Response:
+    services: Services = request.app.state.services
+    form = await request.form()
+    if not await check_csrf(request, form):
+        return error_page(request, "Form expired", "Reload the page and try again.", status=403)
+    await sessions.end_session(services.db, request.cookies.get(sessions.SESSION_COOKIE))
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(sessions.SESSION_COOKIE, path="/")
+    return response
+
+
+async def _my_grants(services: Services, user: sessions.SessionUser) -> list[dict[str, Any]]:
+    from breeze_mcp.db.models import memberships
+
+    async with services.db.system_transaction(actor=f"user:{user.user_id}",
+                                              user_id=user.user_id) as conn:
+        tenant_rows = (await conn.execute(
+            sa.select(memberships.c.tenant_id, tenants.c.name)
+            .join(tenants, tenants.c.id == memberships.c.tenant_id)
+            .where(memberships.c.user_id == user.user_id)
+        )).all()
+    grants: list[dict[str, Any]] = []
+    for tenant_id, tenant_name in tenant_rows:
+        async with services.db.tenant_transaction(tenant_id, actor=f"user:{user.user_id}",
+                                                  user_id=user.user_id) as conn:
+            for row in await conn.execute(
+                sa.select(oauth_grants.c.id, oauth_grants.c.scopes, oauth_grants.c.created_at,
+                          oauth_clients.c.client_name, oauth_clients.c.client_id)
+                .join(oauth_clients, oauth_clients.c.client_id == oauth_grants.c.client_id)
+                .where(oauth_grants.c.user_id == user.user_id,
+                       oauth_grants.c.revoked_at.is_(None))
+                .order_by(oauth_grants.c.created_at.desc())
+            ):
+                grants.append({
+                    "id": str(row.id), "tenant_id": str(tenant_id), "tenant_name": tenant_name,
+                    "client_name": row.client_name or row.client_id, "scopes": list(row.scopes),
+                })
+    return grants
+
+
+async def connections_page(request: Request) -> Response:
+    user = await current_user(request)
+    if user is None:
+        return RedirectResponse("/login?next=/account/connections", status_code=303)
+    services: Services = request.app.state.services
+    return render(request, "connections.html", {
+        "user_email": user.email, "grants": await _my_grants(services, user),
+        "message": request.query_params.get("message"),
+    })
+
+
+async def disconnect(request: Request) -> Response:
+    """The human's "disconnect": revoke one of their own grants, at once."""
+    services: Services = request.app.state.services
+    user = await current_user(request)
+    if user is None:
+        return RedirectResponse("/login?next=/account/connections", status_code=303)
+    form = await request.form()
+    if not await check_csrf(request, form):
+        return error_page(request, "Form expired", "Reload the page and try again.", status=403)
+    try:
+        grant_id = uuid.UUID(request.path_params["grant_id"])
+        tenant_id = uuid.UUID(str(form.get("tenant_id")))
+    except ValueError:
+        return error_page(request, "Not found", "No such connection.", status=404)
+    async with services.db.tenant_transaction(tenant_id, actor=f"user:{user.user_id}",
+                                              user_id=user.user_id) as conn:
+        owner = (await conn.execute(
+            sa.select(oauth_grants.c.user_id).where(oauth_grants.c.id == grant_id)
+        )).scalar_one_or_none()
+    if owner != user.user_id:
+        return error_page(request, "Not found", "No such connection.", status=404)
+    await oauth.revoke_grant(
+        services.db, tenant_id, grant_id, reason="disconnected_by_user", actor_type="user",
+        actor_id=str(user.user_id), request=request_context(request, services),
+        auth_path="session", acting_user_id=user.user_id,
+    )
+    return RedirectResponse("/account/connections?message=Disconnected.", status_code=303)
+
+
+def form_target_for(redirect_uri: str) -> str:
+    """The CSP form-action source for a redirect URI (origin, or scheme for custom schemes)."""
+    parts = urlsplit(redirect_uri)
+    if parts.scheme in ("http", "https"):
+        return f"{parts.scheme}://{parts.netloc}"
+    return f"{parts.scheme}:"
