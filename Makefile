@@ -31,10 +31,20 @@ test: $(VENV)/.installed-dev
 check: lint typecheck
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check breeze_mcp migrations tests bench
+	$(BIN)/ruff check breeze_mcp migrations tests bench conformance
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench
+
+# make conformance  the official MCP conformance suite's authorization-server scenarios
+#                   against a fresh local Breeze (see conformance/README.md)
+.PHONY: conformance
+
+conformance/node_modules/.package-lock.json: conformance/package.json conformance/package-lock.json
+	cd conformance && npm ci --no-audit --no-fund
+
+conformance: $(VENV)/.installed conformance/node_modules/.package-lock.json
+	$(BIN)/python conformance/run.py
