@@ -1,8 +1,10 @@
 """Admin REST endpoints for OAuth grants: list them, revoke one, revoke every grant of a client.
 
-Callers authenticate with a bearer credential whose human (the API key's creator, or the OAuth
-grant's user) is an owner or admin of the tenant today. Each revocation kills every access
-token, refresh token and pending code of the grant in the same request, and is audited.
+Callers authenticate with an API key whose creator is an owner or admin of the tenant today
+(checked on every request); revoking needs a key with ``ai:write``. OAuth access tokens are
+refused here: an AI client is never handed the power to manage other clients' grants. Each
+revocation kills every access token, refresh token and pending code of the grant in the same
+request, and is audited.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ __all__ = ["list_grants", "revoke_client_grants", "revoke_one_grant"]
 ADMIN_ROLES = ("owner", "admin")
 
 
-async def _admin(request: Request) -> Principal | Response:
+async def _admin(request: Request, *, mutate: bool = False) -> Principal | Response:
     services: Services = request.app.state.services
     principal = await authenticate_bearer(request, services)
     if isinstance(principal, AuthFailure):
@@ -33,6 +35,14 @@ async def _admin(request: Request) -> Principal | Response:
             {"error": principal.error or "unauthorized", "message": principal.description},
             status_code=401,
             headers={"WWW-Authenticate": bearer_challenge(services, error=principal.error)})
+    if principal.auth_path != "api_key":
+        return JSONResponse({"error": "forbidden",
+                             "message": "grant management needs an API key created by an "
+                             "owner or admin"}, status_code=403)
+    if mutate and "ai:write" not in principal.scopes:
+        return JSONResponse({"error": "insufficient_scope",
+                             "message": "revoking grants needs a key with ai:write",
+                             "required_scope": "ai:write"}, status_code=403)
     async with services.db.tenant_transaction(principal.tenant_id, actor=principal.actor) as conn:
         role = (await conn.execute(
             sa.select(memberships.c.role).where(
@@ -78,7 +88,7 @@ async def list_grants(request: Request) -> Response:
 
 
 async def revoke_one_grant(request: Request) -> Response:
-    principal = await _admin(request)
+    principal = await _admin(request, mutate=True)
     if isinstance(principal, Response):
         return principal
     services: Services = request.app.state.services
@@ -99,7 +109,7 @@ async def revoke_one_grant(request: Request) -> Response:
 
 
 async def revoke_client_grants(request: Request) -> Response:
-    principal = await _admin(request)
+    principal = await _admin(request, mutate=True)
     if isinstance(principal, Response):
         return principal
     services: Services = request.app.state.services

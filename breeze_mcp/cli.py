@@ -276,7 +276,7 @@ async def _first_run_demo(db: Database, settings: Settings) -> list[str] | None:
     ]
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
+def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
@@ -295,9 +295,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     if "public_url" not in settings.model_fields_set and port != 8000:
         # No public URL configured: the default follows the port actually served.
         settings = settings.model_copy(update={"public_url": f"http://127.0.0.1:{port}"})
-    # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so the
-    # embedded cluster is still released (and stopped) on the way out.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # uvicorn re-raises SIGTERM / SIGINT after its graceful shutdown; turn them into SystemExit
+    # so the embedded cluster is still released (and stopped) on the way out, quietly.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _exit_on_signal)
     with database_target(settings) as target:
         if target.embedded is not None or args.migrate:
             if target.owner_url is None:

@@ -159,7 +159,20 @@ class Settings(BaseSettings):
             raise ValueError("must be an absolute http(s) URL such as https://mcp.example.com")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError("must be an origin (scheme, host, port) without a path")
-        return f"{parts.scheme}://{parts.netloc.lower()}"
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not contain user information")
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError("has an invalid port") from exc
+        # The default port is dropped, so the issuer, the resource and browsers' Origin
+        # headers all spell the origin the same way.
+        if port is None or (parts.scheme, port) in (("https", 443), ("http", 80)):
+            return f"{parts.scheme}://{host}"
+        return f"{parts.scheme}://{host}:{port}"
 
     @field_validator(
         "database_url", "migrate_database_url", "redis_url", "session_key",

@@ -273,7 +273,7 @@ def _call_response(services: Services, id_: Any, outcome: CallResult) -> Respons
         return _rpc_error(id_, FORBIDDEN, outcome.message,
                           data={"error": "insufficient_scope", "tier": outcome.tier,
                                 "required_scope": outcome.required_scope},
-                          status=403, headers={"WWW-Authenticate": challenge})
+                          status=403, headers={**(headers or {}), "WWW-Authenticate": challenge})
     if outcome.status == "rate_limited":
         return _rpc_error(id_, RATE_LIMITED, outcome.message,
                           data={"error": "rate_limited"}, status=429, headers=headers)

@@ -149,7 +149,8 @@ async def register(request: Request) -> Response:
             services.db, reg, client_ip=ctx.client_ip, request_id=ctx.request_id,
             max_pending=services.settings.dcr_max_pending)
     except oauth.OAuthError as exc:
-        return _json(exc.body(), exc.status)
+        return _json(exc.body(), exc.status,
+                     {"Retry-After": "60"} if exc.status == 503 else None)
     return _json(response, 201)
 
 
@@ -271,6 +272,8 @@ async def authorize(request: Request) -> Response:
 
 def _check_request(services: Services, params: Any, client: oauth.Client) -> dict[str, Any]:
     response_type = _single(params, "response_type")
+    if not response_type:
+        raise _Redirectable("invalid_request", "response_type is required")
     if response_type != "code":
         raise _Redirectable("unsupported_response_type", "only response_type=code is supported")
     challenge = _single(params, "code_challenge")

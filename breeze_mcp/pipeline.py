@@ -4,9 +4,10 @@
 
 1. resolve the tool and the call's effective tier (max of the tool's and the action's tier;
    an unknown tool or action is Tier 4);
-2. tier gate: Tier 4 is refused for everyone; a tier above the scopes' ceiling is refused with
-   the scope that would reach it;
-3. rate limits: the caller's buckets (per key / per grant) and the tool's own, if any;
+2. the caller's rate limit (per key / per grant) — first, so that even refused calls are
+   throttled and one credential cannot flood the audit log;
+3. tier gate: Tier 4 is refused for everyone; a tier above the scopes' ceiling is refused with
+   the scope that would reach it; then the tool's own limit, if it has one;
 4. argument validation by the tool's pydantic model;
 5. one tenant transaction in which the tool runs and its audit entry is written, committed
    together.
@@ -110,11 +111,30 @@ async def call_tool(
             **fields,
         )
 
-    # 1-2. Resolve and gate. -----------------------------------------------------------------
+    async def limited(buckets: list[tuple[str, str]]) -> CallResult | RateDecision | None:
+        decision = await services.limiter.hit_all(buckets)
+        if decision is None or decision.allowed:
+            return decision
+        await _audit_alone(services, entry(decision="denied", outcome="rate_limited",
+                                           deny_reason=f"rate_limit:{decision.bucket}"),
+                           principal)
+        return CallResult(
+            "rate_limited", name, tier,
+            f"rate limit of {decision.limit} per {decision.window}s exceeded; retry in "
+            f"{max(decision.reset_after, 1)}s",
+            rate=decision,
+        )
+
+    # 1-2. Resolve; the caller's own rate limit. ------------------------------------------
+    rate = await limited(list(principal.rate_limits))
+    if isinstance(rate, CallResult):
+        return rate
+
+    # 3. Gate. ---------------------------------------------------------------------------------
     if spec is None:
         await _audit_alone(services, entry(decision="denied", outcome="blocked",
                                            deny_reason="unknown_tool"), principal)
-        return CallResult("unknown_tool", name, tier, f"Unknown tool: {name}")
+        return CallResult("unknown_tool", name, tier, f"Unknown tool: {name}", rate=rate)
     if tier >= BLOCKED_TIER:
         reason = "tier4_tool" if spec.base_tier >= BLOCKED_TIER else "unknown_or_tier4_action"
         await _audit_alone(services, entry(decision="denied", outcome="blocked",
@@ -124,6 +144,7 @@ async def call_tool(
         return CallResult(
             "blocked", name, tier,
             f"{what} is Tier 4: blocked at every scope level and never executed",
+            rate=rate,
         )
     if tier > principal.tier_ceiling:
         needed = scope_for_tier(tier)
@@ -134,22 +155,16 @@ async def call_tool(
             f"{name} is a Tier {tier} call and needs the {needed} scope "
             f"(granted: {', '.join(sorted(principal.scopes)) or 'none'})",
             required_scope=needed,
-        )
-
-    # 3. Rate limits. ------------------------------------------------------------------------
-    buckets = list(principal.rate_limits)
-    if spec.rate_limit:
-        buckets.append((f"tenant:{principal.tenant_id}:tool:{name}", spec.rate_limit))
-    rate = await services.limiter.hit_all(buckets)
-    if rate is not None and not rate.allowed:
-        await _audit_alone(services, entry(decision="denied", outcome="rate_limited",
-                                           deny_reason=f"rate_limit:{rate.bucket}"), principal)
-        return CallResult(
-            "rate_limited", name, tier,
-            f"rate limit of {rate.limit} per {rate.window}s exceeded; retry in "
-            f"{max(rate.reset_after, 1)}s",
             rate=rate,
         )
+
+    if spec.rate_limit:  # the dangerous tools' own per-tenant budget
+        tool_rate = await limited([(f"tenant:{principal.tenant_id}:tool:{name}",
+                                    spec.rate_limit)])
+        if isinstance(tool_rate, CallResult):
+            return tool_rate
+        if tool_rate is not None and (rate is None or tool_rate.remaining < rate.remaining):
+            rate = tool_rate
 
     # 4. Validate. ---------------------------------------------------------------------------
     try:

@@ -127,11 +127,11 @@ def _call_response(services: Services, outcome: CallResult) -> Response:
                                      description=outcome.message, scope=outcome.required_scope)
         return _error("insufficient_scope", outcome.message, tier=outcome.tier,
                       required_scope=outcome.required_scope,
-                      headers={"WWW-Authenticate": challenge})
+                      headers={**(headers or {}), "WWW-Authenticate": challenge})
     if outcome.status == "blocked":
-        return _error("blocked", outcome.message, tier=outcome.tier)
+        return _error("blocked", outcome.message, tier=outcome.tier, headers=headers)
     if outcome.status == "unknown_tool":
-        return _error("unknown_tool", outcome.message, tier=outcome.tier)
+        return _error("unknown_tool", outcome.message, tier=outcome.tier, headers=headers)
     if outcome.status == "rate_limited":
         return _error("rate_limited", outcome.message, headers=headers)
     return _error("internal_error", "internal error")

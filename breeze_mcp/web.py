@@ -120,7 +120,7 @@ async def current_user(request: Request) -> sessions.SessionUser | None:
 def safe_next(value: object, default: str = "/account/connections") -> str:
     """Only same-site relative paths; never '//host' or a scheme."""
     if not isinstance(value, str) or not value.startswith("/") or value.startswith("//") \
-            or "\\" in value or len(value) > 4000:
+            or "\\" in value or len(value) > 16000:
         return default
     return value
 

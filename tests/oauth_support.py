@@ -82,7 +82,7 @@ def oauth_world(test_db: ProvisionedDatabase, state_dir: Path,
                                      password=PASSWORD, role="technician")
             reader = await create_user(db, tenant, email=f"reader-{tag}@example.com",
                                        password=PASSWORD, role="readonly")
-            _, key = await create_api_key(db, tenant, name="admin", scopes="ai:read",
+            _, key = await create_api_key(db, tenant, name="admin", scopes="ai:read,ai:write",
                                           creator_email=owner.email)
             return tenant, tech.email, reader.email, key
         finally:

@@ -115,6 +115,8 @@ def normalize_resource(value: str) -> str:
     trailing slash dropped: ``HTTPS://MCP.Example.com:443/mcp/`` == ``https://mcp.example.com/mcp``.
     """
     parts = urlsplit(value.strip())
+    if "#" in value or parts.username is not None or parts.password is not None:
+        return "invalid:"  # RFC 8707 §2: no fragment; userinfo is never our resource
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
     if ":" in host:
@@ -205,7 +207,9 @@ async def register_client(
     client_id = mint(CLIENT_ID_PREFIX)
     secret = mint(CLIENT_SECRET_PREFIX) if reg.token_endpoint_auth_method != "none" else None  # noqa: S105
     async with db.system_transaction(actor="system:dcr") as conn:
-        # Forget registrations that never completed an authorization, then apply the cap.
+        # Forget registrations that never completed an authorization, then apply the cap
+        # (serialised, so concurrent registrations cannot overshoot it).
+        await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(0x6272_6565_7a65)))
         await conn.execute(
             oauth_clients.delete().where(oauth_clients.c.expires_at < sa.func.now())
         )
@@ -420,7 +424,9 @@ def _requested_scopes(scope: str | None, allowed: Sequence[str]) -> list[str]:
     """Refresh and exchange may narrow the scopes, never widen them."""
     if scope is None or not scope.strip():
         return list(allowed)
-    asked = parse_scope(scope)
+    asked = [s for s in parse_scope(scope) if s != "offline_access"]
+    if not asked:
+        return list(allowed)
     beyond = [s for s in asked if s not in allowed]
     if beyond:
         raise OAuthError("invalid_scope", f"scope {beyond[0]!r} was not granted")
@@ -537,7 +543,8 @@ async def refresh(
             swapped = (await conn.execute(
                 oauth_refresh_tokens.update()
                 .where(oauth_refresh_tokens.c.id == row.id,
-                       oauth_refresh_tokens.c.used_at.is_(None))
+                       oauth_refresh_tokens.c.used_at.is_(None),
+                       oauth_refresh_tokens.c.revoked_at.is_(None))
                 .values(used_at=sa.func.now(),
                         successor_sealed=sealer.seal(successor, aad))
                 .returning(oauth_refresh_tokens.c.id)
@@ -645,8 +652,9 @@ async def revoke_grant(
         await audit.write(conn, _grant_audit(
             action, tenant_id, grant_id, row.client_id, acting_user_id or row.user_id,
             row.scopes, request,
-            {"reason": reason, "access_tokens": tokens, "refresh_tokens": refreshes,
-             "codes": codes, "grant_id": str(grant_id)},
+            # (key names avoid "token": the audit redactor hides such keys' values)
+            {"reason": reason, "access_revoked": tokens, "refresh_revoked": refreshes,
+             "codes_revoked": codes, "grant_id": str(grant_id)},
             actor_type=actor_type, actor_id=actor_id, auth_path=auth_path,
             decision="denied" if action == "oauth.refresh_reuse_detected" else "allowed",
             outcome="blocked" if action.endswith("_detected") else "success",

@@ -80,5 +80,8 @@ class Principal:
 
     @property
     def actor(self) -> str:
-        """``type:id`` label stored on rows this caller creates (requested_by, author)."""
+        """Label stored on rows this caller creates (requested_by, author): ``api_key:<id>``,
+        ``user:<id>``, or for an AI client ``user:<id> via oauth_client:<client id>``."""
+        if self.actor_type == "oauth_client" and self.acting_user_id is not None:
+            return f"user:{self.acting_user_id} via oauth_client:{self.actor_id}"
         return f"{self.actor_type}:{self.actor_id}"
