@@ -292,6 +292,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         force=True,
     )
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
     if "public_url" not in settings.model_fields_set and port != 8000:
         # No public URL configured: the default follows the port actually served.
         settings = settings.model_copy(update={"public_url": f"http://127.0.0.1:{port}"})

@@ -116,7 +116,7 @@ class Settings(BaseSettings):
         description="Largest request body accepted by /mcp and the REST API.",
     )
     session_key: SecretStr | None = Field(
-        None, description="Signs web sessions and CSRF tokens (32+ bytes, any text)."
+        None, description="Signs CSRF tokens and derives the refresh-grace sealing key (32+ chars)."
     )
     mfa_encryption_key: SecretStr | None = Field(
         None,

@@ -1,7 +1,7 @@
 """Pages for humans: sign-in, the consent screen's rendering, connected apps, sign-out.
 
 Every page is served with ``Content-Security-Policy`` (``frame-ancestors 'none'``, a per-page
-style nonce, no scripts), ``X-Frame-Options: DENY``, ``Referrer-Policy: no-referrer`` and
+style nonce, no scripts), ``X-Frame-Options: DENY``, ``Referrer-Policy: same-origin`` and
 ``Cache-Control: no-store``; every form carries a CSRF token (signed double-submit cookie).
 """
 
@@ -41,6 +41,8 @@ _templates = jinja2.Environment(
     autoescape=jinja2.select_autoescape(["html"]),
     undefined=jinja2.StrictUndefined,
 )
+
+_MESSAGES = {"disconnected": "Disconnected: the app's access ended at once."}
 
 LOGIN_IP_LIMIT = "20/minute"
 LOGIN_ACCOUNT_LIMIT = "10/15minute"
@@ -85,7 +87,9 @@ def render(
         "Content-Security-Policy": csp,
         "X-Frame-Options": "DENY",
         "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
+        # same-origin: no Referer (with its query string) leaves for the client's site, while
+        # our own form posts keep a real Origin header for the CSRF check.
+        "Referrer-Policy": "same-origin",
         "Cache-Control": "no-store",
     })
     if fresh:
@@ -103,7 +107,9 @@ def error_page(request: Request, title: str, message: str, *, status: int = 400,
 async def check_csrf(request: Request, form: Any) -> bool:
     services: Services = request.app.state.services
     origin = request.headers.get("origin")
-    if origin is not None and origin.rstrip("/").lower() != services.settings.public_url:
+    # "null" is what privacy-hardened browsers send; the signed token below still decides.
+    if origin not in (None, "null") and origin.rstrip("/").lower() != \
+            services.settings.public_url:
         return False
     submitted = form.get("csrf_token")
     return sessions.csrf_valid(
@@ -249,7 +255,7 @@ async def connections_page(request: Request) -> Response:
     services: Services = request.app.state.services
     return render(request, "connections.html", {
         "user_email": user.email, "grants": await _my_grants(services, user),
-        "message": request.query_params.get("message"),
+        "message": _MESSAGES.get(request.query_params.get("done", "")),
     })
 
 
@@ -279,7 +285,7 @@ async def disconnect(request: Request) -> Response:
         actor_id=str(user.user_id), request=request_context(request, services),
         auth_path="session", acting_user_id=user.user_id,
     )
-    return RedirectResponse("/account/connections?message=Disconnected.", status_code=303)
+    return RedirectResponse("/account/connections?done=disconnected", status_code=303)
 
 
 def form_target_for(redirect_uri: str) -> str:

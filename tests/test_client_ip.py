@@ -110,3 +110,27 @@ def test_forged_forwarded_for_does_not_reach_the_audit_log(
     # Untrusted peer: the header is ignored. Trusted loopback proxy: the rightmost hop.
     assert _audit_ips(test_db.owner_url, tenant_id, marker) == (
         ["203.0.113.50"] if trusted else ["127.0.0.1"])
+
+
+@pytest.mark.req("SEED-TRUSTED-IP", "OAUTH-DCR-LIMITS")
+@pytest.mark.parametrize("trusted", [[], ["127.0.0.1/32"]])
+def test_forged_forwarded_for_does_not_fool_the_rate_limiter(
+    test_db: ProvisionedDatabase, tmp_path, trusted: list[str]
+) -> None:
+    from tests.oauth_support import oauth_world
+
+    body = {"client_name": "ip", "redirect_uris": ["http://127.0.0.1:7777/cb"],
+            "token_endpoint_auth_method": "none"}
+    with oauth_world(test_db, tmp_path, dcr_rate_limit="2/minute",
+                     trusted_proxies=",".join(trusted)) as world:
+        def register(xff: str) -> int:
+            return httpx.post(f"{world.url}/register", json=body, timeout=30,
+                              headers={"X-Forwarded-For": xff}).status_code
+
+        # The client rewrites the leftmost entries at will: still one client, one bucket.
+        statuses = [register(f"{i}.{i}.{i}.{i}, 203.0.113.1") for i in (1, 2, 3)]
+        assert statuses == [201, 201, 429]
+        other = register("9.9.9.9, 203.0.113.2")
+        # Behind a trusted proxy the rightmost untrusted hop is a different client; with no
+        # trusted proxy every request is the same peer (127.0.0.1), whatever it claims.
+        assert other == (201 if trusted else 429)

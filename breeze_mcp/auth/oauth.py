@@ -5,8 +5,8 @@
 * Codes (``bzc_``), refresh tokens (``bzr_``) and access tokens (``bza_``) are opaque,
   tenant-bound, 256-bit secrets stored as SHA-256 digests; each lookup runs inside its
   tenant's row-level-security transaction.
-* Validating an access token is one indexed lookup joined with its grant, client, user,
-  membership and tenant, so revoking a grant takes effect on the very next request, on every
+* Validating an access token is one indexed lookup joined with its grant, user, membership
+  and tenant, so revoking a grant takes effect on the very next request, on every
   instance: there is no cache to outlive it.
 * Refresh rotation is a compare-and-swap on the presented token's row. The immediate
   predecessor of the live token, presented again within the grace window while its successor
@@ -31,6 +31,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import sqlalchemy as sa
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -521,9 +522,15 @@ async def refresh(
                     oauth_grants.c.resource,
                     oauth_grants.c.revoked_at.label("grant_revoked"),
                     (oauth_refresh_tokens.c.expires_at <= sa.func.now()).label("expired"),
+                    tenants.c.status.label("tenant_status"), memberships.c.role,
+                    users.c.disabled_at,
                 )
                 .join(oauth_grants, (oauth_grants.c.id == oauth_refresh_tokens.c.grant_id)
                       & (oauth_grants.c.tenant_id == oauth_refresh_tokens.c.tenant_id))
+                .join(tenants, tenants.c.id == oauth_grants.c.tenant_id)
+                .join(users, users.c.id == oauth_grants.c.user_id)
+                .outerjoin(memberships, (memberships.c.tenant_id == oauth_grants.c.tenant_id)
+                           & (memberships.c.user_id == oauth_grants.c.user_id))
                 .where(oauth_refresh_tokens.c.digest == digest(refresh_token))
             )).first()
             if row is None:
@@ -534,6 +541,8 @@ async def refresh(
                 raise OAuthError("invalid_grant", "the grant has been revoked")
             if row.expired:
                 raise OAuthError("invalid_grant", "the refresh token has expired")
+            if row.tenant_status != "active" or row.role is None or row.disabled_at is not None:
+                raise OAuthError("invalid_grant", "the user no longer has access")
             _check_resource(resource, row.resource)
             access_scopes = _requested_scopes(scope, row.scopes)
             aad = row.id.bytes
@@ -584,7 +593,11 @@ async def refresh(
             if (current.in_grace and current.successor_sealed is not None
                     and child is not None and child.used_at is None
                     and child.revoked_at is None):
-                same = sealer.open(bytes(current.successor_sealed), aad)
+                try:
+                    same = sealer.open(bytes(current.successor_sealed), aad)
+                except InvalidTag:  # sealed under an older session key: no retry, no theft
+                    raise OAuthError("invalid_grant",
+                                     "this refresh token was already used") from None
                 access = await _issue_access(conn, settings, tenant_id, row.grant_id,
                                              access_scopes)
                 await audit.write(conn, _grant_audit(
@@ -656,7 +669,7 @@ async def revoke_grant(
             {"reason": reason, "access_revoked": tokens, "refresh_revoked": refreshes,
              "codes_revoked": codes, "grant_id": str(grant_id)},
             actor_type=actor_type, actor_id=actor_id, auth_path=auth_path,
-            decision="denied" if action == "oauth.refresh_reuse_detected" else "allowed",
+            decision="denied" if action.endswith("_detected") else "allowed",
             outcome="blocked" if action.endswith("_detected") else "success",
             deny_reason=reason if action.endswith("_detected") else None,
         ))

@@ -73,8 +73,13 @@ async def load_session(db: Database, token: str | None) -> SessionUser | None:
                    web_sessions.c.expires_at > sa.func.now(),
                    users.c.disabled_at.is_(None))
         )).first()
-    if row is None:
-        return None
+        if row is None:
+            return None
+        await conn.execute(  # at most once every five minutes
+            web_sessions.update()
+            .where(web_sessions.c.id == row.id,
+                   web_sessions.c.last_seen_at < sa.func.now() - dt.timedelta(minutes=5))
+            .values(last_seen_at=sa.func.now()))
     return SessionUser(row.id, row.user_id, row.email, row.display_name)
 
 
