@@ -7,7 +7,12 @@ one after the other, each with the same warm-up, duration and concurrency:
   (``{"limit": 5}``) with an API key;
 * ``ours-rest`` — our REST API: ``POST /api/v1/tools/list_devices`` with the same key and body;
 * ``bare-sdk``  — a bare ``mcp`` SDK server (stateless, JSON responses, no auth): ``tools/call``
-  of a no-op tool.
+  of a no-op tool;
+* ``ours-mcp-oauth`` — ``ours-mcp`` with an OAuth access token instead of an API key;
+* ``token-code``    — ``POST /token``, ``authorization_code`` grant with PKCE: one fresh code
+  per request;
+* ``token-refresh`` — ``POST /token``, ``refresh_token`` grant: every connection rotates its own
+  refresh-token lineage, sending the successor it was just given.
 
 Prints the machine, the settings and a table with the ratios against ``bare-sdk``;
 ``--json PATH`` also writes every figure. Exits 1 when set-up failed or any scenario had a
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import importlib.util
 import json
@@ -26,6 +32,7 @@ import os
 import platform
 import signal
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +56,13 @@ from bench.load import (
     fetch_once,
     run_load,
 )
+from bench.oauth_setup import CLIENT_ID, REDIRECT_URI, OAuthFixtures
 
 PROTOCOL_VERSION = "2025-06-18"
 TOOL = "list_devices"
 ARGUMENTS = {"limit": 5}
-SCENARIO_NAMES = ("bare-sdk", "ours-mcp", "ours-rest")
+SCENARIO_NAMES = ("bare-sdk", "ours-mcp", "ours-rest", "ours-mcp-oauth", "token-code",
+                  "token-refresh")
 # CPU (% of a core) used outside the server, PostgreSQL and the client above which a row is
 # flagged as noisy. On a quiet machine this is ~0 % for bare-sdk and ~15 % for our scenarios:
 # kernel work for our traffic that no process is charged with (commit flushes, interrupts).
@@ -74,6 +83,53 @@ def _five_devices_rest(result: dict[str, Any]) -> bool:
     return len(result.get("devices") or ()) == 5
 
 
+def _form(**fields: str) -> bytes:
+    return urllib.parse.urlencode(fields).encode()
+
+
+class _CodeStepper:
+    """Spends one pre-minted authorization code per request."""
+
+    def __init__(self, fixtures: OAuthFixtures) -> None:
+        self.fixtures = fixtures
+
+    def body(self) -> bytes:
+        code = self.fixtures.codes.popleft() if self.fixtures.codes else "bzc_out-of-codes"
+        return _form(grant_type="authorization_code", code=code,
+                     code_verifier=self.fixtures.verifier, redirect_uri=REDIRECT_URI,
+                     client_id=CLIENT_ID)
+
+    def observe(self, status: int, body: bytes) -> None:
+        pass
+
+
+class _RefreshStepper:
+    """Rotates one refresh-token lineage: each request sends the successor just received."""
+
+    def __init__(self, fixtures: OAuthFixtures) -> None:
+        self.token = fixtures.refresh_tokens.pop() if fixtures.refresh_tokens else "bzr_none"
+
+    def body(self) -> bytes:
+        return _form(grant_type="refresh_token", refresh_token=self.token, client_id=CLIENT_ID)
+
+    def observe(self, status: int, body: bytes) -> None:
+        if status == 200:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                self.token = json.loads(body)["refresh_token"]
+
+
+def check_token_response(status: int, body: bytes) -> str | None:
+    if status != 200:
+        return f"HTTP {status}: {body[:200]!r}"
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return f"not JSON: {body[:200]!r}"
+    if not isinstance(parsed, dict) or not str(parsed.get("access_token", "")).startswith("bza_"):
+        return f"no access token: {body[:200]!r}"
+    return None
+
+
 def build_scenarios(env: BenchEnvironment) -> dict[str, Scenario]:
     from bench.bare_server import NOOP_TOOL
 
@@ -84,7 +140,7 @@ def build_scenarios(env: BenchEnvironment) -> dict[str, Scenario]:
     )
     auth = ("Authorization", f"Bearer {env.api_key}")
     host = "127.0.0.1"
-    return {
+    scenarios = {
         "bare-sdk": Scenario(
             "bare-sdk",
             f"bare mcp SDK (MCPServer, stateless, JSON, no auth): tools/call {NOOP_TOOL}",
@@ -109,6 +165,28 @@ def build_scenarios(env: BenchEnvironment) -> dict[str, Scenario]:
             check_rest_call(_five_devices_rest),
         ),
     }
+    fixtures = env.oauth
+    if fixtures is None:
+        return scenarios
+    form_headers = (("Content-Type", "application/x-www-form-urlencoded"),
+                    ("Accept", "application/json"))
+    token_request = Request(host, env.ours.port, "/token", b"", form_headers)
+    scenarios["ours-mcp-oauth"] = Scenario(
+        "ours-mcp-oauth",
+        f"ours /mcp: tools/call {TOOL} {json.dumps(ARGUMENTS)} with an OAuth access token",
+        Request(host, env.ours.port, "/mcp", _mcp_call(TOOL, ARGUMENTS),
+                (("Authorization", f"Bearer {fixtures.access_token}"), *mcp_headers)),
+        check_mcp_call(_five_devices_mcp),
+    )
+    scenarios["token-code"] = Scenario(
+        "token-code", "ours POST /token: authorization_code + PKCE, a fresh code each time",
+        token_request, check_token_response, stepper=lambda: _CodeStepper(fixtures),
+    )
+    scenarios["token-refresh"] = Scenario(
+        "token-refresh", "ours POST /token: refresh_token, each connection rotating its own",
+        token_request, check_token_response, stepper=lambda: _RefreshStepper(fixtures),
+    )
+    return scenarios
 
 
 # Machine and settings ------------------------------------------------------------------------
@@ -170,7 +248,9 @@ def run_scenario(
     """Validate with one request, then load. Returns the result and the successful calls
     made outside the measurement (validation + warm-up), for the audit cross-check."""
     try:
-        status, body = asyncio.run(fetch_once(scenario.request))
+        stepper = scenario.stepper() if scenario.stepper is not None else None
+        status, body = asyncio.run(fetch_once(
+            scenario.request, stepper.body() if stepper is not None else None))
         problem = scenario.check(status, body)
     except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError,
             asyncio.LimitOverrunError, ProtocolError) as exc:
@@ -286,8 +366,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def verdict(rows: list[dict[str, Any]]) -> list[str]:
     out = []
     for row in rows:
-        if row["scenario"] == "bare-sdk" or "throughput_ratio" not in row:
-            continue
+        if not row["scenario"].startswith("ours-") or "throughput_ratio" not in row:
+            continue  # the target is about tool calls; token scenarios have no SDK twin
         met = (not row["errors"] and not row["warmup_errors"] and row["throughput_ratio"] >= 1.0
                and row["p50_ratio"] <= 1.0)
         out.append(
@@ -320,6 +400,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="run only this scenario (repeatable; default all)")
     parser.add_argument("--rate-limit", default="1000000/minute",
                         help="the API key's rate limit (default 1000000/minute)")
+    parser.add_argument("--codes", type=int, default=20000,
+                        help="single-use authorization codes minted for token-code "
+                        "(default 20000; a run that spends them all reports errors)")
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the figures here")
     parser.add_argument("--profile", metavar="DIR", type=Path,
                         help="record our server with py-spy during its scenarios (slows it)")
@@ -359,7 +442,13 @@ def main(argv: list[str] | None = None) -> int:
     wanted = args.scenario or list(SCENARIO_NAMES)
     started = dt.datetime.now(dt.UTC)
     try:
-        with BenchEnvironment(rate_limit=args.rate_limit, keep_logs=args.keep_logs) as env:
+        lineages = args.rounds * (2 * args.concurrency + 1) + 1 \
+            if "token-refresh" in wanted else 0
+        with BenchEnvironment(
+            rate_limit=args.rate_limit, keep_logs=args.keep_logs,
+            oauth_codes=args.codes if "token-code" in wanted else 0,
+            oauth_lineages=lineages or (1 if "ours-mcp-oauth" in wanted else 0),
+        ) as env:
             scenarios = build_scenarios(env)
             results: dict[str, Result] = {n: Result(n) for n in SCENARIO_NAMES if n in wanted}
             extra_ok = 0
@@ -372,9 +461,10 @@ def main(argv: list[str] | None = None) -> int:
                     if STOP.requested:
                         raise KeyboardInterrupt
                     results[name].merge(result)
-                    if name != "bare-sdk":
+                    if name.startswith("ours-"):
                         extra_ok += ok
-            ours_ok = sum(r.requests - r.errors for n, r in results.items() if n != "bare-sdk")
+            ours_ok = sum(r.requests - r.errors for n, r in results.items()
+                          if n.startswith("ours-"))
             audit_rows = env.count_audit_rows(TOOL) if ours_ok else None
             report: dict[str, Any] = {
                 "date": started.isoformat(timespec="seconds"),
@@ -431,7 +521,7 @@ def print_report(report: dict[str, Any]) -> None:
         print("note:     profiled run (py-spy attached): not for comparison")
     print()
     for name, description in report["scenarios"].items():
-        print(f"  {name:<10} {description}")
+        print(f"  {name:<14} {description}")
     print()
     print_table(report["results"])
     print()

@@ -37,6 +37,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from bench.oauth_setup import OAuthFixtures, mint
+
 __all__ = ["BenchEnvironment", "BenchSetupError", "ServerProcess"]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,7 +50,8 @@ OWNER_EMAIL = "owner@bench.example"
 _CONTROLLED = {
     "BREEZE_STATE_DIR", "BREEZE_DATABASE_URL", "BREEZE_MIGRATE_DATABASE_URL",
     "BREEZE_LOG_LEVEL", "BREEZE_PUBLIC_URL", "BREEZE_HOST", "BREEZE_PORT",
-    "BREEZE_API_KEY_RATE_LIMIT", "BREEZE_MODE", "BREEZE_BENCH_DATABASE_URL",
+    "BREEZE_API_KEY_RATE_LIMIT", "BREEZE_GRANT_RATE_LIMIT", "BREEZE_MODE",
+    "BREEZE_BENCH_DATABASE_URL",
 }
 
 
@@ -105,6 +108,11 @@ class BenchEnvironment:
     admin_url: str = field(init=False)  # superuser on the benchmark database (audit counts)
     database: str = field(init=False)  # "embedded" or the external server's host
     api_key: str = field(init=False)
+    tenant_id: str = field(init=False)
+    owner_id: str = field(init=False)
+    oauth: OAuthFixtures | None = field(init=False, default=None)
+    oauth_codes: int = 0  # how many single-use codes the code-exchange scenario may spend
+    oauth_lineages: int = 0  # refresh-token lineages (one per connection)
     ours: ServerProcess = field(init=False)
     bare: ServerProcess = field(init=False)
     postmaster_pid: int | None = field(init=False, default=None)
@@ -151,6 +159,7 @@ class BenchEnvironment:
             BREEZE_STATE_DIR=str(self.state_dir),
             BREEZE_LOG_LEVEL="warning",
             BREEZE_API_KEY_RATE_LIMIT=self.rate_limit,
+            BREEZE_GRANT_RATE_LIMIT=self.rate_limit,
             PYTHONUNBUFFERED="1",
         )
         external = os.environ.get("BREEZE_BENCH_DATABASE_URL", "").strip()
@@ -165,6 +174,17 @@ class BenchEnvironment:
         self.ours = self._start(
             "ours", [sys.executable, "-m", "breeze_mcp", "serve"], ready=self._ours_ready
         )
+        if self.oauth_codes or self.oauth_lineages:
+            import uuid
+
+            self._say(f"minting {self.oauth_codes} authorization codes and "
+                      f"{self.oauth_lineages} refresh-token lineages")
+            self.oauth = mint(
+                self.admin_url, tenant_id=uuid.UUID(self.tenant_id),
+                user_id=uuid.UUID(self.owner_id),
+                resource=f"http://127.0.0.1:{self.ours.port}/mcp",
+                codes=self.oauth_codes, lineages=self.oauth_lineages,
+            )
 
     def _embedded_database(self) -> None:
         from breeze_mcp.db.embedded import EmbeddedPostgres
@@ -251,10 +271,12 @@ class BenchEnvironment:
     def _provision(self) -> None:
         self._say("migrating and creating the tenant, its demo data and an API key")
         self.cli("migrate")
-        self.cli("tenant", "create", "Bench MSP", "--slug", TENANT)
+        tenant = self.cli("tenant", "create", "Bench MSP", "--slug", TENANT)
+        self.tenant_id = str(tenant["id"])
         password = secrets.token_urlsafe(24)
-        self.cli("user", "create", "--tenant", TENANT, "--email", OWNER_EMAIL, "--role",
-                 "owner", "--password-stdin", stdin=password + "\n")
+        owner = self.cli("user", "create", "--tenant", TENANT, "--email", OWNER_EMAIL,
+                         "--role", "owner", "--password-stdin", stdin=password + "\n")
+        self.owner_id = str(owner["id"])
         self.cli("demo-data", "--tenant", TENANT)
         created = self.cli("api-key", "create", "--tenant", TENANT, "--name", "bench",
                            "--scopes", "ai:read", "--rate-limit", self.rate_limit)

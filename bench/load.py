@@ -21,7 +21,7 @@ import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = ["STOP", "Request", "Result", "Scenario", "fetch_once", "percentile", "run_load"]
 
@@ -54,15 +54,25 @@ class Request:
     body: bytes
     headers: tuple[tuple[str, str], ...] = ()
 
-    def encode(self) -> bytes:
+    def encode(self, body: bytes | None = None) -> bytes:
+        body = self.body if body is None else body
         lines = [
             f"POST {self.path} HTTP/1.1",
             f"Host: {self.host}:{self.port}",
             "User-Agent: breeze-bench/1",
-            f"Content-Length: {len(self.body)}",
+            f"Content-Length: {len(body)}",
             *(f"{k}: {v}" for k, v in self.headers),
         ]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class Stepper(Protocol):
+    """A per-connection source of request bodies, for requests that cannot repeat (a
+    single-use code; a refresh token that rotates on every use)."""
+
+    def body(self) -> bytes: ...
+
+    def observe(self, status: int, body: bytes) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,7 @@ class Scenario:
     request: Request
     check: Check
     baseline: bool = False  # the bare SDK scenario every other one is compared with
+    stepper: Callable[[], Stepper] | None = None  # per-connection bodies, when they vary
 
 
 @dataclass
@@ -197,11 +208,11 @@ class Connection:
             await self.reader.readexactly(2)
 
 
-async def fetch_once(request: Request) -> tuple[int, bytes]:
+async def fetch_once(request: Request, body: bytes | None = None) -> tuple[int, bytes]:
     """One request on a fresh connection (used to validate a scenario before loading it)."""
     conn = Connection(request.host, request.port)
     try:
-        return await asyncio.wait_for(conn.send(request.encode()), timeout=30)
+        return await asyncio.wait_for(conn.send(request.encode(body)), timeout=30)
     finally:
         await conn.close()
 
@@ -217,13 +228,18 @@ async def _worker(
     conn = Connection(scenario.request.host, scenario.request.port)
     latencies = result.latencies_ns
     clock = time.perf_counter_ns
+    stepper = scenario.stepper() if scenario.stepper is not None else None
     try:
         while time.perf_counter() < stop_at and not STOP.requested:
+            if stepper is not None:
+                payload = scenario.request.encode(stepper.body())
             started = clock()
             problem: str | None
             try:
                 status, body = await conn.send(payload)
                 problem = scenario.check(status, body)
+                if stepper is not None:
+                    stepper.observe(status, body)
             except (OSError, ConnectionError, asyncio.IncompleteReadError, ProtocolError,
                     ValueError, asyncio.LimitOverrunError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
