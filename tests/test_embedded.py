@@ -225,3 +225,20 @@ def test_cluster_runs_as_unprivileged_user(state: Path, tmp_path: Path) -> None:
         assert not EmbeddedPostgres(home / "state" / "postgres").running()
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.req("DB-EMBEDDED-LIFECYCLE")
+def test_a_zombie_holder_does_not_keep_the_cluster(tmp_path: Path) -> None:
+    """A holder that was killed but not yet reaped must not keep the cluster running."""
+    from breeze_mcp.db.embedded import _pid_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert _pid_alive(child.pid)
+        child.kill()
+        wait_for(lambda: Path(f"/proc/{child.pid}/stat").read_text()
+                 .rsplit(")", 1)[-1].split()[0] == "Z", timeout=10)
+        assert not _pid_alive(child.pid)  # killed, not reaped: a zombie
+    finally:
+        child.wait()
+    assert not _pid_alive(child.pid)

@@ -297,13 +297,19 @@ class EmbeddedPostgres:
 
 
 def _pid_alive(pid: int) -> bool:
+    """A live process; a zombie (killed, not yet reaped by its parent) does not count."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): os.kill said it exists
+    # "pid (comm) state ...": comm may contain spaces or parentheses; state follows the last ')'.
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _unprivileged_user() -> pwd.struct_passwd:
