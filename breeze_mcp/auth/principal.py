@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Literal
+
+# The audit log defines who can act and through which door; a Principal uses the same words.
+from breeze_mcp.audit import ActorType, AuthPath
 
 __all__ = [
     "ALL_SCOPES",
@@ -21,9 +23,6 @@ __all__ = [
     "RequestContext",
     "scope_for_tier",
 ]
-
-ActorType = Literal["user", "oauth_client", "api_key", "system"]
-AuthPath = Literal["session", "oauth", "api_key", "cli", "system"]
 
 #: The only scopes there are, from weakest to strongest.
 ALL_SCOPES: tuple[str, ...] = ("ai:read", "ai:write", "ai:execute")
