@@ -12,12 +12,13 @@ import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from psycopg.types.json import Jsonb
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from breeze_mcp.db.models import audit_log
+from breeze_mcp.db.engine import driver
 
 __all__ = [
     "MAX_PARAMETERS_BYTES",
@@ -106,15 +107,25 @@ class AuditEntry:
     duration_ms: float | None = None
 
 
+# A plain INSERT (no RETURNING, whose returned row would have to pass the SELECT policy, which
+# a pre-tenant event (tenant_id NULL) does not), prepared once per connection by psycopg.
+_INSERT = (
+    "INSERT INTO audit_log (actor_type, auth_path, action, decision, outcome, tenant_id,"
+    " actor_id, acting_user_id, credential_id, client_id, request_id, parameters, risk_tier,"
+    " scopes, deny_reason, error, client_ip, user_agent, duration_ms)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s, %s,"
+    " %s::inet, %s, %s)"
+)
+
+
 async def write(conn: AsyncConnection, entry: AuditEntry) -> None:
     """Insert ``entry`` on ``conn`` (inside the caller's transaction)."""
-    row = asdict(entry)
-    row["parameters"] = _capped(entry.parameters)
-    row["scopes"] = list(entry.scopes)
-    if row["error"] is not None:
-        row["error"] = str(row["error"])[:MAX_STRING]
-    if row["user_agent"] is not None:
-        row["user_agent"] = str(row["user_agent"])[:512]
-    # inline(): no INSERT ... RETURNING, whose returned row would have to pass the SELECT
-    # policy, which a pre-tenant event (tenant_id NULL) does not.
-    await conn.execute(audit_log.insert().inline().values(**row))
+    error = None if entry.error is None else str(entry.error)[:MAX_STRING]
+    user_agent = None if entry.user_agent is None else str(entry.user_agent)[:512]
+    await (await driver(conn)).execute(_INSERT, (
+        entry.actor_type, entry.auth_path, entry.action, entry.decision, entry.outcome,
+        entry.tenant_id, entry.actor_id, entry.acting_user_id, entry.credential_id,
+        entry.client_id, entry.request_id, Jsonb(_capped(entry.parameters)), entry.risk_tier,
+        list(entry.scopes), entry.deny_reason, error, entry.client_ip, user_agent,
+        entry.duration_ms,
+    ))

@@ -7,20 +7,24 @@ the bearer credential into a Principal, and hand over to the call pipeline.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 
 from breeze_mcp.auth import api_keys, oauth
 from breeze_mcp.auth.client_ip import resolve_client_ip
 from breeze_mcp.auth.principal import ALL_SCOPES, Principal, RequestContext
+from breeze_mcp.auth.tokens import tenant_of
 from breeze_mcp.services import Services
 
 __all__ = [
     "AuthFailure",
     "authenticate_bearer",
     "bearer_challenge",
+    "bearer_transaction",
     "read_body",
     "request_context",
 ]
@@ -103,6 +107,64 @@ async def authenticate_bearer(request: Request, services: Services) -> Principal
         except oauth.TokenRejected:
             return AuthFailure("invalid_token", "the access token is invalid, expired or revoked")
     return AuthFailure("invalid_token", "the access token is invalid or expired")
+
+
+class _Rejected(Exception):
+    def __init__(self, failure: AuthFailure) -> None:
+        self.failure = failure
+
+
+@asynccontextmanager
+async def bearer_transaction(
+    request: Request, services: Services
+) -> AsyncIterator[tuple[Principal, AsyncConnection] | AuthFailure]:
+    """Authenticate ``Authorization: Bearer`` as the first statements of the credential's
+    tenant transaction, and keep that transaction for the rest of the request.
+
+    The tenant comes from the credential's prefix; the transaction starts as the actor
+    ``system:auth`` and, once the credential is accepted, names the caller as its actor. The
+    call pipeline runs the tool and writes its audit entry in the same transaction (one
+    checkout, one commit per call). A refused credential rolls back and yields an
+    :class:`AuthFailure`, exactly as :func:`authenticate_bearer` would.
+    """
+    token = _bearer_token(request.headers)
+    tenant_id = None
+    if token and token.startswith(api_keys.PREFIX + "_"):
+        tenant_id = tenant_of(token, api_keys.PREFIX)
+    elif token and token.startswith(oauth.ACCESS_PREFIX + "_"):
+        tenant_id = tenant_of(token, oauth.ACCESS_PREFIX)
+    if token is None or tenant_id is None:  # no credential, or none a database could accept
+        refused = await authenticate_bearer(request, services)
+        assert isinstance(refused, AuthFailure)
+        yield refused
+        return
+    try:
+        async with services.db.tenant_transaction(tenant_id, actor="system:auth") as conn:
+            principal = await _authenticate_in(conn, token, services)
+            if isinstance(principal, AuthFailure):
+                raise _Rejected(principal)
+            await services.db.set_actor(conn, principal.actor, principal.acting_user_id)
+            yield principal, conn
+            return
+    except _Rejected as rejected:
+        failure = rejected.failure
+    yield failure
+
+
+async def _authenticate_in(
+    conn: AsyncConnection, token: str, services: Services
+) -> Principal | AuthFailure:
+    if token.startswith(api_keys.PREFIX + "_"):
+        try:
+            return await api_keys.authenticate(
+                conn, token, default_rate_limit=services.settings.api_key_rate_limit
+            )
+        except api_keys.KeyRejected:
+            return AuthFailure("invalid_token", "the API key is invalid, expired or revoked")
+    try:
+        return await oauth.authenticate_access_token(conn, services.settings, token)
+    except oauth.TokenRejected:
+        return AuthFailure("invalid_token", "the access token is invalid, expired or revoked")
 
 
 async def read_body(request: Request, limit: int) -> bytes | None:

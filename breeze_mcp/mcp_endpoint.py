@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import mcp_types as types
 from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -23,8 +24,8 @@ from breeze_mcp import __version__
 from breeze_mcp.auth.principal import Principal
 from breeze_mcp.edge import (
     AuthFailure,
-    authenticate_bearer,
     bearer_challenge,
+    bearer_transaction,
     read_body,
     request_context,
 )
@@ -135,15 +136,24 @@ async def handle_mcp(request: Request) -> Response:
     if not _origin_allowed(request, services):
         return _rpc_error(None, INVALID_REQUEST, "Origin not allowed", status=403)
 
-    principal = await authenticate_bearer(request, services)
-    if isinstance(principal, AuthFailure):
-        body = {"error": principal.error or "unauthorized",
-                "error_description": principal.description}
-        return JSONResponse(body, status_code=401, headers={
-            "WWW-Authenticate": bearer_challenge(
-                services, error=principal.error,
-                description=principal.description if principal.error else None)})
+    # The body is read (size-capped) before a database connection is taken, so a slow client
+    # cannot hold a pooled connection while it trickles its request in.
+    raw = await read_body(request, services.settings.max_request_bytes)
+    async with bearer_transaction(request, services) as authenticated:
+        if isinstance(authenticated, AuthFailure):
+            body = {"error": authenticated.error or "unauthorized",
+                    "error_description": authenticated.description}
+            return JSONResponse(body, status_code=401, headers={
+                "WWW-Authenticate": bearer_challenge(
+                    services, error=authenticated.error,
+                    description=authenticated.description if authenticated.error else None)})
+        return await _authenticated(request, services, raw, *authenticated)
 
+
+async def _authenticated(
+    request: Request, services: Services, raw: bytes | None, principal: Principal,
+    conn: AsyncConnection,
+) -> Response:
     accept = request.headers.get("accept", "*/*").lower()
     if not any(a in accept for a in ("application/json", "*/*", "application/*")):
         return _rpc_error(None, INVALID_REQUEST,
@@ -154,7 +164,6 @@ async def handle_mcp(request: Request) -> Response:
         return _rpc_error(None, INVALID_REQUEST,
                           "Unsupported Media Type: send Content-Type: application/json",
                           status=415)
-    raw = await read_body(request, services.settings.max_request_bytes)
     if raw is None:
         return _rpc_error(None, INVALID_REQUEST,
                           f"request body exceeds {services.settings.max_request_bytes} bytes",
@@ -203,15 +212,15 @@ async def handle_mcp(request: Request) -> Response:
             )
 
     try:
-        return await _dispatch(request, services, principal, id_, method, params)
+        return await _dispatch(request, services, principal, conn, id_, method, params)
     except Exception:
         log.exception("MCP %s failed", method)
         return _rpc_error(id_, INTERNAL_ERROR, "Internal error")
 
 
 async def _dispatch(
-    request: Request, services: Services, principal: Principal, id_: Any, method: str,
-    params: dict[str, Any],
+    request: Request, services: Services, principal: Principal, conn: AsyncConnection, id_: Any,
+    method: str, params: dict[str, Any],
 ) -> Response:
     if method == "initialize":
         asked = params.get("protocolVersion")
@@ -239,7 +248,7 @@ async def _dispatch(
         if not isinstance(arguments, dict):
             return _rpc_error(id_, INVALID_PARAMS, "arguments must be an object")
         outcome = await call_tool(services, principal, name, arguments,
-                                  request_context(request, services))
+                                  request_context(request, services), conn)
         return _call_response(services, id_, outcome)
     return _rpc_error(id_, METHOD_NOT_FOUND, f"Method not found: {method}")
 

@@ -14,6 +14,11 @@
 
 Every outcome — denied, blocked, rate-limited, invalid, failed — writes its audit entry too,
 so nothing is ever silently dropped. This is the only place the tier decision is made.
+
+The transaction is the one the edge authenticated the caller in (``conn``, see
+:func:`breeze_mcp.edge.bearer_transaction`), or without one, a tenant transaction of its own.
+The pipeline commits it. A failing tool's changes are rolled back to a savepoint taken just
+before it ran, and its audit entry is written in their place.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from breeze_mcp import audit
 from breeze_mcp.auth.principal import Principal, RequestContext, scope_for_tier
 from breeze_mcp.auth.rate_limit import RateDecision
+from breeze_mcp.db.engine import driver
 from breeze_mcp.services import Services
 from breeze_mcp.tools.registry import BLOCKED_TIER, ToolContext, ToolError
 
@@ -72,7 +79,7 @@ def format_validation_error(exc: ValidationError) -> tuple[str, list[dict[str, A
 
 
 async def _audit_alone(services: Services, entry: audit.AuditEntry, principal: Principal) -> None:
-    """Write an entry for a call that did not run (its own small transaction)."""
+    """Write an entry in a small transaction of its own (when the call's own is lost)."""
     async with services.db.tenant_transaction(
         principal.tenant_id, actor=principal.actor, user_id=principal.acting_user_id
     ) as conn:
@@ -85,6 +92,47 @@ async def call_tool(
     name: str,
     arguments: Mapping[str, Any] | None,
     request: RequestContext,
+    conn: AsyncConnection | None = None,
+) -> CallResult:
+    """Run one call; ``conn``: the caller's tenant transaction (the pipeline commits it)."""
+    if conn is None:
+        async with services.db.tenant_transaction(
+            principal.tenant_id, actor=principal.actor, user_id=principal.acting_user_id
+        ) as own:
+            return await _call_tool(services, principal, name, arguments, request, own)
+    return await _call_tool(services, principal, name, arguments, request, conn)
+
+
+async def _commit_entry(services: Services, conn: AsyncConnection, entry: audit.AuditEntry,
+                        principal: Principal, *, after_savepoint: bool = False) -> None:
+    """Write ``entry`` in the call's transaction and commit it (after rolling the tool's
+    changes back to the savepoint, if it ran); if that transaction is lost, in a new one."""
+    try:
+        if after_savepoint:
+            await (await driver(conn)).execute(_ROLLBACK_TOOL)
+        await audit.write(conn, entry)
+        await conn.commit()
+    except Exception:
+        log.warning("audit entry for %s moved to a transaction of its own", entry.action,
+                    exc_info=True)
+        try:
+            await conn.rollback()
+        except Exception:
+            log.debug("rollback of a lost transaction failed", exc_info=True)
+        await _audit_alone(services, entry, principal)
+
+
+_SAVEPOINT = "SAVEPOINT breeze_tool"
+_ROLLBACK_TOOL = "ROLLBACK TO SAVEPOINT breeze_tool"
+
+
+async def _call_tool(
+    services: Services,
+    principal: Principal,
+    name: str,
+    arguments: Mapping[str, Any] | None,
+    request: RequestContext,
+    conn: AsyncConnection,
 ) -> CallResult:
     started = time.perf_counter()
     arguments = arguments or {}
@@ -115,9 +163,9 @@ async def call_tool(
         decision = await services.limiter.hit_all(buckets)
         if decision is None or decision.allowed:
             return decision
-        await _audit_alone(services, entry(decision="denied", outcome="rate_limited",
-                                           deny_reason=f"rate_limit:{decision.bucket}"),
-                           principal)
+        await _commit_entry(services, conn, entry(decision="denied", outcome="rate_limited",
+                                                  deny_reason=f"rate_limit:{decision.bucket}"),
+                            principal)
         return CallResult(
             "rate_limited", name, tier,
             f"rate limit of {decision.limit} per {decision.window}s exceeded; retry in "
@@ -132,13 +180,13 @@ async def call_tool(
 
     # 3. Gate. ---------------------------------------------------------------------------------
     if spec is None:
-        await _audit_alone(services, entry(decision="denied", outcome="blocked",
-                                           deny_reason="unknown_tool"), principal)
+        await _commit_entry(services, conn, entry(decision="denied", outcome="blocked",
+                                                  deny_reason="unknown_tool"), principal)
         return CallResult("unknown_tool", name, tier, f"Unknown tool: {name}", rate=rate)
     if tier >= BLOCKED_TIER:
         reason = "tier4_tool" if spec.base_tier >= BLOCKED_TIER else "unknown_or_tier4_action"
-        await _audit_alone(services, entry(decision="denied", outcome="blocked",
-                                           deny_reason=reason), principal)
+        await _commit_entry(services, conn, entry(decision="denied", outcome="blocked",
+                                                  deny_reason=reason), principal)
         what = f"tool {name!r}" if spec.base_tier >= BLOCKED_TIER else (
             f"action {arguments.get('action')!r} of tool {name!r}")
         return CallResult(
@@ -148,8 +196,8 @@ async def call_tool(
         )
     if tier > principal.tier_ceiling:
         needed = scope_for_tier(tier)
-        await _audit_alone(services, entry(decision="denied", outcome="blocked",
-                                           deny_reason="insufficient_scope"), principal)
+        await _commit_entry(services, conn, entry(decision="denied", outcome="blocked",
+                                                  deny_reason="insufficient_scope"), principal)
         return CallResult(
             "insufficient_scope", name, tier,
             f"{name} is a Tier {tier} call and needs the {needed} scope "
@@ -171,28 +219,28 @@ async def call_tool(
         args = spec.input_model.model_validate(arguments)
     except ValidationError as exc:
         message, details = format_validation_error(exc)
-        await _audit_alone(services, entry(decision="allowed", outcome="error", error=message),
-                           principal)
+        await _commit_entry(services, conn, entry(decision="allowed", outcome="error",
+                                                  error=message), principal)
         return CallResult("invalid_arguments", name, tier, message, rate=rate, details=details)
 
-    # 5. Run and audit in one tenant transaction. --------------------------------------------
+    # 5. Run and audit in the tenant transaction. -------------------------------------------
     assert spec.handler is not None  # Tier 4 (no handler) never gets here
     try:
-        async with services.db.tenant_transaction(
-            principal.tenant_id, actor=principal.actor, user_id=principal.acting_user_id
-        ) as conn:
-            result = await spec.handler(ToolContext(conn, principal.tenant_id, principal.actor),
-                                        args)
-            await audit.write(conn, entry(decision="allowed", outcome="success"))
+        await (await driver(conn)).execute(_SAVEPOINT)
+        result = await spec.handler(ToolContext(conn, principal.tenant_id, principal.actor), args)
+        await audit.write(conn, entry(decision="allowed", outcome="success"))
+        await conn.commit()
     except ToolError as exc:
-        await _audit_alone(services, entry(decision="allowed", outcome="error",
-                                           error=f"{exc.code}: {exc.message}"), principal)
+        await _commit_entry(services, conn, entry(decision="allowed", outcome="error",
+                                                  error=f"{exc.code}: {exc.message}"),
+                            principal, after_savepoint=True)
         return CallResult("tool_error", name, tier, exc.message, error_code=exc.code, rate=rate)
     except Exception:
         log.exception("tool %s failed", name)
         try:
-            await _audit_alone(services, entry(decision="allowed", outcome="error",
-                                               error="internal error"), principal)
+            await _commit_entry(services, conn, entry(decision="allowed", outcome="error",
+                                                      error="internal error"),
+                                principal, after_savepoint=True)
         except Exception:
             log.exception("could not write the failure audit entry for %s", name)
         return CallResult("internal_error", name, tier, "internal error", rate=rate)

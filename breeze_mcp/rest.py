@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from breeze_mcp import __version__
-from breeze_mcp.auth.principal import ALL_SCOPES, scope_for_tier
+from breeze_mcp.auth.principal import ALL_SCOPES, Principal, scope_for_tier
 from breeze_mcp.edge import (
     AuthFailure,
-    authenticate_bearer,
     bearer_challenge,
+    bearer_transaction,
     read_body,
     request_context,
 )
@@ -67,34 +68,41 @@ def _describe(spec: ToolSpec) -> dict[str, Any]:
     }
 
 
-async def _principal_or_401(request: Request, services: Services) -> Any:
-    principal = await authenticate_bearer(request, services)
-    if isinstance(principal, AuthFailure):
-        return _error(
-            principal.error or "unauthorized", principal.description,
-            headers={"WWW-Authenticate": bearer_challenge(
-                services, error=principal.error,
-                description=principal.description if principal.error else None)},
-        )
-    return principal
+def _unauthorized(failure: AuthFailure, services: Services) -> Response:
+    return _error(
+        failure.error or "unauthorized", failure.description,
+        headers={"WWW-Authenticate": bearer_challenge(
+            services, error=failure.error,
+            description=failure.description if failure.error else None)},
+    )
 
 
 async def list_endpoint(request: Request) -> Response:
     services: Services = request.app.state.services
-    principal = await _principal_or_401(request, services)
-    if isinstance(principal, Response):
-        return principal
+    async with bearer_transaction(request, services) as authenticated:
+        if isinstance(authenticated, AuthFailure):
+            return _unauthorized(authenticated, services)
+        principal, _ = authenticated
     tools = [_describe(t) for t in services.registry.listable(principal.tier_ceiling)]
     return JSONResponse({"tools": tools, "scopes": sorted(principal.scopes)})
 
 
 async def call_endpoint(request: Request) -> Response:
     services: Services = request.app.state.services
-    principal = await _principal_or_401(request, services)
-    if isinstance(principal, Response):
-        return principal
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    # Read the (size-capped) body before taking a database connection: a slow client must
+    # not hold a pooled connection while it trickles its request in.
     raw = await read_body(request, services.settings.max_request_bytes)
+    async with bearer_transaction(request, services) as authenticated:
+        if isinstance(authenticated, AuthFailure):
+            return _unauthorized(authenticated, services)
+        return await _call(request, services, raw, *authenticated)
+
+
+async def _call(
+    request: Request, services: Services, raw: bytes | None, principal: Principal,
+    conn: AsyncConnection,
+) -> Response:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if raw is None:
         return _error("payload_too_large",
                       f"request body exceeds {services.settings.max_request_bytes} bytes")
@@ -107,7 +115,7 @@ async def call_endpoint(request: Request) -> Response:
     if not isinstance(arguments, dict):
         return _error("invalid_json", "the body must be a JSON object of tool arguments")
     outcome = await call_tool(services, principal, request.path_params["name"], arguments,
-                              request_context(request, services))
+                              request_context(request, services), conn)
     return _call_response(services, outcome)
 
 

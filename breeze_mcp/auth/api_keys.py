@@ -15,12 +15,14 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 from limits import parse as parse_limit
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from breeze_mcp import audit
 from breeze_mcp.accounts import AccountError, Tenant
 from breeze_mcp.auth.principal import ALL_SCOPES, ROLE_SCOPES, Principal
 from breeze_mcp.auth.tokens import digest, mint_tenant_bound, tenant_of
 from breeze_mcp.db import Database
+from breeze_mcp.db.engine import driver
 from breeze_mcp.db.models import api_keys, memberships, tenants, users
 
 __all__ = [
@@ -247,66 +249,62 @@ async def revoke_api_key(
     raise AccountError(f"no API key {key_id}")
 
 
-async def authenticate(db: Database, token: str, *, default_rate_limit: str) -> Principal:
+_KEY_LOOKUP = (
+    "SELECT k.id, k.scopes, k.created_by, k.rate_limit, k.revoked_at,"
+    " k.expires_at <= now() AS expired,"
+    " k.last_used_at IS NULL OR k.last_used_at < now() - interval '60 seconds' AS touch,"
+    " t.status AS tenant_status, m.role, u.disabled_at"
+    " FROM api_keys k"
+    " JOIN tenants t ON t.id = k.tenant_id"
+    " JOIN users u ON u.id = k.created_by"
+    " LEFT OUTER JOIN memberships m ON m.tenant_id = k.tenant_id AND m.user_id = k.created_by"
+    " WHERE k.digest = %s AND k.tenant_id = %s"
+)
+_KEY_TOUCH = "UPDATE api_keys SET last_used_at = now() WHERE id = %s"
+
+
+async def authenticate(
+    db: Database | AsyncConnection, token: str, *, default_rate_limit: str
+) -> Principal:
     """The Principal for a presented key, or :class:`KeyRejected`.
 
     One indexed lookup inside the key's tenant transaction, joined with the tenant's state and
     the creator's current membership; the effective scopes are the key's scopes intersected
-    with what the creator's role allows today.
+    with what the creator's role allows today. ``db`` is the database (the lookup gets its own
+    transaction) or a connection already in the transaction of the tenant the key names.
     """
     tenant_id = tenant_of(token, PREFIX)
     if tenant_id is None:
         raise KeyRejected("malformed key")
-    async with db.tenant_transaction(tenant_id, actor="system:auth") as conn:
-        row = (
-            await conn.execute(
-                sa.select(
-                    api_keys.c.id, api_keys.c.scopes, api_keys.c.created_by,
-                    api_keys.c.rate_limit, api_keys.c.revoked_at,
-                    (api_keys.c.expires_at <= sa.func.now()).label("expired"),
-                    (
-                        api_keys.c.last_used_at.is_(None)
-                        | (api_keys.c.last_used_at < sa.func.now() - dt.timedelta(seconds=60))
-                    ).label("touch"),
-                    tenants.c.status.label("tenant_status"),
-                    memberships.c.role,
-                    users.c.disabled_at,
-                )
-                .join(tenants, tenants.c.id == api_keys.c.tenant_id)
-                .join(users, users.c.id == api_keys.c.created_by)
-                .outerjoin(
-                    memberships,
-                    (memberships.c.tenant_id == api_keys.c.tenant_id)
-                    & (memberships.c.user_id == api_keys.c.created_by),
-                )
-                .where(api_keys.c.digest == digest(token), api_keys.c.tenant_id == tenant_id)
-            )
-        ).first()
-        if row is None:
-            raise KeyRejected("unknown key")
-        if row.revoked_at is not None:
-            raise KeyRejected("revoked key")
-        if row.expired:
-            raise KeyRejected("expired key")
-        if row.tenant_status != "active":
-            raise KeyRejected(f"tenant is {row.tenant_status}")
-        if row.role is None or row.disabled_at is not None:
-            raise KeyRejected("key creator no longer has access to the tenant")
-        scopes = frozenset(row.scopes) & ROLE_SCOPES[row.role]
-        if not scopes:
-            raise KeyRejected("key creator's role no longer allows any of the key's scopes")
-        if row.touch:  # last-used time, at most once a minute per key
-            await conn.execute(
-                api_keys.update().where(api_keys.c.id == row.id)
-                .values(last_used_at=sa.func.now())
-            )
+    if isinstance(db, Database):
+        async with db.tenant_transaction(tenant_id, actor="system:auth") as conn:
+            return await authenticate(conn, token, default_rate_limit=default_rate_limit)
+    raw = await driver(db)
+    row = await (await raw.execute(_KEY_LOOKUP, (digest(token), tenant_id))).fetchone()
+    if row is None:
+        raise KeyRejected("unknown key")
+    (key_id, key_scopes, created_by, rate_limit, revoked_at, expired, touch, tenant_status,
+     role, disabled_at) = row
+    if revoked_at is not None:
+        raise KeyRejected("revoked key")
+    if expired:
+        raise KeyRejected("expired key")
+    if tenant_status != "active":
+        raise KeyRejected(f"tenant is {tenant_status}")
+    if role is None or disabled_at is not None:
+        raise KeyRejected("key creator no longer has access to the tenant")
+    scopes = frozenset(key_scopes) & ROLE_SCOPES[role]
+    if not scopes:
+        raise KeyRejected("key creator's role no longer allows any of the key's scopes")
+    if touch:  # last-used time, at most once a minute per key
+        await raw.execute(_KEY_TOUCH, (key_id,))
     return Principal(
         tenant_id=tenant_id,
         actor_type="api_key",
-        actor_id=str(row.id),
+        actor_id=str(key_id),
         auth_path="api_key",
-        credential_id=str(row.id),
+        credential_id=str(key_id),
         scopes=scopes,
-        acting_user_id=row.created_by,
-        rate_limits=((f"api_key:{row.id}", row.rate_limit or default_rate_limit),),
+        acting_user_id=created_by,
+        rate_limits=((f"api_key:{key_id}", rate_limit or default_rate_limit),),
     )

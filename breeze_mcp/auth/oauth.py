@@ -720,50 +720,56 @@ class TokenRejected(Exception):
         self.reason = reason
 
 
-async def authenticate_access_token(db: Database, settings: Settings, token: str) -> Principal:
+async def authenticate_access_token(
+    db: Database | AsyncConnection, settings: Settings, token: str
+) -> Principal:
+    """``db``: the database (own transaction) or a connection in the token's tenant's one."""
     tenant_id = tenant_of(token, ACCESS_PREFIX)
     if tenant_id is None:
         raise TokenRejected("malformed token")
-    async with db.tenant_transaction(tenant_id, actor="system:auth") as conn:
-        row = (await conn.execute(
-            sa.select(
-                oauth_access_tokens.c.scopes, oauth_access_tokens.c.revoked_at,
-                (oauth_access_tokens.c.expires_at <= sa.func.now()).label("expired"),
-                oauth_grants.c.id.label("grant_id"), oauth_grants.c.client_id,
-                oauth_grants.c.user_id, oauth_grants.c.resource,
-                oauth_grants.c.revoked_at.label("grant_revoked"),
-                (oauth_grants.c.last_used_at.is_(None)
-                 | (oauth_grants.c.last_used_at < sa.func.now() - dt.timedelta(seconds=60)))
-                .label("touch"),
-                tenants.c.status.label("tenant_status"), memberships.c.role,
-                users.c.disabled_at,
-            )
-            .select_from(oauth_access_tokens)
-            .join(oauth_grants, (oauth_grants.c.id == oauth_access_tokens.c.grant_id)
-                  & (oauth_grants.c.tenant_id == oauth_access_tokens.c.tenant_id))
-            .join(tenants, tenants.c.id == oauth_grants.c.tenant_id)
-            .join(users, users.c.id == oauth_grants.c.user_id)
-            .outerjoin(memberships, (memberships.c.tenant_id == oauth_grants.c.tenant_id)
-                       & (memberships.c.user_id == oauth_grants.c.user_id))
-            .where(oauth_access_tokens.c.digest == digest(token),
-                   oauth_access_tokens.c.tenant_id == tenant_id)
-        )).first()
-        if row is None:
-            raise TokenRejected("unknown token")
-        if row.revoked_at is not None or row.grant_revoked is not None:
-            raise TokenRejected("revoked")
-        if row.expired:
-            raise TokenRejected("expired")
-        if row.resource != settings.mcp_url:
-            raise TokenRejected("token minted for another resource")
-        if row.tenant_status != "active" or row.role is None or row.disabled_at is not None:
-            raise TokenRejected("the user no longer has access to the tenant")
-        scopes = frozenset(row.scopes) & ROLE_SCOPES[row.role]
-        if not scopes:
-            raise TokenRejected("the user's role no longer allows any granted scope")
-        if row.touch:
-            await conn.execute(oauth_grants.update().where(oauth_grants.c.id == row.grant_id)
-                               .values(last_used_at=sa.func.now()))
+    if isinstance(db, Database):
+        async with db.tenant_transaction(tenant_id, actor="system:auth") as conn:
+            return await authenticate_access_token(conn, settings, token)
+    conn = db
+    row = (await conn.execute(
+        sa.select(
+            oauth_access_tokens.c.scopes, oauth_access_tokens.c.revoked_at,
+            (oauth_access_tokens.c.expires_at <= sa.func.now()).label("expired"),
+            oauth_grants.c.id.label("grant_id"), oauth_grants.c.client_id,
+            oauth_grants.c.user_id, oauth_grants.c.resource,
+            oauth_grants.c.revoked_at.label("grant_revoked"),
+            (oauth_grants.c.last_used_at.is_(None)
+             | (oauth_grants.c.last_used_at < sa.func.now() - dt.timedelta(seconds=60)))
+            .label("touch"),
+            tenants.c.status.label("tenant_status"), memberships.c.role,
+            users.c.disabled_at,
+        )
+        .select_from(oauth_access_tokens)
+        .join(oauth_grants, (oauth_grants.c.id == oauth_access_tokens.c.grant_id)
+              & (oauth_grants.c.tenant_id == oauth_access_tokens.c.tenant_id))
+        .join(tenants, tenants.c.id == oauth_grants.c.tenant_id)
+        .join(users, users.c.id == oauth_grants.c.user_id)
+        .outerjoin(memberships, (memberships.c.tenant_id == oauth_grants.c.tenant_id)
+                   & (memberships.c.user_id == oauth_grants.c.user_id))
+        .where(oauth_access_tokens.c.digest == digest(token),
+               oauth_access_tokens.c.tenant_id == tenant_id)
+    )).first()
+    if row is None:
+        raise TokenRejected("unknown token")
+    if row.revoked_at is not None or row.grant_revoked is not None:
+        raise TokenRejected("revoked")
+    if row.expired:
+        raise TokenRejected("expired")
+    if row.resource != settings.mcp_url:
+        raise TokenRejected("token minted for another resource")
+    if row.tenant_status != "active" or row.role is None or row.disabled_at is not None:
+        raise TokenRejected("the user no longer has access to the tenant")
+    scopes = frozenset(row.scopes) & ROLE_SCOPES[row.role]
+    if not scopes:
+        raise TokenRejected("the user's role no longer allows any granted scope")
+    if row.touch:
+        await conn.execute(oauth_grants.update().where(oauth_grants.c.id == row.grant_id)
+                           .values(last_used_at=sa.func.now()))
     return Principal(
         tenant_id=tenant_id,
         actor_type="oauth_client",

@@ -8,21 +8,63 @@ next user. With no tenant set, every tenant table reads as empty (row-level secu
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import sqlalchemy as sa
+import psycopg
+from sqlalchemy import event, exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-__all__ = ["Database", "sqlalchemy_url"]
+__all__ = ["IDLE_PING_SECONDS", "Database", "driver", "sqlalchemy_url"]
 
-_SET_CONTEXT = sa.text(
-    "SELECT set_config('breeze.tenant_id', :tenant_id, true),"
-    " set_config('breeze.actor', :actor, true),"
-    " set_config('breeze.user_id', :user_id, true)"
+# Run as prepared statements straight on the psycopg connection (no per-statement
+# SQLAlchemy work): the tenant and actor in one statement, and the actor once the
+# credential that opened the transaction is known.
+_SET_CONTEXT = (
+    "SELECT set_config('breeze.tenant_id', %s, true),"
+    " set_config('breeze.actor', %s, true),"
+    " set_config('breeze.user_id', %s, true)"
 )
+_SET_ACTOR = (
+    "SELECT set_config('breeze.actor', %s, true), set_config('breeze.user_id', %s, true)"
+)
+
+#: A pooled connection idle for longer than this is pinged before use (one that was in use
+#: moments ago is not: under load, no checkout pays a round trip for a ping).
+IDLE_PING_SECONDS = 10.0
+_CHECKED_IN = "breeze_checked_in"
+
+
+async def driver(conn: AsyncConnection) -> psycopg.AsyncConnection[Any]:
+    """The psycopg connection under ``conn``, in the same transaction."""
+    raw = (await conn.get_raw_connection()).driver_connection
+    assert isinstance(raw, psycopg.AsyncConnection)
+    return raw
+
+
+def _install_health_checks(engine: AsyncEngine) -> None:
+    """Instead of ``pool_pre_ping`` on every checkout: a broken or closed connection is
+    replaced, and one that sat idle (the server may have restarted meanwhile) is pinged."""
+    dialect = engine.dialect
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _checked_in(dbapi_conn: Any, record: Any) -> None:
+        record.info[_CHECKED_IN] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _checked_out(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        raw = dbapi_conn.driver_connection
+        if raw.closed or raw.broken:
+            raise exc.DisconnectionError("connection closed")
+        checked_in = record.info.get(_CHECKED_IN)
+        if checked_in is not None and time.monotonic() - checked_in > IDLE_PING_SECONDS:
+            try:
+                dialect.do_ping(dbapi_conn)
+            except Exception as error:
+                raise exc.DisconnectionError("ping failed") from error
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -44,9 +86,9 @@ class Database:
             sqlalchemy_url(url),
             pool_size=pool_size,
             max_overflow=pool_size if max_overflow is None else max_overflow,
-            pool_pre_ping=True,
             **engine_kwargs,
         )
+        _install_health_checks(self.engine)
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -63,15 +105,15 @@ class Database:
         if not isinstance(tenant_id, uuid.UUID):
             raise TypeError("tenant_transaction needs the tenant's UUID (fail closed)")
         async with self.engine.begin() as conn:
-            await conn.execute(
-                _SET_CONTEXT,
-                {
-                    "tenant_id": str(tenant_id),
-                    "actor": actor,
-                    "user_id": str(user_id) if user_id else "",
-                },
+            await (await driver(conn)).execute(
+                _SET_CONTEXT, (str(tenant_id), actor, str(user_id) if user_id else "")
             )
             yield conn
+
+    @staticmethod
+    async def set_actor(conn: AsyncConnection, actor: str, user_id: uuid.UUID | None) -> None:
+        """Name the actor of the rest of a tenant transaction (its tenant stays as set)."""
+        await (await driver(conn)).execute(_SET_ACTOR, (actor, str(user_id) if user_id else ""))
 
     @asynccontextmanager
     async def system_transaction(
@@ -83,8 +125,7 @@ class Database:
         ``user_id`` set, that user's own memberships are visible.
         """
         async with self.engine.begin() as conn:
-            await conn.execute(
-                _SET_CONTEXT,
-                {"tenant_id": "", "actor": actor, "user_id": str(user_id) if user_id else ""},
+            await (await driver(conn)).execute(
+                _SET_CONTEXT, ("", actor, str(user_id) if user_id else "")
             )
             yield conn

@@ -38,6 +38,7 @@ from typing import Annotated, Any, Literal
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from breeze_mcp.db.engine import driver
 from breeze_mcp.db.models import alerts, device_notes, devices
 from breeze_mcp.tools.registry import ToolContext, ToolError, ToolSpec
 
@@ -375,34 +376,61 @@ def _summary(row: sa.Row[Any]) -> dict[str, Any]:
     }
 
 
+_SUMMARY_COLUMNS = (
+    "id, hostname, site, os_family, os_version, status, ip_address, tags, last_seen_at"
+)
+
+
 async def list_devices(ctx: ToolContext, args: ListDevicesInput) -> dict[str, Any]:
-    conditions: list[sa.ColumnElement[bool]] = [devices.c.tenant_id == ctx.tenant_id]
+    # Plain SQL on the transaction's psycopg connection (prepared after a few calls): only the
+    # summary columns, and the total in the same query. RLS scopes it; the tenant filter is
+    # defense in depth.
+    conditions = ["tenant_id = %s"]
+    params: list[Any] = [ctx.tenant_id]
     if args.site is not None:
-        conditions.append(sa.func.lower(devices.c.site) == args.site.lower())
+        conditions.append("lower(site) = %s")
+        params.append(args.site.lower())
     if args.status is not None:
-        conditions.append(devices.c.status == args.status)
+        conditions.append("status = %s")
+        params.append(args.status)
     if args.os_family is not None:
-        conditions.append(sa.func.lower(devices.c.os_family) == args.os_family.lower())
+        conditions.append("lower(os_family) = %s")
+        params.append(args.os_family.lower())
     if args.tag is not None:
-        conditions.append(devices.c.tags.contains([args.tag]))
+        conditions.append("tags @> %s::text[]")
+        params.append([args.tag])
     if args.search is not None:
-        conditions.append(
-            devices.c.hostname.ilike(f"%{_escape_like(args.search)}%", escape="\\")
-        )
-    total = (
-        await ctx.conn.execute(sa.select(sa.func.count()).select_from(devices).where(*conditions))
-    ).scalar_one()
-    rows = (
-        await ctx.conn.execute(
-            sa.select(devices)
-            .where(*conditions)
-            .order_by(devices.c.hostname, devices.c.id)
-            .limit(args.limit)
-            .offset(args.offset)
-        )
-    ).all()
+        conditions.append("hostname ILIKE %s ESCAPE '\\'")
+        params.append(f"%{_escape_like(args.search)}%")
+    where = " AND ".join(conditions)
+    raw = await driver(ctx.conn)
+    rows = await (await raw.execute(
+        f"SELECT {_SUMMARY_COLUMNS}, count(*) OVER () FROM devices WHERE {where}"  # noqa: S608
+        " ORDER BY hostname, id LIMIT %s OFFSET %s",
+        (*params, args.limit, args.offset),
+    )).fetchall()
+    if rows:
+        total = int(rows[0][-1])
+    else:  # an empty page says nothing about the total: count it
+        count = await (await raw.execute(
+            f"SELECT count(*) FROM devices WHERE {where}", params  # noqa: S608
+        )).fetchone()
+        total = int(count[0]) if count else 0
     return {
-        "devices": [_summary(row) for row in rows],
+        "devices": [
+            {
+                "id": str(row[0]),
+                "hostname": row[1],
+                "site": row[2],
+                "os_family": row[3],
+                "os_version": row[4],
+                "status": row[5],
+                "ip_address": _ip(row[6]),
+                "tags": list(row[7]),
+                "last_seen_at": iso(row[8]),
+            }
+            for row in rows
+        ],
         "total": total,
         "next_offset": next_offset(args.offset, len(rows), total),
     }
