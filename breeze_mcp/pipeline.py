@@ -225,22 +225,26 @@ async def _call_tool(
 
     # 5. Run and audit in the tenant transaction. -------------------------------------------
     assert spec.handler is not None  # Tier 4 (no handler) never gets here
+    # Tier 1 tools only read (MCP readOnlyHint): there is nothing of theirs to roll back, so
+    # they skip the savepoint round trip; anything that can write runs after one.
+    writes = spec.max_tier > 1
     try:
-        await (await driver(conn)).execute(_SAVEPOINT)
+        if writes:
+            await (await driver(conn)).execute(_SAVEPOINT)
         result = await spec.handler(ToolContext(conn, principal.tenant_id, principal.actor), args)
         await audit.write(conn, entry(decision="allowed", outcome="success"))
         await conn.commit()
     except ToolError as exc:
         await _commit_entry(services, conn, entry(decision="allowed", outcome="error",
                                                   error=f"{exc.code}: {exc.message}"),
-                            principal, after_savepoint=True)
+                            principal, after_savepoint=writes)
         return CallResult("tool_error", name, tier, exc.message, error_code=exc.code, rate=rate)
     except Exception:
         log.exception("tool %s failed", name)
         try:
             await _commit_entry(services, conn, entry(decision="allowed", outcome="error",
                                                       error="internal error"),
-                                principal, after_savepoint=True)
+                                principal, after_savepoint=writes)
         except Exception:
             log.exception("could not write the failure audit entry for %s", name)
         return CallResult("internal_error", name, tier, "internal error", rate=rate)
