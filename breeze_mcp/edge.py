@@ -122,7 +122,8 @@ async def bearer_transaction(
     tenant transaction, and keep that transaction for the rest of the request.
 
     The tenant comes from the credential's prefix; the transaction starts as the actor
-    ``system:auth`` and, once the credential is accepted, names the caller as its actor. The
+    ``system:auth``, and the credential lookup itself names the caller as its actor
+    (``Principal.actor`` and ``acting_user_id``, in the same statement). The
     call pipeline runs the tool and writes its audit entry in the same transaction (one
     checkout, one commit per call). A refused credential rolls back and yields an
     :class:`AuthFailure`, exactly as :func:`authenticate_bearer` would.
@@ -142,8 +143,7 @@ async def bearer_transaction(
         async with services.db.tenant_transaction(tenant_id, actor="system:auth") as conn:
             principal = await _authenticate_in(conn, token, services)
             if isinstance(principal, AuthFailure):
-                raise _Rejected(principal)
-            await services.db.set_actor(conn, principal.actor, principal.acting_user_id)
+                raise _Rejected(principal)  # rolls back, the lookup's actor with it
             yield principal, conn
             return
     except _Rejected as rejected:

@@ -253,7 +253,11 @@ _KEY_LOOKUP = (
     "SELECT k.id, k.scopes, k.created_by, k.rate_limit, k.revoked_at,"
     " k.expires_at <= now() AS expired,"
     " k.last_used_at IS NULL OR k.last_used_at < now() - interval '60 seconds' AS touch,"
-    " t.status AS tenant_status, m.role, u.disabled_at"
+    " t.status AS tenant_status, m.role, u.disabled_at,"
+    # The caller becomes the transaction's actor in the same round trip (Principal.actor and
+    # acting_user_id); a rejected key's transaction is rolled back, taking this with it.
+    " set_config('breeze.actor', 'api_key:' || k.id::text, true),"
+    " set_config('breeze.user_id', k.created_by::text, true)"
     " FROM api_keys k"
     " JOIN tenants t ON t.id = k.tenant_id"
     " JOIN users u ON u.id = k.created_by"
@@ -272,6 +276,8 @@ async def authenticate(
     the creator's current membership; the effective scopes are the key's scopes intersected
     with what the creator's role allows today. ``db`` is the database (the lookup gets its own
     transaction) or a connection already in the transaction of the tenant the key names.
+    The lookup also makes the key (``api_key:<id>``, its creator) the transaction's actor;
+    callers roll back on :class:`KeyRejected`.
     """
     tenant_id = tenant_of(token, PREFIX)
     if tenant_id is None:
@@ -284,7 +290,7 @@ async def authenticate(
     if row is None:
         raise KeyRejected("unknown key")
     (key_id, key_scopes, created_by, rate_limit, revoked_at, expired, touch, tenant_status,
-     role, disabled_at) = row
+     role, disabled_at, _actor, _user_id) = row
     if revoked_at is not None:
         raise KeyRejected("revoked key")
     if expired:

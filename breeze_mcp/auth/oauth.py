@@ -44,6 +44,7 @@ from breeze_mcp.auth.principal import ALL_SCOPES, ROLE_SCOPES, Principal, Reques
 from breeze_mcp.auth.tokens import digest, mint, mint_tenant_bound, tenant_of
 from breeze_mcp.config import Settings
 from breeze_mcp.db import Database
+from breeze_mcp.db.engine import driver
 from breeze_mcp.db.models import (
     memberships,
     oauth_access_tokens,
@@ -720,66 +721,69 @@ class TokenRejected(Exception):
         self.reason = reason
 
 
+_ACCESS_LOOKUP = (
+    "SELECT a.scopes, a.revoked_at, a.expires_at <= now() AS expired,"
+    " g.id AS grant_id, g.client_id, g.user_id, g.resource, g.revoked_at AS grant_revoked,"
+    " g.last_used_at IS NULL OR g.last_used_at < now() - interval '60 seconds' AS touch,"
+    " t.status AS tenant_status, m.role, u.disabled_at,"
+    # The caller becomes the transaction's actor in the same round trip (Principal.actor and
+    # acting_user_id); a rejected token's transaction is rolled back, taking this with it.
+    " set_config('breeze.actor',"
+    " 'user:' || g.user_id::text || ' via oauth_client:' || g.client_id, true),"
+    " set_config('breeze.user_id', g.user_id::text, true)"
+    " FROM oauth_access_tokens a"
+    " JOIN oauth_grants g ON g.id = a.grant_id AND g.tenant_id = a.tenant_id"
+    " JOIN tenants t ON t.id = g.tenant_id"
+    " JOIN users u ON u.id = g.user_id"
+    " LEFT OUTER JOIN memberships m ON m.tenant_id = g.tenant_id AND m.user_id = g.user_id"
+    " WHERE a.digest = %s AND a.tenant_id = %s"
+)
+_GRANT_TOUCH = "UPDATE oauth_grants SET last_used_at = now() WHERE id = %s"
+
+
 async def authenticate_access_token(
     db: Database | AsyncConnection, settings: Settings, token: str
 ) -> Principal:
-    """``db``: the database (own transaction) or a connection in the token's tenant's one."""
+    """``db``: the database (own transaction) or a connection in the token's tenant's one.
+
+    One prepared lookup, which also makes the caller (``user:<id> via oauth_client:<id>``)
+    the transaction's actor; callers roll back on :class:`TokenRejected`.
+    """
     tenant_id = tenant_of(token, ACCESS_PREFIX)
     if tenant_id is None:
         raise TokenRejected("malformed token")
     if isinstance(db, Database):
         async with db.tenant_transaction(tenant_id, actor="system:auth") as conn:
             return await authenticate_access_token(conn, settings, token)
-    conn = db
-    row = (await conn.execute(
-        sa.select(
-            oauth_access_tokens.c.scopes, oauth_access_tokens.c.revoked_at,
-            (oauth_access_tokens.c.expires_at <= sa.func.now()).label("expired"),
-            oauth_grants.c.id.label("grant_id"), oauth_grants.c.client_id,
-            oauth_grants.c.user_id, oauth_grants.c.resource,
-            oauth_grants.c.revoked_at.label("grant_revoked"),
-            (oauth_grants.c.last_used_at.is_(None)
-             | (oauth_grants.c.last_used_at < sa.func.now() - dt.timedelta(seconds=60)))
-            .label("touch"),
-            tenants.c.status.label("tenant_status"), memberships.c.role,
-            users.c.disabled_at,
-        )
-        .select_from(oauth_access_tokens)
-        .join(oauth_grants, (oauth_grants.c.id == oauth_access_tokens.c.grant_id)
-              & (oauth_grants.c.tenant_id == oauth_access_tokens.c.tenant_id))
-        .join(tenants, tenants.c.id == oauth_grants.c.tenant_id)
-        .join(users, users.c.id == oauth_grants.c.user_id)
-        .outerjoin(memberships, (memberships.c.tenant_id == oauth_grants.c.tenant_id)
-                   & (memberships.c.user_id == oauth_grants.c.user_id))
-        .where(oauth_access_tokens.c.digest == digest(token),
-               oauth_access_tokens.c.tenant_id == tenant_id)
-    )).first()
+    raw = await driver(db)
+    row = await (await raw.execute(_ACCESS_LOOKUP, (digest(token), tenant_id))).fetchone()
     if row is None:
         raise TokenRejected("unknown token")
-    if row.revoked_at is not None or row.grant_revoked is not None:
+    (token_scopes, revoked_at, expired, grant_id, client_id, user_id, resource, grant_revoked,
+     touch, tenant_status, role, disabled_at, _actor, _user_id) = row
+    if revoked_at is not None or grant_revoked is not None:
         raise TokenRejected("revoked")
-    if row.expired:
+    if expired:
         raise TokenRejected("expired")
-    if row.resource != settings.mcp_url:
+    if resource != settings.mcp_url:
         raise TokenRejected("token minted for another resource")
-    if row.tenant_status != "active" or row.role is None or row.disabled_at is not None:
+    if tenant_status != "active" or role is None or disabled_at is not None:
         raise TokenRejected("the user no longer has access to the tenant")
-    scopes = frozenset(row.scopes) & ROLE_SCOPES[row.role]
+    scopes = frozenset(token_scopes) & ROLE_SCOPES[role]
     if not scopes:
         raise TokenRejected("the user's role no longer allows any granted scope")
-    if row.touch:
-        await conn.execute(oauth_grants.update().where(oauth_grants.c.id == row.grant_id)
-                           .values(last_used_at=sa.func.now()))
+    if touch:
+        await raw.execute(_GRANT_TOUCH, (grant_id,))
     return Principal(
         tenant_id=tenant_id,
         actor_type="oauth_client",
-        actor_id=row.client_id,
+        actor_id=client_id,
         auth_path="oauth",
-        credential_id=str(row.grant_id),
+        credential_id=str(grant_id),
         scopes=scopes,
-        acting_user_id=row.user_id,
-        client_id=row.client_id,
-        rate_limits=((f"grant:{row.grant_id}", settings.grant_rate_limit),),
+        acting_user_id=user_id,
+        client_id=client_id,
+        rate_limits=((f"grant:{grant_id}", settings.grant_rate_limit),),
     )
 
 

@@ -20,16 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 __all__ = ["IDLE_PING_SECONDS", "Database", "driver", "sqlalchemy_url"]
 
-# Run as prepared statements straight on the psycopg connection (no per-statement
-# SQLAlchemy work): the tenant and actor in one statement, and the actor once the
-# credential that opened the transaction is known.
+# Run as a prepared statement straight on the psycopg connection (no per-statement
+# SQLAlchemy work): tenant and actor in one statement. (A credential lookup later names the
+# caller as actor in its own statement; the tenant is never changed after this one.)
 _SET_CONTEXT = (
     "SELECT set_config('breeze.tenant_id', %s, true),"
     " set_config('breeze.actor', %s, true),"
     " set_config('breeze.user_id', %s, true)"
-)
-_SET_ACTOR = (
-    "SELECT set_config('breeze.actor', %s, true), set_config('breeze.user_id', %s, true)"
 )
 
 #: A pooled connection idle for longer than this is pinged before use (one that was in use
@@ -109,11 +106,6 @@ class Database:
                 _SET_CONTEXT, (str(tenant_id), actor, str(user_id) if user_id else "")
             )
             yield conn
-
-    @staticmethod
-    async def set_actor(conn: AsyncConnection, actor: str, user_id: uuid.UUID | None) -> None:
-        """Name the actor of the rest of a tenant transaction (its tenant stays as set)."""
-        await (await driver(conn)).execute(_SET_ACTOR, (actor, str(user_id) if user_id else ""))
 
     @asynccontextmanager
     async def system_transaction(
