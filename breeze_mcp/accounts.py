@@ -107,9 +107,9 @@ async def create_tenant(
             await audit.write(
                 conn,
                 audit.AuditEntry(
-                    actor_type="system",
+                    actor_type=audit.operator(actor)[0],
                     actor_id=actor,
-                    auth_path="cli" if actor.startswith("system:cli") else "system",
+                    auth_path=audit.operator(actor)[1],
                     action="tenant.create",
                     decision="allowed",
                     outcome="success",
@@ -176,9 +176,9 @@ async def create_user(
             await audit.write(
                 conn,
                 audit.AuditEntry(
-                    actor_type="system",
+                    actor_type=audit.operator(actor)[0],
                     actor_id=actor,
-                    auth_path="cli" if actor.startswith("system:cli") else "system",
+                    auth_path=audit.operator(actor)[1],
                     action="user.create",
                     decision="allowed",
                     outcome="success",

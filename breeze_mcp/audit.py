@@ -27,6 +27,7 @@ __all__ = [
     "AuthPath",
     "Decision",
     "Outcome",
+    "operator",
     "redact",
     "write",
 ]
@@ -80,6 +81,17 @@ def _capped(parameters: Mapping[str, Any]) -> dict[str, Any]:
     if len(encoded.encode()) <= MAX_PARAMETERS_BYTES:
         return dict(cleaned)
     return {"_truncated": True, "_bytes": len(encoded.encode()), "keys": sorted(cleaned)[:50]}
+
+
+def operator(actor: str) -> tuple[ActorType, AuthPath]:
+    """Who acted and through which door, for an operator action named by its actor label:
+    ``system:cli...`` is the CLI, other ``system:...`` the service itself, anything else a
+    person in the web console."""
+    if actor.startswith("system:cli"):
+        return "system", "cli"
+    if actor.startswith("system:"):
+        return "system", "system"
+    return "user", "session"
 
 
 @dataclass(frozen=True)

@@ -66,3 +66,16 @@ def test_parameters_are_size_capped() -> None:
     assert len(json.dumps(capped).encode()) < MAX_PARAMETERS_BYTES
     long_string = redact({"script": "x" * 5000})["script"]
     assert len(long_string) < 1100 and long_string.endswith("[truncated]")
+
+
+@pytest.mark.req("AUDIT-ONE-WRITER")
+@pytest.mark.parametrize(
+    ("actor", "expected"),
+    [("system:cli", ("system", "cli")), ("system:cli:admin", ("system", "cli")),
+     ("system:serve", ("system", "system")), ("system:demo", ("system", "system")),
+     ("user:7d1c", ("user", "session"))],
+)
+def test_operator_actions_name_their_door(actor: str, expected: tuple[str, str]) -> None:
+    from breeze_mcp.audit import operator
+
+    assert operator(actor) == expected

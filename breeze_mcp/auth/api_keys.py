@@ -180,9 +180,9 @@ async def create_api_key(
         await audit.write(
             conn,
             audit.AuditEntry(
-                actor_type="system" if actor.startswith("system:") else "user",
+                actor_type=audit.operator(actor)[0],
                 actor_id=actor,
-                auth_path="cli" if actor.startswith("system:cli") else "session",
+                auth_path=audit.operator(actor)[1],
                 action="api_key.create",
                 decision="allowed",
                 outcome="success",
@@ -234,9 +234,9 @@ async def revoke_api_key(
             await audit.write(
                 conn,
                 audit.AuditEntry(
-                    actor_type="system" if actor.startswith("system:") else "user",
+                    actor_type=audit.operator(actor)[0],
                     actor_id=actor,
-                    auth_path="cli" if actor.startswith("system:cli") else "session",
+                    auth_path=audit.operator(actor)[1],
                     action="api_key.revoke",
                     decision="allowed",
                     outcome="success",
