@@ -103,3 +103,21 @@ async def test_unreachable_redis_fails_open(caplog: pytest.LogCaptureFixture) ->
     decision = await limiter.hit("api_key:z", "1/minute")
     assert decision.allowed
     assert "rate-limit storage unavailable" in caplog.text
+
+
+@pytest.mark.req("KEYS-RATELIMIT")
+async def test_limit_is_exact_across_a_window_boundary() -> None:
+    """Two hits just before a fixed-window boundary and one just after is three within one
+    second: a 2/second limit must refuse the third (an approximating counter lets it in)."""
+    import time
+
+    import anyio
+
+    limiter = RateLimiter()
+    if time.time() % 1 < 0.85:  # get close to the end of a second
+        await anyio.sleep(0.87 - time.time() % 1)
+    first = await limiter.hit("api_key:edge", "2/second")
+    second = await limiter.hit("api_key:edge", "2/second")
+    await anyio.sleep(1 - time.time() % 1 + 0.02)  # just past the boundary
+    third = await limiter.hit("api_key:edge", "2/second")
+    assert (first.allowed, second.allowed, third.allowed) == (True, True, False)

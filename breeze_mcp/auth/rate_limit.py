@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.aio.strategies import MovingWindowRateLimiter
 
 __all__ = ["RateDecision", "RateLimiter"]
 
@@ -56,7 +56,9 @@ class RateLimiter:
         else:
             storage = MemoryStorage()
         self.storage = storage
-        self._limiter = SlidingWindowCounterRateLimiter(storage)
+        # Moving window: exact. (The sliding-window counter was tried for speed, but its
+        # weighted approximation lets an extra request through just after a window boundary.)
+        self._limiter = MovingWindowRateLimiter(storage)
         self._items: dict[str, RateLimitItem] = {}
 
     def _item(self, limit: str) -> RateLimitItem:
