@@ -79,3 +79,24 @@ def test_operator_actions_name_their_door(actor: str, expected: tuple[str, str])
     from breeze_mcp.audit import operator
 
     assert operator(actor) == expected
+
+
+@pytest.mark.req("AUDIT-REDACT")
+@pytest.mark.anyio
+async def test_database_errors_do_not_echo_parameters(test_db) -> None:
+    import sqlalchemy as sa
+    from sqlalchemy.exc import DBAPIError
+
+    from breeze_mcp.db import Database
+
+    db = Database(test_db.runtime_url, pool_size=1)
+    try:
+        with pytest.raises(DBAPIError) as err:
+            async with db.engine.begin() as conn:
+                await conn.execute(sa.text("SELECT CAST(:secret AS text), 1 / 0"),
+                                   {"secret": "bzk_this-must-not-appear"})
+        assert "division by zero" in str(err.value)
+        assert "SQL parameters hidden" in str(err.value)
+        assert "bzk_this-must-not-appear" not in str(err.value)
+    finally:
+        await db.dispose()

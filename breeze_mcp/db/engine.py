@@ -83,6 +83,9 @@ class Database:
             sqlalchemy_url(url),
             pool_size=pool_size,
             max_overflow=pool_size if max_overflow is None else max_overflow,
+            # Statement parameters (digests, emails, tool arguments) never reach an error
+            # message or a log line.
+            hide_parameters=True,
             **engine_kwargs,
         )
         _install_health_checks(self.engine)
