@@ -87,26 +87,10 @@ def _bearer_token(headers: Mapping[str, str]) -> str | None:
     return token.strip()
 
 
-async def authenticate_bearer(request: Request, services: Services) -> Principal | AuthFailure:
-    """The Principal for ``Authorization: Bearer``; tokens are never read from the query."""
-    token = _bearer_token(request.headers)
-    if token is None:
-        return AuthFailure(None, "authentication required")
-    if token == "":
-        return AuthFailure("invalid_request", "use Authorization: Bearer <token>")
-    if token.startswith(api_keys.PREFIX + "_"):
-        try:
-            return await api_keys.authenticate(
-                services.db, token, default_rate_limit=services.settings.api_key_rate_limit
-            )
-        except api_keys.KeyRejected:
-            return AuthFailure("invalid_token", "the API key is invalid, expired or revoked")
-    if token.startswith(oauth.ACCESS_PREFIX + "_"):
-        try:
-            return await oauth.authenticate_access_token(services.db, services.settings, token)
-        except oauth.TokenRejected:
-            return AuthFailure("invalid_token", "the access token is invalid, expired or revoked")
-    return AuthFailure("invalid_token", "the access token is invalid or expired")
+_REFUSED = {
+    api_keys.PREFIX: "the API key is invalid, expired or revoked",
+    oauth.ACCESS_PREFIX: "the access token is invalid, expired or revoked",
+}
 
 
 class _Rejected(Exception):
@@ -118,32 +102,41 @@ class _Rejected(Exception):
 async def bearer_transaction(
     request: Request, services: Services
 ) -> AsyncIterator[tuple[Principal, AsyncConnection] | AuthFailure]:
-    """Authenticate ``Authorization: Bearer`` as the first statements of the credential's
-    tenant transaction, and keep that transaction for the rest of the request.
+    """The one place a bearer credential is read and checked.
 
-    The tenant comes from the credential's prefix; the transaction starts as the actor
-    ``system:auth``, and the credential lookup itself names the caller as its actor
-    (``Principal.actor`` and ``acting_user_id``, in the same statement). The
-    call pipeline runs the tool and writes its audit entry in the same transaction (one
-    checkout, one commit per call). A refused credential rolls back and yields an
-    :class:`AuthFailure`, exactly as :func:`authenticate_bearer` would.
+    Only ``Authorization: Bearer`` counts (never the query string). The credential's prefix
+    says what it is (``bzk_`` API key, ``bza_`` OAuth access token) and which tenant it names;
+    its lookup runs as the first statement of that tenant's transaction, starting as the actor
+    ``system:auth``, and itself names the caller as the actor (``Principal.actor`` and
+    ``acting_user_id``, in the same statement). The transaction is kept for the rest of the
+    request: the call pipeline runs the tool and writes its audit entry in it (one checkout,
+    one commit per call). A refused credential rolls back and yields an :class:`AuthFailure`.
     """
     token = _bearer_token(request.headers)
-    tenant_id = None
-    if token and token.startswith(api_keys.PREFIX + "_"):
-        tenant_id = tenant_of(token, api_keys.PREFIX)
-    elif token and token.startswith(oauth.ACCESS_PREFIX + "_"):
-        tenant_id = tenant_of(token, oauth.ACCESS_PREFIX)
-    if token is None or tenant_id is None:  # no credential, or none a database could accept
-        refused = await authenticate_bearer(request, services)
-        assert isinstance(refused, AuthFailure)
-        yield refused
+    if token is None:
+        yield AuthFailure(None, "authentication required")
+        return
+    if token == "":
+        yield AuthFailure("invalid_request", "use Authorization: Bearer <token>")
+        return
+    prefix = token.split("_", 1)[0]
+    tenant_id = tenant_of(token, prefix) if prefix in _REFUSED else None
+    if tenant_id is None:  # not a credential any database row could match
+        yield AuthFailure("invalid_token",
+                          _REFUSED.get(prefix, "the access token is invalid or expired"))
         return
     try:
         async with services.db.tenant_transaction(tenant_id, actor="system:auth") as conn:
-            principal = await _authenticate_in(conn, token, services)
-            if isinstance(principal, AuthFailure):
-                raise _Rejected(principal)  # rolls back, the lookup's actor with it
+            try:
+                if prefix == api_keys.PREFIX:
+                    principal = await api_keys.authenticate(
+                        conn, token, default_rate_limit=services.settings.api_key_rate_limit)
+                else:
+                    principal = await oauth.authenticate_access_token(
+                        conn, services.settings, token)
+            except (api_keys.KeyRejected, oauth.TokenRejected):
+                # rolls back, the lookup's actor with it
+                raise _Rejected(AuthFailure("invalid_token", _REFUSED[prefix])) from None
             yield principal, conn
             return
     except _Rejected as rejected:
@@ -151,20 +144,11 @@ async def bearer_transaction(
     yield failure
 
 
-async def _authenticate_in(
-    conn: AsyncConnection, token: str, services: Services
-) -> Principal | AuthFailure:
-    if token.startswith(api_keys.PREFIX + "_"):
-        try:
-            return await api_keys.authenticate(
-                conn, token, default_rate_limit=services.settings.api_key_rate_limit
-            )
-        except api_keys.KeyRejected:
-            return AuthFailure("invalid_token", "the API key is invalid, expired or revoked")
-    try:
-        return await oauth.authenticate_access_token(conn, services.settings, token)
-    except oauth.TokenRejected:
-        return AuthFailure("invalid_token", "the access token is invalid, expired or revoked")
+async def authenticate_bearer(request: Request, services: Services) -> Principal | AuthFailure:
+    """The Principal for the request's bearer credential (for endpoints that need no
+    transaction afterwards); the same check as :func:`bearer_transaction`."""
+    async with bearer_transaction(request, services) as result:
+        return result if isinstance(result, AuthFailure) else result[0]
 
 
 async def read_body(request: Request, limit: int) -> bytes | None:

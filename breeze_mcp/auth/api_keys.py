@@ -268,24 +268,21 @@ _KEY_TOUCH = "UPDATE api_keys SET last_used_at = now() WHERE id = %s"
 
 
 async def authenticate(
-    db: Database | AsyncConnection, token: str, *, default_rate_limit: str
+    conn: AsyncConnection, token: str, *, default_rate_limit: str
 ) -> Principal:
     """The Principal for a presented key, or :class:`KeyRejected`.
 
     One indexed lookup inside the key's tenant transaction, joined with the tenant's state and
     the creator's current membership; the effective scopes are the key's scopes intersected
-    with what the creator's role allows today. ``db`` is the database (the lookup gets its own
-    transaction) or a connection already in the transaction of the tenant the key names.
-    The lookup also makes the key (``api_key:<id>``, its creator) the transaction's actor;
-    callers roll back on :class:`KeyRejected`.
+    with what the creator's role allows today. ``conn`` is in the transaction of the tenant
+    the key names (see ``edge.bearer_transaction``). The lookup also makes the key
+    (``api_key:<id>``, its creator) the transaction's actor; callers roll back on
+    :class:`KeyRejected`.
     """
     tenant_id = tenant_of(token, PREFIX)
     if tenant_id is None:
         raise KeyRejected("malformed key")
-    if isinstance(db, Database):
-        async with db.tenant_transaction(tenant_id, actor="system:auth") as conn:
-            return await authenticate(conn, token, default_rate_limit=default_rate_limit)
-    raw = await driver(db)
+    raw = await driver(conn)
     row = await (await raw.execute(_KEY_LOOKUP, (digest(token), tenant_id))).fetchone()
     if row is None:
         raise KeyRejected("unknown key")

@@ -742,9 +742,9 @@ _GRANT_TOUCH = "UPDATE oauth_grants SET last_used_at = now() WHERE id = %s"
 
 
 async def authenticate_access_token(
-    db: Database | AsyncConnection, settings: Settings, token: str
+    conn: AsyncConnection, settings: Settings, token: str
 ) -> Principal:
-    """``db``: the database (own transaction) or a connection in the token's tenant's one.
+    """``conn``: in the transaction of the tenant the token names (``edge.bearer_transaction``).
 
     One prepared lookup, which also makes the caller (``user:<id> via oauth_client:<id>``)
     the transaction's actor; callers roll back on :class:`TokenRejected`.
@@ -752,10 +752,7 @@ async def authenticate_access_token(
     tenant_id = tenant_of(token, ACCESS_PREFIX)
     if tenant_id is None:
         raise TokenRejected("malformed token")
-    if isinstance(db, Database):
-        async with db.tenant_transaction(tenant_id, actor="system:auth") as conn:
-            return await authenticate_access_token(conn, settings, token)
-    raw = await driver(db)
+    raw = await driver(conn)
     row = await (await raw.execute(_ACCESS_LOOKUP, (digest(token), tenant_id))).fetchone()
     if row is None:
         raise TokenRejected("unknown token")
