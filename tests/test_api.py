@@ -11,7 +11,6 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -608,6 +607,10 @@ def test_official_sdk_client_with_api_key(world: World) -> None:
     assert denied is True
 
 
-def test_nothing_here_needs_the_state_dir(tmp_path: Path) -> None:
-    """Guard: the API tests use an external database URL, never the embedded cluster."""
-    assert not (tmp_path / "postgres").exists()
+@pytest.mark.req("TOOLS-REST")
+def test_openapi_and_challenges_name_the_public_url(world: World) -> None:
+    """The documents and challenges a client follows point at the configured public URL."""
+    doc = httpx.get(f"{world.url}/api/v1/openapi.json").json()
+    assert doc["servers"] == [{"url": world.url}]
+    challenge = rest(world, None, "list_devices", {}).headers["www-authenticate"]
+    assert f'resource_metadata="{world.url}/.well-known/oauth-protected-resource/mcp"' in challenge

@@ -31,14 +31,14 @@ def one_error_line(proc, needle: str) -> None:
     assert "Traceback" not in proc.stderr
 
 
-def counts(test_db: ProvisionedDatabase, email: str) -> tuple[int, int]:
-    """(users with this email, audit rows with no tenant) as seen by the owner."""
+def users_with_email(test_db: ProvisionedDatabase, email: str) -> int:
+    """How many users have this email (case-insensitively), as seen by the owner."""
     engine = sa.create_engine(sqlalchemy_url(test_db.owner_url))
     with engine.connect() as conn:
         users = conn.execute(sa.text("SELECT count(*) FROM users WHERE lower(email) = lower(:e)"),
                              {"e": email}).scalar_one()
     engine.dispose()
-    return users, 0
+    return int(users)
 
 
 @pytest.mark.req("CLI-COMMANDS")
@@ -117,7 +117,7 @@ def test_bad_input_is_one_line_and_writes_nothing(
                 env=env, stdin=""),
         "--password-stdin",
     )
-    assert counts(test_db, email)[0] == 0
+    assert users_with_email(test_db, email) == 0
 
     ok = run_cli("user", "create", "--tenant", slug, "--email", email, "--role", "owner",
                  "--password-stdin", env=env, stdin=PASSWORD)
@@ -127,7 +127,7 @@ def test_bad_input_is_one_line_and_writes_nothing(
     one_error_line(dup, "already exists")
     assert json.loads(dup.stdout) == {"error": dup.stderr.strip().removeprefix(
         "breeze-mcp: error: ")}
-    assert counts(test_db, email)[0] == 1
+    assert users_with_email(test_db, email) == 1
 
     one_error_line(run_cli("demo-data", "--tenant", "nope", env=env), "unknown tenant")
     usage = run_cli("user", "create", "--tenant", slug, "--email", email, "--role", "god",
@@ -147,7 +147,7 @@ async def test_failure_after_first_insert_leaves_nothing(
     with pytest.raises(IntegrityError):
         await create_user(db, phantom, email=email, password="a-Strong-passphrase-42",
                           role="owner")
-    assert counts(test_db, email)[0] == 0
+    assert users_with_email(test_db, email) == 0
 
 
 @pytest.mark.req("CLI-COMMANDS")
