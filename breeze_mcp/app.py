@@ -10,7 +10,9 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import psycopg
 import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -47,12 +49,36 @@ async def verify_database(db: Database) -> None:
         )
 
 
+#: How long a client is asked to wait when the database is busy or unreachable.
+RETRY_AFTER_SECONDS = 5
+
+
+async def database_unavailable(request: Request, exc: Exception) -> Response:
+    """No pooled connection within ``BREEZE_DB_POOL_TIMEOUT``, or PostgreSQL unreachable
+    before anything was done: ``503`` with ``Retry-After``, in the endpoint's own error shape
+    (JSON-RPC on ``/mcp``). Failures after a call started are the call's own errors (audited
+    by the pipeline)."""
+    busy = isinstance(exc, sa_exc.TimeoutError)
+    log.warning("database %s: %s %s", "busy" if busy else "unreachable", request.method,
+                request.url.path, exc_info=not busy)
+    message = ("the service is busy: no database connection was free in time; retry shortly"
+               if busy else "the database is unreachable; retry shortly")
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    if request.url.path == "/mcp":
+        return JSONResponse({"jsonrpc": "2.0", "id": None,
+                             "error": {"code": -32603, "message": message}},
+                            status_code=503, headers=headers)
+    return JSONResponse({"error": "temporarily_unavailable", "message": message},
+                        status_code=503, headers=headers)
+
+
 def create_app(settings: Settings, database_url: str) -> Starlette:
     """Build the application. The database is opened (and checked) in the lifespan."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        db = Database(database_url, pool_size=settings.db_pool_size)
+        db = Database(database_url, pool_size=settings.db_pool_size,
+                      pool_timeout=settings.db_pool_timeout)
         try:
             await verify_database(db)
             app.state.db = db
@@ -120,4 +146,10 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
                   methods=["POST"]),
         ],
         lifespan=lifespan,
+        exception_handlers={
+            sa_exc.TimeoutError: database_unavailable,
+            sa_exc.OperationalError: database_unavailable,
+            sa_exc.DisconnectionError: database_unavailable,
+            psycopg.OperationalError: database_unavailable,
+        },
     )

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from psycopg.types.json import Jsonb
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from breeze_mcp.db.engine import driver
+from breeze_mcp.db.engine import driver, execute_then_commit
 
 __all__ = [
     "MAX_PARAMETERS_BYTES",
@@ -130,14 +130,20 @@ _INSERT = (
 )
 
 
-async def write(conn: AsyncConnection, entry: AuditEntry) -> None:
-    """Insert ``entry`` on ``conn`` (inside the caller's transaction)."""
+async def write(conn: AsyncConnection, entry: AuditEntry, *, commit: bool = False) -> None:
+    """Insert ``entry`` on ``conn`` (inside the caller's transaction); with ``commit``, commit
+    that transaction in the same round trip (if the insert fails, nothing is committed and
+    the error is raised)."""
     error = None if entry.error is None else str(entry.error)[:MAX_STRING]
     user_agent = None if entry.user_agent is None else str(entry.user_agent)[:512]
-    await (await driver(conn)).execute(_INSERT, (
+    params = (
         entry.actor_type, entry.auth_path, entry.action, entry.decision, entry.outcome,
         entry.tenant_id, entry.actor_id, entry.acting_user_id, entry.credential_id,
         entry.client_id, entry.request_id, Jsonb(_capped(entry.parameters)), entry.risk_tier,
         list(entry.scopes), entry.deny_reason, error, entry.client_ip, user_agent,
         entry.duration_ms,
-    ))
+    )
+    if commit:
+        await execute_then_commit(conn, (_INSERT, params))
+    else:
+        await driver(conn).execute(_INSERT, params)

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
         "`breeze-mcp migrate` / `serve --migrate`, which need it with an external database.",
     )
     db_pool_size: int = Field(10, ge=1, le=200, description="Connections per process.")
+    db_pool_timeout: float = Field(
+        10.0, gt=0, le=300,
+        description="Seconds a request waits for a free pooled connection before a 503.",
+    )
     redis_url: SecretStr | None = Field(
         None, description="Rate-limit storage shared by all instances. Unset: in-process."
     )

@@ -106,8 +106,9 @@ async def bearer_transaction(
 
     Only ``Authorization: Bearer`` counts (never the query string). The credential's prefix
     says what it is (``bzk_`` API key, ``bza_`` OAuth access token) and which tenant it names;
-    its lookup runs as the first statement of that tenant's transaction, starting as the actor
-    ``system:auth``, and itself names the caller as the actor (``Principal.actor`` and
+    its lookup runs as the first statement of that tenant's transaction, in the same round trip
+    as its ``BEGIN`` (:meth:`Database.tenant_lookup`), starting as the actor ``system:auth``,
+    and itself names the caller as the actor (``Principal.actor`` and
     ``acting_user_id``, in the same statement). The transaction is kept for the rest of the
     request: the call pipeline runs the tool and writes its audit entry in it (one checkout,
     one commit per call). A refused credential rolls back and yields an :class:`AuthFailure`.
@@ -125,15 +126,19 @@ async def bearer_transaction(
         yield AuthFailure("invalid_token",
                           _REFUSED.get(prefix, "the access token is invalid or expired"))
         return
+    statement = (api_keys.lookup(token) if prefix == api_keys.PREFIX
+                 else oauth.access_lookup(token))
+    assert statement is not None  # the prefix named a tenant
     try:
-        async with services.db.tenant_transaction(tenant_id, actor="system:auth") as conn:
+        async with services.db.tenant_lookup(tenant_id, actor="system:auth",
+                                             first=statement) as (conn, row):
             try:
                 if prefix == api_keys.PREFIX:
-                    principal = await api_keys.authenticate(
-                        conn, token, default_rate_limit=services.settings.api_key_rate_limit)
+                    principal = await api_keys.principal_from(
+                        conn, token, row, default_rate_limit=services.settings.api_key_rate_limit)
                 else:
-                    principal = await oauth.authenticate_access_token(
-                        conn, services.settings, token)
+                    principal = await oauth.access_principal_from(
+                        conn, services.settings, token, row)
             except (api_keys.KeyRejected, oauth.TokenRejected):
                 # rolls back, the lookup's actor with it
                 raise _Rejected(AuthFailure("invalid_token", _REFUSED[prefix])) from None

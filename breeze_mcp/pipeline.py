@@ -109,14 +109,13 @@ async def _commit_entry(services: Services, conn: AsyncConnection, entry: audit.
     changes back to the savepoint, if it ran); if that transaction is lost, in a new one."""
     try:
         if after_savepoint:
-            await (await driver(conn)).execute(_ROLLBACK_TOOL)
-        await audit.write(conn, entry)
-        await conn.commit()
+            await driver(conn).execute(_ROLLBACK_TOOL)
+        await audit.write(conn, entry, commit=True)
     except Exception:
         log.warning("audit entry for %s moved to a transaction of its own", entry.action,
                     exc_info=True)
         try:
-            await conn.rollback()
+            await driver(conn).rollback()
         except Exception:
             log.debug("rollback of a lost transaction failed", exc_info=True)
         await _audit_alone(services, entry, principal)
@@ -230,10 +229,9 @@ async def _call_tool(
     writes = spec.max_tier > 1
     try:
         if writes:
-            await (await driver(conn)).execute(_SAVEPOINT)
+            await driver(conn).execute(_SAVEPOINT)
         result = await spec.handler(ToolContext(conn, principal.tenant_id, principal.actor), args)
-        await audit.write(conn, entry(decision="allowed", outcome="success"))
-        await conn.commit()
+        await audit.write(conn, entry(decision="allowed", outcome="success"), commit=True)
     except ToolError as exc:
         await _commit_entry(services, conn, entry(decision="allowed", outcome="error",
                                                   error=f"{exc.code}: {exc.message}"),

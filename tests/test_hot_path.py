@@ -64,7 +64,7 @@ async def test_idle_connection_whose_backend_died_is_replaced(
 ) -> None:
     from breeze_mcp.db import engine as engine_module
 
-    single = Database(test_db.runtime_url, pool_size=1, max_overflow=0)  # type: ignore[attr-defined]
+    single = Database(test_db.runtime_url, pool_size=1)  # type: ignore[attr-defined]
     try:
         async with single.engine.connect() as conn:
             pid = (await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()

@@ -102,7 +102,7 @@ async def test_child_row_cannot_point_at_other_tenants_device(
 async def test_pooled_connection_reused_after_tenant_transaction_sees_nothing(
     test_db, tenant_a: Tenant
 ) -> None:
-    single = Database(test_db.runtime_url, pool_size=1, max_overflow=0)
+    single = Database(test_db.runtime_url, pool_size=1)
     try:
         async with single.tenant_transaction(tenant_a.id, actor="test") as conn:
             pid_a = (await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()

@@ -12,6 +12,7 @@ import datetime as dt
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from limits import parse as parse_limit
@@ -22,7 +23,7 @@ from breeze_mcp.accounts import AccountError, Tenant
 from breeze_mcp.auth.principal import ALL_SCOPES, ROLE_SCOPES, Principal
 from breeze_mcp.auth.tokens import digest, mint_tenant_bound, tenant_of
 from breeze_mcp.db import Database
-from breeze_mcp.db.engine import driver
+from breeze_mcp.db.engine import Statement, driver
 from breeze_mcp.db.models import api_keys, memberships, tenants, users
 
 __all__ = [
@@ -267,6 +268,18 @@ _KEY_LOOKUP = (
 _KEY_TOUCH = "UPDATE api_keys SET last_used_at = now() WHERE id = %s"
 
 
+def lookup(token: str) -> Statement | None:
+    """The lookup statement for a presented key (None when it cannot be one of ours).
+
+    Run by :meth:`Database.tenant_lookup` in the round trip that opens the key's tenant
+    transaction; :func:`principal_from` judges the row.
+    """
+    tenant_id = tenant_of(token, PREFIX)
+    if tenant_id is None:
+        return None
+    return _KEY_LOOKUP, (digest(token), tenant_id)
+
+
 async def authenticate(
     conn: AsyncConnection, token: str, *, default_rate_limit: str
 ) -> Principal:
@@ -275,15 +288,25 @@ async def authenticate(
     One indexed lookup inside the key's tenant transaction, joined with the tenant's state and
     the creator's current membership; the effective scopes are the key's scopes intersected
     with what the creator's role allows today. ``conn`` is in the transaction of the tenant
-    the key names (see ``edge.bearer_transaction``). The lookup also makes the key
-    (``api_key:<id>``, its creator) the transaction's actor; callers roll back on
-    :class:`KeyRejected`.
+    the key names. The lookup also makes the key (``api_key:<id>``, its creator) the
+    transaction's actor; callers roll back on :class:`KeyRejected`. (The edge sends the same
+    statement with its ``BEGIN``: ``edge.bearer_transaction``.)
     """
+    statement = lookup(token)
+    if statement is None:
+        raise KeyRejected("malformed key")
+    row = await (await driver(conn).execute(*statement)).fetchone()
+    return await principal_from(conn, token, row, default_rate_limit=default_rate_limit)
+
+
+async def principal_from(
+    conn: AsyncConnection, token: str, row: tuple[Any, ...] | None, *, default_rate_limit: str
+) -> Principal:
+    """Judge the row :func:`lookup`'s statement returned for ``token`` (see
+    :func:`authenticate`); records the last-used time at most once a minute."""
     tenant_id = tenant_of(token, PREFIX)
     if tenant_id is None:
         raise KeyRejected("malformed key")
-    raw = await driver(conn)
-    row = await (await raw.execute(_KEY_LOOKUP, (digest(token), tenant_id))).fetchone()
     if row is None:
         raise KeyRejected("unknown key")
     (key_id, key_scopes, created_by, rate_limit, revoked_at, expired, touch, tenant_status,
@@ -300,7 +323,7 @@ async def authenticate(
     if not scopes:
         raise KeyRejected("key creator's role no longer allows any of the key's scopes")
     if touch:  # last-used time, at most once a minute per key
-        await raw.execute(_KEY_TOUCH, (key_id,))
+        await driver(conn).execute(_KEY_TOUCH, (key_id,))
     return Principal(
         tenant_id=tenant_id,
         actor_type="api_key",

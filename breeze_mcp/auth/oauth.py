@@ -44,7 +44,7 @@ from breeze_mcp.auth.principal import ALL_SCOPES, ROLE_SCOPES, Principal, Reques
 from breeze_mcp.auth.tokens import digest, mint, mint_tenant_bound, tenant_of
 from breeze_mcp.config import Settings
 from breeze_mcp.db import Database
-from breeze_mcp.db.engine import driver
+from breeze_mcp.db.engine import Statement, driver
 from breeze_mcp.db.models import (
     memberships,
     oauth_access_tokens,
@@ -741,19 +741,39 @@ _ACCESS_LOOKUP = (
 _GRANT_TOUCH = "UPDATE oauth_grants SET last_used_at = now() WHERE id = %s"
 
 
+def access_lookup(token: str) -> Statement | None:
+    """The lookup statement for a presented access token (None when it cannot be one of
+    ours); run by :meth:`Database.tenant_lookup` with its ``BEGIN``, judged by
+    :func:`access_principal_from`."""
+    tenant_id = tenant_of(token, ACCESS_PREFIX)
+    if tenant_id is None:
+        return None
+    return _ACCESS_LOOKUP, (digest(token), tenant_id)
+
+
 async def authenticate_access_token(
     conn: AsyncConnection, settings: Settings, token: str
 ) -> Principal:
-    """``conn``: in the transaction of the tenant the token names (``edge.bearer_transaction``).
+    """``conn``: in the transaction of the tenant the token names.
 
-    One prepared lookup, which also makes the caller (``user:<id> via oauth_client:<id>``)
-    the transaction's actor; callers roll back on :class:`TokenRejected`.
+    One lookup, which also makes the caller (``user:<id> via oauth_client:<id>``) the
+    transaction's actor; callers roll back on :class:`TokenRejected`. (The edge sends the same
+    statement with its ``BEGIN``: ``edge.bearer_transaction``.)
     """
+    statement = access_lookup(token)
+    if statement is None:
+        raise TokenRejected("malformed token")
+    row = await (await driver(conn).execute(*statement)).fetchone()
+    return await access_principal_from(conn, settings, token, row)
+
+
+async def access_principal_from(
+    conn: AsyncConnection, settings: Settings, token: str, row: tuple[Any, ...] | None
+) -> Principal:
+    """Judge the row :func:`access_lookup`'s statement returned for ``token``."""
     tenant_id = tenant_of(token, ACCESS_PREFIX)
     if tenant_id is None:
         raise TokenRejected("malformed token")
-    raw = await driver(conn)
-    row = await (await raw.execute(_ACCESS_LOOKUP, (digest(token), tenant_id))).fetchone()
     if row is None:
         raise TokenRejected("unknown token")
     (token_scopes, revoked_at, expired, grant_id, client_id, user_id, resource, grant_revoked,
@@ -770,7 +790,7 @@ async def authenticate_access_token(
     if not scopes:
         raise TokenRejected("the user's role no longer allows any granted scope")
     if touch:
-        await raw.execute(_GRANT_TOUCH, (grant_id,))
+        await driver(conn).execute(_GRANT_TOUCH, (grant_id,))
     return Principal(
         tenant_id=tenant_id,
         actor_type="oauth_client",

@@ -403,7 +403,7 @@ async def list_devices(ctx: ToolContext, args: ListDevicesInput) -> dict[str, An
         conditions.append("hostname ILIKE %s ESCAPE '\\'")
         params.append(f"%{_escape_like(args.search)}%")
     where = " AND ".join(conditions)
-    raw = await driver(ctx.conn)
+    raw = driver(ctx.conn)
     rows = await (await raw.execute(
         f"SELECT {_SUMMARY_COLUMNS}, count(*) OVER () FROM devices WHERE {where}"  # noqa: S608
         " ORDER BY hostname, id LIMIT %s OFFSET %s",
