@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from psycopg.types.json import Jsonb
+from psycopg import AsyncClientCursor
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from breeze_mcp.db.engine import driver, execute_then_commit
+from breeze_mcp.db.engine import Statement, driver, executable, execute_then_commit
 
 __all__ = [
     "MAX_PARAMETERS_BYTES",
@@ -119,30 +119,77 @@ class AuditEntry:
     duration_ms: float | None = None
 
 
-# A plain INSERT (no RETURNING, whose returned row would have to pass the SELECT policy, which
-# a pre-tenant event (tenant_id NULL) does not), prepared once per connection by psycopg.
-_INSERT = (
-    "INSERT INTO audit_log (actor_type, auth_path, action, decision, outcome, tenant_id,"
-    " actor_id, acting_user_id, credential_id, client_id, request_id, parameters, risk_tier,"
-    " scopes, deny_reason, error, client_ip, user_agent, duration_ms)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s, %s,"
-    " %s::inet, %s, %s)"
+_COLUMNS = (
+    "actor_type", "auth_path", "action", "decision", "outcome", "tenant_id", "actor_id",
+    "acting_user_id", "credential_id", "client_id", "request_id", "parameters", "risk_tier",
+    "scopes", "deny_reason", "error", "client_ip", "user_agent", "duration_ms",
 )
+
+
+def _insert(duration: str) -> str:
+    # A plain INSERT (no RETURNING, whose returned row would have to pass the SELECT policy,
+    # which a pre-tenant event (tenant_id NULL) does not). The entry travels as one JSON
+    # document that PostgreSQL turns into an audit_log row (jsonb_populate_record types each
+    # field by its column): one parameter instead of 19, which matters where the statement is
+    # bound client-side (``write(..., commit=True)``, ``write_after_read``).
+    columns = ", ".join(_COLUMNS)
+    values = ", ".join(f"entry.{c}" for c in _COLUMNS[:-1])
+    return (
+        f"INSERT INTO audit_log ({columns}) SELECT {values}, {duration}"  # noqa: S608
+        " FROM jsonb_populate_record(NULL::audit_log, %s::jsonb) AS entry"
+    )
+
+
+_INSERT = _insert("entry.duration_ms")
+# After a read in the same message: the database time of that read is added to the
+# duration measured before it was sent (statement_timestamp() is the message's arrival).
+_INSERT_AFTER_READ = _insert(
+    "entry.duration_ms"
+    " + 1000 * extract(epoch FROM clock_timestamp() - statement_timestamp())::float8"
+)
+
+
+def _params(entry: AuditEntry) -> tuple[str]:
+    error = None if entry.error is None else str(entry.error)[:MAX_STRING]
+    user_agent = None if entry.user_agent is None else str(entry.user_agent)[:512]
+    document = {
+        "actor_type": entry.actor_type, "auth_path": entry.auth_path, "action": entry.action,
+        "decision": entry.decision, "outcome": entry.outcome,
+        "tenant_id": None if entry.tenant_id is None else str(entry.tenant_id),
+        "actor_id": entry.actor_id,
+        "acting_user_id": None if entry.acting_user_id is None else str(entry.acting_user_id),
+        "credential_id": entry.credential_id, "client_id": entry.client_id,
+        "request_id": entry.request_id, "parameters": _capped(entry.parameters),
+        "risk_tier": entry.risk_tier, "scopes": list(entry.scopes),
+        "deny_reason": entry.deny_reason, "error": error, "client_ip": entry.client_ip,
+        "user_agent": user_agent, "duration_ms": entry.duration_ms,
+    }
+    return (json.dumps(document, default=str),)
+
+
+async def write_after_read(
+    conn: AsyncConnection, read: Statement, entry: AuditEntry
+) -> list[tuple[Any, ...]]:
+    """Run ``read``, insert ``entry`` and commit, in one round trip; the read's rows.
+
+    For the last statement of a read-only call (``ToolContext.last_read``): the entry
+    (the call's success) is committed only if the read succeeded; if it failed, the
+    transaction is left aborted, nothing is committed and the error is raised. The entry's
+    ``duration_ms`` gains the read's time in the database.
+    """
+    raw = driver(conn)
+    read_sql, read_params = await executable(raw, read)
+    insert_sql, insert_params = await executable(raw, (_INSERT_AFTER_READ, _params(entry)))
+    cursor = AsyncClientCursor(raw)
+    await cursor.execute(f"{read_sql}; {insert_sql}; COMMIT", (*read_params, *insert_params))
+    return await cursor.fetchall()  # the first result: the read's
 
 
 async def write(conn: AsyncConnection, entry: AuditEntry, *, commit: bool = False) -> None:
     """Insert ``entry`` on ``conn`` (inside the caller's transaction); with ``commit``, commit
     that transaction in the same round trip (if the insert fails, nothing is committed and
     the error is raised)."""
-    error = None if entry.error is None else str(entry.error)[:MAX_STRING]
-    user_agent = None if entry.user_agent is None else str(entry.user_agent)[:512]
-    params = (
-        entry.actor_type, entry.auth_path, entry.action, entry.decision, entry.outcome,
-        entry.tenant_id, entry.actor_id, entry.acting_user_id, entry.credential_id,
-        entry.client_id, entry.request_id, Jsonb(_capped(entry.parameters)), entry.risk_tier,
-        list(entry.scopes), entry.deny_reason, error, entry.client_ip, user_agent,
-        entry.duration_ms,
-    )
+    params = _params(entry)
     if commit:
         await execute_then_commit(conn, (_INSERT, params))
     else:

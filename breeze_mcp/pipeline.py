@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from breeze_mcp import audit
 from breeze_mcp.auth.principal import Principal, RequestContext, scope_for_tier
 from breeze_mcp.auth.rate_limit import RateDecision
-from breeze_mcp.db.engine import driver
+from breeze_mcp.db.engine import Statement, driver
 from breeze_mcp.services import Services
 from breeze_mcp.tools.registry import BLOCKED_TIER, ToolContext, ToolError
 
@@ -223,22 +223,39 @@ async def _call_tool(
         return CallResult("invalid_arguments", name, tier, message, rate=rate, details=details)
 
     # 5. Run and audit in the tenant transaction. -------------------------------------------
-    assert spec.handler is not None  # Tier 4 (no handler) never gets here
+    assert spec.handler is not None  # Tier 1-3 only: Tier 4 has no handler and never gets here
     # Tier 1 tools only read (MCP readOnlyHint): there is nothing of theirs to roll back, so
-    # they skip the savepoint round trip; anything that can write runs after one.
+    # they skip the savepoint round trip, and their last statement carries the audit entry
+    # and the COMMIT (ToolContext.last_read). Anything that can write runs after a savepoint.
     writes = spec.max_tier > 1
+    committed = False
+
+    async def final_read(statement: Statement) -> list[tuple[Any, ...]]:
+        nonlocal committed
+        rows = await audit.write_after_read(
+            conn, statement, entry(decision="allowed", outcome="success"))
+        committed = True
+        return rows
+
     try:
         if writes:
             await driver(conn).execute(_SAVEPOINT)
-        result = await spec.handler(ToolContext(conn, principal.tenant_id, principal.actor), args)
-        await audit.write(conn, entry(decision="allowed", outcome="success"), commit=True)
+        result = await spec.handler(
+            ToolContext(conn, principal.tenant_id, principal.actor,
+                        final_read=None if writes else final_read), args)
+        if not committed:
+            await audit.write(conn, entry(decision="allowed", outcome="success"), commit=True)
     except ToolError as exc:
+        if committed:  # a handler bug: ToolErrors are decided before the last read
+            return await _failed_after_commit(services, principal, name, tier, rate, entry)
         await _commit_entry(services, conn, entry(decision="allowed", outcome="error",
                                                   error=f"{exc.code}: {exc.message}"),
                             principal, after_savepoint=writes)
         return CallResult("tool_error", name, tier, exc.message, error_code=exc.code, rate=rate)
     except Exception:
         log.exception("tool %s failed", name)
+        if committed:
+            return await _failed_after_commit(services, principal, name, tier, rate, entry)
         try:
             await _commit_entry(services, conn, entry(decision="allowed", outcome="error",
                                                       error="internal error"),
@@ -247,3 +264,19 @@ async def _call_tool(
             log.exception("could not write the failure audit entry for %s", name)
         return CallResult("internal_error", name, tier, "internal error", rate=rate)
     return CallResult("ok", name, tier, result=result, rate=rate)
+
+
+async def _failed_after_commit(
+    services: Services, principal: Principal, name: str, tier: int, rate: RateDecision | None,
+    entry: Callable[..., audit.AuditEntry],
+) -> CallResult:
+    """A read-only call failed after its last read had committed its success entry: a second
+    entry says what the caller got, so the log matches the answer."""
+    log.error("tool %s failed after its last read", name)
+    try:
+        await _audit_alone(services, entry(decision="allowed", outcome="error",
+                                           error="internal error after the last read"),
+                           principal)
+    except Exception:
+        log.exception("could not write the failure audit entry for %s", name)
+    return CallResult("internal_error", name, tier, "internal error", rate=rate)

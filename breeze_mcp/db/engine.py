@@ -16,11 +16,13 @@ that way except the read-only start-up checks and health probe.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import psycopg
 from psycopg import AsyncClientCursor
@@ -28,7 +30,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 __all__ = [
-    "IDLE_PING_SECONDS", "Database", "Statement", "driver", "execute_then_commit",
+    "IDLE_PING_SECONDS", "Database", "Statement", "driver", "executable", "execute_then_commit",
     "sqlalchemy_url",
 ]
 
@@ -62,12 +64,41 @@ def driver(conn: AsyncConnection) -> psycopg.AsyncConnection[Any]:
     return raw
 
 
-async def execute_then_commit(conn: AsyncConnection, statement: Statement) -> None:
-    """Run ``statement`` and ``COMMIT`` in one round trip (bound client-side, like
-    :data:`_BEGIN_CONTEXT`). If the statement fails, the transaction is left aborted (the
-    ``COMMIT`` is never reached) and the error is raised."""
+# Names of the statements prepared (SQL PREPARE) on each connection, see ``executable``.
+_prepared: WeakKeyDictionary[psycopg.AsyncConnection[Any], set[str]] = WeakKeyDictionary()
+
+
+async def executable(raw: psycopg.AsyncConnection[Any], statement: Statement) -> Statement:
+    """``statement`` as ``EXECUTE name(%s, ...)`` of a statement prepared on ``raw``.
+
+    Statements sent in a simple-query message (several per round trip, bound client-side)
+    are not prepared by psycopg; PostgreSQL would parse and plan them on every call (the
+    credential lookup's join alone costs ~0.3 ms of its CPU). So each is prepared once per
+    connection, with SQL ``PREPARE`` (in a round trip of its own, the first time only;
+    prepared statements are session-level and survive a rollback), and executed by name.
+    The parameters stay client-side literals, typed by the prepared statement.
+    """
     sql, params = statement
-    await AsyncClientCursor(driver(conn)).execute(sql + "; COMMIT", params)
+    parts = sql.split("%s")
+    if any("%" in part for part in parts) or len(parts) - 1 != len(params):
+        raise ValueError("a prepared hot-path statement takes only %s placeholders")
+    name = "breeze_" + hashlib.blake2b(sql.encode(), digest_size=10).hexdigest()
+    names = _prepared.setdefault(raw, set())
+    if name not in names:
+        numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+        await raw.execute(f"PREPARE {name} AS {numbered}", prepare=False)
+        names.add(name)
+    placeholders = ", ".join(["%s"] * len(params))
+    return (f"EXECUTE {name}({placeholders})" if params else f"EXECUTE {name}"), params
+
+
+async def execute_then_commit(conn: AsyncConnection, statement: Statement) -> None:
+    """Run ``statement`` (prepared, see :func:`executable`) and ``COMMIT`` in one round trip,
+    bound client-side like :data:`_BEGIN_CONTEXT`. If the statement fails, the transaction
+    is left aborted (the ``COMMIT`` is never reached) and the error is raised."""
+    raw = driver(conn)
+    sql, params = await executable(raw, statement)
+    await AsyncClientCursor(raw).execute(sql + "; COMMIT", params)
 
 
 def _install_health_checks(engine: AsyncEngine) -> None:
@@ -121,6 +152,10 @@ class Database:
             hide_parameters=True,
             # Transactions are opened explicitly by the helpers below (see the module doc).
             isolation_level="AUTOCOMMIT",
+            # No automatic server-side preparation by psycopg: it answers any ROLLBACK (a
+            # refused credential, a failing tool) with DEALLOCATE ALL, which would also drop
+            # the hot-path statements prepared by ``executable``.
+            connect_args={"prepare_threshold": None, **engine_kwargs.pop("connect_args", {})},
             **engine_kwargs,
         )
         _install_health_checks(self.engine)
@@ -141,7 +176,8 @@ class Database:
                 if first is None:
                     await cursor.execute(_BEGIN_CONTEXT, context)
                 else:
-                    await cursor.execute(f"{_BEGIN_CONTEXT}; {first[0]}", context + first[1])
+                    sql, params = await executable(raw, first)
+                    await cursor.execute(f"{_BEGIN_CONTEXT}; {sql}", context + params)
                     cursor.nextset()  # past BEGIN's and set_config's results
                     cursor.nextset()
                     row = await cursor.fetchone()

@@ -38,7 +38,6 @@ from typing import Annotated, Any, Literal
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from breeze_mcp.db.engine import driver
 from breeze_mcp.db.models import alerts, device_notes, devices
 from breeze_mcp.tools.registry import ToolContext, ToolError, ToolSpec
 
@@ -379,12 +378,13 @@ def _summary(row: sa.Row[Any]) -> dict[str, Any]:
 _SUMMARY_COLUMNS = (
     "id, hostname, site, os_family, os_version, status, ip_address, tags, last_seen_at"
 )
+_PAGE_COLUMNS = ", ".join(f"page.{c.strip()}" for c in _SUMMARY_COLUMNS.split(","))
 
 
 async def list_devices(ctx: ToolContext, args: ListDevicesInput) -> dict[str, Any]:
-    # Plain SQL on the transaction's psycopg connection (prepared after a few calls): only the
-    # summary columns, and the total in the same query. RLS scopes it; the tenant filter is
-    # defense in depth.
+    # One plain-SQL statement, the call's last (ToolContext.last_read): the page of summary
+    # columns and the number of matches, the latter also for a page past the end (then the
+    # one row has only the total). RLS scopes it; the tenant filter is defense in depth.
     conditions = ["tenant_id = %s"]
     params: list[Any] = [ctx.tenant_id]
     if args.site is not None:
@@ -403,19 +403,16 @@ async def list_devices(ctx: ToolContext, args: ListDevicesInput) -> dict[str, An
         conditions.append("hostname ILIKE %s ESCAPE '\\'")
         params.append(f"%{_escape_like(args.search)}%")
     where = " AND ".join(conditions)
-    raw = driver(ctx.conn)
-    rows = await (await raw.execute(
-        f"SELECT {_SUMMARY_COLUMNS}, count(*) OVER () FROM devices WHERE {where}"  # noqa: S608
-        " ORDER BY hostname, id LIMIT %s OFFSET %s",
-        (*params, args.limit, args.offset),
-    )).fetchall()
-    if rows:
-        total = int(rows[0][-1])
-    else:  # an empty page says nothing about the total: count it
-        count = await (await raw.execute(
-            f"SELECT count(*) FROM devices WHERE {where}", params  # noqa: S608
-        )).fetchone()
-        total = int(count[0]) if count else 0
+    rows = await ctx.last_read(
+        f"SELECT {_PAGE_COLUMNS}, matched.total"  # noqa: S608
+        f" FROM (SELECT count(*) AS total FROM devices WHERE {where}) AS matched"
+        f" LEFT JOIN LATERAL (SELECT {_SUMMARY_COLUMNS} FROM devices WHERE {where}"
+        " ORDER BY hostname, id LIMIT %s OFFSET %s) AS page ON true"
+        " ORDER BY page.hostname, page.id",
+        (*params, *params, args.limit, args.offset),
+    )
+    total = int(rows[0][-1])
+    page = [row for row in rows if row[0] is not None]
     return {
         "devices": [
             {
@@ -429,10 +426,10 @@ async def list_devices(ctx: ToolContext, args: ListDevicesInput) -> dict[str, An
                 "tags": list(row[7]),
                 "last_seen_at": iso(row[8]),
             }
-            for row in rows
+            for row in page
         ],
         "total": total,
-        "next_offset": next_offset(args.offset, len(rows), total),
+        "next_offset": next_offset(args.offset, len(page), total),
     }
 
 

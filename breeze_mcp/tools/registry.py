@@ -21,8 +21,11 @@ from typing import Any, get_args
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from breeze_mcp.db.engine import Statement, driver
+
 __all__ = [
     "BLOCKED_TIER",
+    "FinalRead",
     "Handler",
     "Registry",
     "ToolContext",
@@ -47,6 +50,10 @@ class ToolError(Exception):
         self.message = message
 
 
+#: Runs a call's last statement (see :meth:`ToolContext.last_read`); returns its rows.
+FinalRead = Callable[[Statement], Awaitable[list[tuple[Any, ...]]]]
+
+
 @dataclass(frozen=True)
 class ToolContext:
     """What a handler may use: the tenant transaction's connection and who is acting."""
@@ -54,6 +61,20 @@ class ToolContext:
     conn: AsyncConnection
     tenant_id: uuid.UUID
     actor: str  # "api_key:<id>", "user:<id>", ... - stored in requested_by / author columns
+    #: Set by the pipeline for read-only (Tier 1) calls: see :meth:`last_read`.
+    final_read: FinalRead | None = None
+
+    async def last_read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """Run the handler's **last** statement and return its rows.
+
+        For a read-only call the pipeline sends the call's audit entry and ``COMMIT`` in the
+        same round trip as this statement (one round trip fewer per call). So nothing may
+        fail after it: a handler calls it last and only shapes the rows afterwards (a
+        :class:`ToolError` must be decided before). Elsewhere it is a plain query.
+        """
+        if self.final_read is not None:
+            return await self.final_read((sql, params))
+        return await (await driver(self.conn).execute(sql, params)).fetchall()
 
 
 Handler = Callable[[ToolContext, Any], Awaitable[Mapping[str, Any]]]
