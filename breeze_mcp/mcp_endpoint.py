@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import mcp_types as types
 from pydantic import BaseModel
@@ -33,7 +33,7 @@ from breeze_mcp.pipeline import CallResult, call_tool
 from breeze_mcp.services import Services
 from breeze_mcp.tools.registry import ToolSpec
 
-__all__ = ["SUPPORTED_VERSIONS", "handle_mcp", "tool_definition"]
+__all__ = ["SUPPORTED_VERSIONS", "handle_mcp", "success_body", "tool_definition"]
 
 log = logging.getLogger(__name__)
 
@@ -97,29 +97,15 @@ def tool_definition(spec: ToolSpec) -> types.Tool:
     )
 
 
-_LOOPBACK_NAMES = {"127.0.0.1", "localhost", "[::1]", "::1"}
-
-
 def _origin_allowed(request: Request, services: Services) -> bool:
     origin = request.headers.get("origin")
     if origin is None:
         return True  # not a browser request
-    allowed = {services.settings.public_url, *services.settings.allowed_origins}
-    return origin.rstrip("/").lower() in {o.lower() for o in allowed}
+    return origin.rstrip("/").lower() in services.allowed_origins
 
 
 def _host_allowed(request: Request, services: Services) -> bool:
-    host = (request.headers.get("host") or "").lower()
-    public = urlsplit(services.settings.public_url)
-    default_port = 443 if public.scheme == "https" else 80
-    port = public.port or default_port
-    names = {public.hostname or ""}
-    if names & _LOOPBACK_NAMES:  # local use: any loopback spelling of the same port
-        names |= _LOOPBACK_NAMES
-    expected = {f"{name}:{port}" for name in names}
-    if port == default_port:
-        expected |= names
-    return host in expected
+    return (request.headers.get("host") or "").lower() in services.allowed_hosts
 
 
 async def handle_mcp(request: Request) -> Response:
@@ -253,16 +239,29 @@ async def _dispatch(
     return _rpc_error(id_, METHOD_NOT_FOUND, f"Method not found: {method}")
 
 
+def success_body(id_: Any, result: Mapping[str, Any]) -> bytes:
+    """The JSON-RPC response to a successful ``tools/call``: a ``CallToolResult`` whose text
+    content is the serialised result (for clients without structured content) and whose
+    ``structuredContent`` is the result itself.
+
+    The one response not built from the SDK's models, because it is the hot path's: the
+    result is serialised once and that text is both the text content and, verbatim, the
+    structured content (a test checks it against ``types.CallToolResult``).
+    """
+    text = json.dumps(result, default=str)
+    return (
+        '{"jsonrpc":"2.0","id":' + json.dumps(id_)
+        + ',"result":{"content":[{"type":"text","text":' + json.dumps(text)
+        + '}],"structuredContent":' + text + ',"isError":false}}'
+    ).encode()
+
+
 def _call_response(services: Services, id_: Any, outcome: CallResult) -> Response:
     headers = outcome.rate.headers() if outcome.rate else None
     if outcome.status == "ok":
         assert outcome.result is not None
-        structured = dict(outcome.result)
-        result = types.CallToolResult(
-            content=[types.TextContent(text=json.dumps(structured, default=str))],
-            structured_content=structured,
-        )
-        return _rpc_result(id_, _dump(result), headers=headers)
+        return Response(success_body(id_, outcome.result), media_type="application/json",
+                        headers=headers)
     if outcome.status in ("tool_error", "invalid_arguments", "blocked"):
         data: dict[str, Any] = {"error": outcome.error_code or outcome.status,
                                 "tier": outcome.tier}

@@ -100,3 +100,30 @@ async def test_database_errors_do_not_echo_parameters(test_db) -> None:
         assert "bzk_this-must-not-appear" not in str(err.value)
     finally:
         await db.dispose()
+
+
+@pytest.mark.req("TOOLS-MCP")
+@pytest.mark.parametrize("id_", [1, 0, "abc", 'ü"\\x', 2**53])
+def test_the_hand_built_tool_result_is_the_sdk_model(id_: object) -> None:
+    import datetime as dt
+    import json
+
+    import mcp_types as types
+
+    from breeze_mcp.mcp_endpoint import success_body
+
+    result = {
+        "devices": [{"id": "6f1c", "hostname": 'srv-é"\\\n', "tags": ["a", "ü"],
+                     "ip_address": None, "seen": dt.datetime(2026, 11, 29, tzinfo=dt.UTC)}],
+        "total": 1, "next_offset": None, "ratio": 0.5,
+    }
+    body = json.loads(success_body(id_, result))
+    assert body["jsonrpc"] == "2.0" and body["id"] == id_ and set(body) == {
+        "jsonrpc", "id", "result"}
+    text = json.dumps(result, default=str)
+    expected = types.CallToolResult(content=[types.TextContent(text=text)],
+                                    structured_content=json.loads(text))
+    assert types.CallToolResult.model_validate(body["result"]) == expected
+    assert body["result"] == expected.model_dump(by_alias=True, exclude_none=True, mode="json",
+                                                 exclude={"result_type", "ttl_ms", "cache_scope"}
+                                                 & set(types.CallToolResult.model_fields))

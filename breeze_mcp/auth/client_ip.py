@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 
 __all__ = ["IPNetwork", "parse_networks", "rate_limit_key", "resolve_client_ip"]
 
@@ -26,6 +27,7 @@ def parse_networks(cidrs: Sequence[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
 
 
+@lru_cache(maxsize=4096)  # pure; the same few peers (proxies, clients) come back all the time
 def _parse_ip(value: str) -> IPAddress | None:
     value = value.strip()
     if not value:
@@ -73,7 +75,7 @@ def resolve_client_ip(
     if peer_addr is None:
         return peer
     if not trusted or not _trusted(peer_addr, trusted):
-        return str(peer_addr)
+        return _text(peer_addr)
     client = peer_addr
     for raw in reversed(_hops(x_forwarded_for, forwarded)):
         hop = _parse_ip(raw)
@@ -82,7 +84,12 @@ def resolve_client_ip(
         client = hop
         if not _trusted(hop, trusted):
             break
-    return str(client)
+    return _text(client)
+
+
+@lru_cache(maxsize=4096)
+def _text(addr: IPAddress) -> str:
+    return str(addr)
 
 
 def rate_limit_key(ip: str) -> str:
