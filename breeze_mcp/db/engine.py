@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from functools import lru_cache
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -79,17 +80,26 @@ async def executable(raw: psycopg.AsyncConnection[Any], statement: Statement) ->
     The parameters stay client-side literals, typed by the prepared statement.
     """
     sql, params = statement
-    parts = sql.split("%s")
-    if any("%" in part for part in parts) or len(parts) - 1 != len(params):
-        raise ValueError("a prepared hot-path statement takes only %s placeholders")
-    name = "breeze_" + hashlib.blake2b(sql.encode(), digest_size=10).hexdigest()
+    name, numbered, count = _prepare_text(sql)
+    if count != len(params):
+        raise ValueError(f"{name}: {count} placeholders, {len(params)} parameters")
     names = _prepared.setdefault(raw, set())
     if name not in names:
-        numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
         await raw.execute(f"PREPARE {name} AS {numbered}", prepare=False)
         names.add(name)
-    placeholders = ", ".join(["%s"] * len(params))
-    return (f"EXECUTE {name}({placeholders})" if params else f"EXECUTE {name}"), params
+    placeholders = ", ".join(["%s"] * count)
+    return (f"EXECUTE {name}({placeholders})" if count else f"EXECUTE {name}"), params
+
+
+@lru_cache(maxsize=512)  # hot statements are few; list_devices has a text per filter set
+def _prepare_text(sql: str) -> tuple[str, str, int]:
+    """The statement's name, its text with numbered placeholders, and their count."""
+    parts = sql.split("%s")
+    if any("%" in part for part in parts):
+        raise ValueError("a prepared hot-path statement takes only %s placeholders")
+    name = "breeze_" + hashlib.blake2b(sql.encode(), digest_size=10).hexdigest()
+    numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+    return name, numbered, len(parts) - 1
 
 
 async def execute_then_commit(conn: AsyncConnection, statement: Statement) -> None:
