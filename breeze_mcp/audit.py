@@ -144,8 +144,8 @@ _INSERT = _insert("entry.duration_ms")
 # After a read in the same message: the database time of that read is added to the
 # duration measured before it was sent (statement_timestamp() is the message's arrival).
 _INSERT_AFTER_READ = _insert(
-    "entry.duration_ms"
-    " + 1000 * extract(epoch FROM clock_timestamp() - statement_timestamp())::float8"
+    "round(entry.duration_ms::numeric"
+    " + 1000 * extract(epoch FROM clock_timestamp() - statement_timestamp()), 3)::float8"
 )
 
 
