@@ -37,24 +37,44 @@ def _expected(principal: Principal) -> tuple[str, str, str]:
     return str(principal.tenant_id), principal.actor, str(principal.acting_user_id)
 
 
+async def _outside_any_transaction(db: Database) -> str | None:
+    """``breeze.actor`` as the next user of a one-connection pool sees it."""
+    async with db.engine.connect() as conn:
+        value = (await conn.execute(sa.text(
+            "SELECT current_setting('breeze.actor', true)"))).scalar_one()
+    return None if value in (None, "") else str(value)
+
+
 @pytest.mark.anyio
-async def test_api_key_lookup_sets_the_principals_actor(db: Database, tenant_a: Tenant) -> None:
+async def test_api_key_lookup_sets_the_principals_actor(test_db: ProvisionedDatabase,
+                                                        db: Database, tenant_a: Tenant) -> None:
     owner = await create_user(db, tenant_a, email=f"o-{uuid.uuid4().hex[:8]}@example.com",
                               password="correct horse battery staple", role="owner")
     info, key = await api_keys.create_api_key(db, tenant_a, name="k", scopes="ai:read",
                                               creator_email=owner.email)
-    async with db.tenant_transaction(tenant_a.id, actor="system:auth") as conn:
-        principal = await api_keys.authenticate(conn, key, default_rate_limit="10/minute")
-        assert principal.actor == f"api_key:{info.id}"
-        assert await _context(conn) == _expected(principal)
+    statement = api_keys.lookup(key)
+    assert statement is not None
+    single = Database(test_db.runtime_url, pool_size=1)
+    try:
+        # exactly the edge's path: the lookup travels with BEGIN (Database.tenant_lookup)
+        async with single.tenant_lookup(tenant_a.id, actor="system:auth",
+                                        first=statement) as (conn, row):
+            principal = await api_keys.principal_from(conn, key, row,
+                                                      default_rate_limit="10/minute")
+            assert principal.actor == f"api_key:{info.id}"
+            assert await _context(conn) == _expected(principal)
+        assert await _outside_any_transaction(single) is None
 
-    await api_keys.revoke_api_key(db, info.id, tenant=tenant_a)
-    async with db.tenant_transaction(tenant_a.id, actor="system:auth") as conn:
-        savepoint = await conn.begin_nested()
+        await api_keys.revoke_api_key(db, info.id, tenant=tenant_a)
         with pytest.raises(api_keys.KeyRejected):
-            await api_keys.authenticate(conn, key, default_rate_limit="10/minute")
-        await savepoint.rollback()
-        assert await _context(conn) == (str(tenant_a.id), "system:auth", "")
+            async with single.tenant_lookup(tenant_a.id, actor="system:auth",
+                                            first=statement) as (conn, row):
+                assert row is not None  # the lookup named the actor before it was judged
+                assert (await _context(conn))[1] == f"api_key:{info.id}"
+                await api_keys.principal_from(conn, key, row, default_rate_limit="10/minute")
+        assert await _outside_any_transaction(single) is None  # rolled back with it
+    finally:
+        await single.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -70,21 +90,22 @@ def test_access_token_lookup_sets_the_principals_actor(world: OAuthWorld) -> Non
 
     async def check() -> None:
         db = Database(world.test_db.runtime_url, pool_size=1)
+        statement = oauth.access_lookup(token)
+        assert statement is not None
         try:
-            async with db.tenant_transaction(world.tenant.id, actor="system:auth") as conn:
-                principal = await oauth.authenticate_access_token(conn, world.settings, token)
+            async with db.tenant_lookup(world.tenant.id, actor="system:auth",
+                                        first=statement) as (conn, row):
+                principal = await oauth.access_principal_from(conn, world.settings, token, row)
                 assert principal.client_id == client_id
                 assert principal.actor == (
                     f"user:{principal.acting_user_id} via oauth_client:{client_id}")
                 assert await _context(conn) == _expected(principal)
-            async with db.tenant_transaction(world.tenant.id, actor="system:auth") as conn:
-                savepoint = await conn.begin_nested()
-                with pytest.raises(oauth.TokenRejected):
-                    await oauth.authenticate_access_token(
-                        conn, world.settings.model_copy(update={"public_url": "http://x"}),
-                        token)
-                await savepoint.rollback()
-                assert await _context(conn) == (str(world.tenant.id), "system:auth", "")
+            elsewhere = world.settings.model_copy(update={"public_url": "http://x"})
+            with pytest.raises(oauth.TokenRejected):
+                async with db.tenant_lookup(world.tenant.id, actor="system:auth",
+                                            first=statement) as (conn, row):
+                    await oauth.access_principal_from(conn, elsewhere, token, row)
+            assert await _outside_any_transaction(db) is None
         finally:
             await db.dispose()
 

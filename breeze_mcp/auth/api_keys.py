@@ -30,10 +30,11 @@ __all__ = [
     "PREFIX",
     "ApiKeyInfo",
     "KeyRejected",
-    "authenticate",
     "create_api_key",
     "list_api_keys",
+    "lookup",
     "parse_scopes",
+    "principal_from",
     "revoke_api_key",
 ]
 
@@ -280,30 +281,19 @@ def lookup(token: str) -> Statement | None:
     return _KEY_LOOKUP, (digest(token), tenant_id)
 
 
-async def authenticate(
-    conn: AsyncConnection, token: str, *, default_rate_limit: str
-) -> Principal:
-    """The Principal for a presented key, or :class:`KeyRejected`.
-
-    One indexed lookup inside the key's tenant transaction, joined with the tenant's state and
-    the creator's current membership; the effective scopes are the key's scopes intersected
-    with what the creator's role allows today. ``conn`` is in the transaction of the tenant
-    the key names. The lookup also makes the key (``api_key:<id>``, its creator) the
-    transaction's actor; callers roll back on :class:`KeyRejected`. (The edge sends the same
-    statement with its ``BEGIN``: ``edge.bearer_transaction``.)
-    """
-    statement = lookup(token)
-    if statement is None:
-        raise KeyRejected("malformed key")
-    row = await (await driver(conn).execute(*statement)).fetchone()
-    return await principal_from(conn, token, row, default_rate_limit=default_rate_limit)
-
-
 async def principal_from(
     conn: AsyncConnection, token: str, row: tuple[Any, ...] | None, *, default_rate_limit: str
 ) -> Principal:
-    """Judge the row :func:`lookup`'s statement returned for ``token`` (see
-    :func:`authenticate`); records the last-used time at most once a minute."""
+    """The Principal for a presented key, from the row :func:`lookup`'s statement returned
+    for it, or :class:`KeyRejected`.
+
+    The lookup is one indexed query inside the key's tenant transaction, joined with the
+    tenant's state and the creator's current membership; the effective scopes are the key's
+    scopes intersected with what the creator's role allows today. The lookup also made the
+    key (``api_key:<id>``, its creator) the transaction's actor; callers roll back on
+    :class:`KeyRejected` (``edge.bearer_transaction`` does). Records the last-used time at
+    most once a minute.
+    """
     tenant_id = tenant_of(token, PREFIX)
     if tenant_id is None:
         raise KeyRejected("malformed key")

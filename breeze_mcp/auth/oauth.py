@@ -63,7 +63,8 @@ __all__ = [
     "Client",
     "OAuthError",
     "TokenResponse",
-    "authenticate_access_token",
+    "access_lookup",
+    "access_principal_from",
     "authenticate_client",
     "create_authorization",
     "exchange_code",
@@ -751,26 +752,13 @@ def access_lookup(token: str) -> Statement | None:
     return _ACCESS_LOOKUP, (digest(token), tenant_id)
 
 
-async def authenticate_access_token(
-    conn: AsyncConnection, settings: Settings, token: str
-) -> Principal:
-    """``conn``: in the transaction of the tenant the token names.
-
-    One lookup, which also makes the caller (``user:<id> via oauth_client:<id>``) the
-    transaction's actor; callers roll back on :class:`TokenRejected`. (The edge sends the same
-    statement with its ``BEGIN``: ``edge.bearer_transaction``.)
-    """
-    statement = access_lookup(token)
-    if statement is None:
-        raise TokenRejected("malformed token")
-    row = await (await driver(conn).execute(*statement)).fetchone()
-    return await access_principal_from(conn, settings, token, row)
-
-
 async def access_principal_from(
     conn: AsyncConnection, settings: Settings, token: str, row: tuple[Any, ...] | None
 ) -> Principal:
-    """Judge the row :func:`access_lookup`'s statement returned for ``token``."""
+    """The Principal for a presented access token, from the row :func:`access_lookup`'s
+    statement returned for it, or :class:`TokenRejected`. The lookup also made the caller
+    (``user:<id> via oauth_client:<id>``) the transaction's actor; callers roll back on
+    :class:`TokenRejected` (``edge.bearer_transaction`` does)."""
     tenant_id = tenant_of(token, ACCESS_PREFIX)
     if tenant_id is None:
         raise TokenRejected("malformed token")
