@@ -120,6 +120,37 @@ async def test_pooled_connection_reused_after_tenant_transaction_sees_nothing(
 
 
 @pytest.mark.req("RLS-TX-LOCAL")
+async def test_a_connection_returned_inside_a_transaction_is_rolled_back(
+    test_db, tenant_a: Tenant
+) -> None:
+    """Whatever leaves a transaction open on a pooled connection (a bug, a cancelled
+    request), the pool rolls it back on return: the next user inherits neither the open
+    transaction nor its tenant."""
+    from breeze_mcp.db.engine import driver
+
+    single = Database(test_db.runtime_url, pool_size=1)
+    try:
+        async with single.engine.connect() as conn:
+            raw = driver(conn)
+            await raw.execute("BEGIN")
+            await raw.execute("SELECT set_config('breeze.tenant_id', %s, true)",
+                              (str(tenant_a.id),))
+            assert (await (await raw.execute("SELECT count(*) FROM devices")).fetchone()
+                    or (0,))[0] > 0
+            pid_a = raw.info.backend_pid
+            # returned to the pool here, transaction still open
+        async with single.engine.connect() as conn:
+            raw = driver(conn)
+            assert raw.info.backend_pid == pid_a, "the test must reuse the pooled connection"
+            assert raw.info.transaction_status.name == "IDLE"
+            count = (await (await raw.execute("SELECT count(*) FROM devices")).fetchone()
+                     or (None,))[0]
+        assert count == 0
+    finally:
+        await single.dispose()
+
+
+@pytest.mark.req("RLS-TX-LOCAL")
 async def test_tenant_and_actor_are_set_in_one_statement(db: Database) -> None:
     tenant_id = uuid.uuid4()
     user_id = uuid.uuid4()

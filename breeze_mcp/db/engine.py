@@ -27,6 +27,7 @@ from weakref import WeakKeyDictionary
 
 import psycopg
 from psycopg import AsyncClientCursor
+from psycopg.pq import TransactionStatus
 from sqlalchemy import event, exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -116,6 +117,17 @@ def _install_health_checks(engine: AsyncEngine) -> None:
     replaced, and one that sat idle (the server may have restarted meanwhile) is pinged."""
     dialect = engine.dialect
 
+    @event.listens_for(engine.sync_engine, "reset")
+    def _reset(dbapi_conn: Any, record: Any, state: Any) -> None:
+        # What the pool's rollback-on-return does, minus the round into the event loop for
+        # a connection with nothing open (every one our transaction helpers give back). A
+        # connection returned mid-transaction (an error path) is rolled back, so the next
+        # user never inherits a transaction or its tenant settings.
+        if not state.asyncio_safe:
+            return
+        if dbapi_conn.driver_connection.info.transaction_status != TransactionStatus.IDLE:
+            dbapi_conn.rollback()
+
     @event.listens_for(engine.sync_engine, "checkin")
     def _checked_in(dbapi_conn: Any, record: Any) -> None:
         record.info[_CHECKED_IN] = time.monotonic()
@@ -157,6 +169,9 @@ class Database:
             pool_size=pool_size,
             max_overflow=0,
             pool_timeout=pool_timeout,
+            # Returned connections are rolled back by the "reset" listener below, and only
+            # when a transaction is actually open.
+            pool_reset_on_return=None,
             # Statement parameters (digests, emails, tool arguments) never reach an error
             # message or a log line.
             hide_parameters=True,
