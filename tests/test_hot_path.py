@@ -77,3 +77,23 @@ async def test_idle_connection_whose_backend_died_is_replaced(
         assert new_pid != pid
     finally:
         await single.dispose()
+
+
+async def test_device_addresses_read_as_postgres_text(db: Database, tenant_a: Tenant) -> None:
+    """inet values come back as PostgreSQL prints them, the same in every tool."""
+    from breeze_mcp.tools.devices import DeviceIdInput, get_device
+
+    addresses = ["10.9.0.7", "10.9.0.0/24", "2001:db8::1", "::ffff:10.0.0.1"]
+    async with db.tenant_transaction(tenant_a.id, actor="test") as conn:
+        ids = [r.id for r in await conn.execute(sa.text(
+            "SELECT id FROM devices ORDER BY hostname LIMIT 4"))]
+        for device_id, address in zip(ids, addresses, strict=True):
+            await conn.execute(sa.text("UPDATE devices SET ip_address = CAST(:a AS inet)"
+                                       " WHERE id = :i"), {"a": address, "i": device_id})
+        ctx = ToolContext(conn, tenant_a.id, "test")
+        listed = {d["id"]: d["ip_address"]
+                  for d in (await list_devices(ctx, ListDevicesInput(limit=100)))["devices"]}
+        for device_id, address in zip(ids, addresses, strict=True):
+            assert listed[str(device_id)] == address
+            got = await get_device(ctx, DeviceIdInput(device_id=device_id))
+            assert got["ip_address"] == address

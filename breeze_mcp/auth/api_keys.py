@@ -278,7 +278,7 @@ def lookup(token: str) -> Statement | None:
     tenant_id = tenant_of(token, PREFIX)
     if tenant_id is None:
         return None
-    return _KEY_LOOKUP, (digest(token), tenant_id)
+    return _KEY_LOOKUP, (digest(token), str(tenant_id))  # str: a cheaper literal to quote
 
 
 async def principal_from(

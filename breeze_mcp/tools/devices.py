@@ -386,7 +386,7 @@ async def list_devices(ctx: ToolContext, args: ListDevicesInput) -> dict[str, An
     # columns and the number of matches, the latter also for a page past the end (then the
     # one row has only the total). RLS scopes it; the tenant filter is defense in depth.
     conditions = ["tenant_id = %s"]
-    params: list[Any] = [ctx.tenant_id]
+    params: list[Any] = [str(ctx.tenant_id)]  # typed by the prepared statement
     if args.site is not None:
         conditions.append("lower(site) = %s")
         params.append(args.site.lower())
