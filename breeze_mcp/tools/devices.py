@@ -378,7 +378,9 @@ def _summary(row: sa.Row[Any]) -> dict[str, Any]:
 _SUMMARY_COLUMNS = (
     "id, hostname, site, os_family, os_version, status, ip_address, tags, last_seen_at"
 )
-_PAGE_COLUMNS = ", ".join(f"page.{c.strip()}" for c in _SUMMARY_COLUMNS.split(","))
+# The page's id as text (it is shown as text; no UUID object per row), ordered as a uuid.
+_PAGE_COLUMNS = "page.id::text, " + ", ".join(
+    f"page.{c.strip()}" for c in _SUMMARY_COLUMNS.split(",")[1:])
 
 
 async def list_devices(ctx: ToolContext, args: ListDevicesInput) -> dict[str, Any]:
