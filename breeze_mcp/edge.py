@@ -133,19 +133,19 @@ async def bearer_transaction(
         yield AuthFailure("invalid_token",
                           _REFUSED.get(prefix, "the access token is invalid or expired"))
         return
-    statement = (api_keys.lookup(token) if prefix == api_keys.PREFIX
-                 else oauth.access_lookup(token))
-    assert statement is not None  # the prefix named a tenant
+    statement = (api_keys.lookup(token, tenant_id) if prefix == api_keys.PREFIX
+                 else oauth.access_lookup(token, tenant_id))
     try:
         async with services.db.tenant_lookup(tenant_id, actor="system:auth",
                                              first=statement) as (conn, row):
             try:
                 if prefix == api_keys.PREFIX:
                     principal = await api_keys.principal_from(
-                        conn, token, row, default_rate_limit=services.settings.api_key_rate_limit)
+                        conn, tenant_id, row,
+                        default_rate_limit=services.settings.api_key_rate_limit)
                 else:
                     principal = await oauth.access_principal_from(
-                        conn, services.settings, token, row)
+                        conn, services.settings, tenant_id, row)
             except (api_keys.KeyRejected, oauth.TokenRejected):
                 # rolls back, the lookup's actor with it
                 raise _Rejected(AuthFailure("invalid_token", _REFUSED[prefix])) from None

@@ -52,14 +52,13 @@ async def test_api_key_lookup_sets_the_principals_actor(test_db: ProvisionedData
                               password="correct horse battery staple", role="owner")
     info, key = await api_keys.create_api_key(db, tenant_a, name="k", scopes="ai:read",
                                               creator_email=owner.email)
-    statement = api_keys.lookup(key)
-    assert statement is not None
+    statement = api_keys.lookup(key, tenant_a.id)
     single = Database(test_db.runtime_url, pool_size=1)
     try:
         # exactly the edge's path: the lookup travels with BEGIN (Database.tenant_lookup)
         async with single.tenant_lookup(tenant_a.id, actor="system:auth",
                                         first=statement) as (conn, row):
-            principal = await api_keys.principal_from(conn, key, row,
+            principal = await api_keys.principal_from(conn, tenant_a.id, row,
                                                       default_rate_limit="10/minute")
             assert principal.actor == f"api_key:{info.id}"
             assert await _context(conn) == _expected(principal)
@@ -71,7 +70,8 @@ async def test_api_key_lookup_sets_the_principals_actor(test_db: ProvisionedData
                                             first=statement) as (conn, row):
                 assert row is not None  # the lookup named the actor before it was judged
                 assert (await _context(conn))[1] == f"api_key:{info.id}"
-                await api_keys.principal_from(conn, key, row, default_rate_limit="10/minute")
+                await api_keys.principal_from(conn, tenant_a.id, row,
+                                              default_rate_limit="10/minute")
         assert await _outside_any_transaction(single) is None  # rolled back with it
     finally:
         await single.dispose()
@@ -90,12 +90,12 @@ def test_access_token_lookup_sets_the_principals_actor(world: OAuthWorld) -> Non
 
     async def check() -> None:
         db = Database(world.test_db.runtime_url, pool_size=1)
-        statement = oauth.access_lookup(token)
-        assert statement is not None
+        statement = oauth.access_lookup(token, world.tenant.id)
         try:
             async with db.tenant_lookup(world.tenant.id, actor="system:auth",
                                         first=statement) as (conn, row):
-                principal = await oauth.access_principal_from(conn, world.settings, token, row)
+                principal = await oauth.access_principal_from(
+                    conn, world.settings, world.tenant.id, row)
                 assert principal.client_id == client_id
                 assert principal.actor == (
                     f"user:{principal.acting_user_id} via oauth_client:{client_id}")
@@ -104,7 +104,7 @@ def test_access_token_lookup_sets_the_principals_actor(world: OAuthWorld) -> Non
             with pytest.raises(oauth.TokenRejected):
                 async with db.tenant_lookup(world.tenant.id, actor="system:auth",
                                             first=statement) as (conn, row):
-                    await oauth.access_principal_from(conn, elsewhere, token, row)
+                    await oauth.access_principal_from(conn, elsewhere, world.tenant.id, row)
             assert await _outside_any_transaction(db) is None
         finally:
             await db.dispose()

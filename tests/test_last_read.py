@@ -159,8 +159,7 @@ async def test_the_lookup_is_prepared_once_and_survives_rollbacks(
                               password="correct horse battery staple", role="owner")
     _, key = await api_keys.create_api_key(db, tenant_a, name="k", scopes="ai:read",
                                            creator_email=owner.email)
-    statement = api_keys.lookup(key)
-    assert statement is not None
+    statement = api_keys.lookup(key, tenant_a.id)
     single = Database(test_db.runtime_url, pool_size=1)
     try:
         pids = set()

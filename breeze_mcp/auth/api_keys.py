@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from breeze_mcp import audit
 from breeze_mcp.accounts import AccountError, Tenant
 from breeze_mcp.auth.principal import ALL_SCOPES, ROLE_SCOPES, Principal
-from breeze_mcp.auth.tokens import digest, mint_tenant_bound, tenant_of
+from breeze_mcp.auth.tokens import digest, mint_tenant_bound
 from breeze_mcp.db import Database
 from breeze_mcp.db.engine import Statement, driver
 from breeze_mcp.db.models import api_keys, memberships, tenants, users
@@ -269,20 +269,17 @@ _KEY_LOOKUP = (
 _KEY_TOUCH = "UPDATE api_keys SET last_used_at = now() WHERE id = %s"
 
 
-def lookup(token: str) -> Statement | None:
-    """The lookup statement for a presented key (None when it cannot be one of ours).
-
-    Run by :meth:`Database.tenant_lookup` in the round trip that opens the key's tenant
-    transaction; :func:`principal_from` judges the row.
+def lookup(token: str, tenant_id: uuid.UUID) -> Statement:
+    """The lookup statement for a presented key, ``tenant_id`` being the tenant the key
+    names (``tokens.tenant_of``). Run by :meth:`Database.tenant_lookup` in the round trip
+    that opens that tenant's transaction; :func:`principal_from` judges the row.
     """
-    tenant_id = tenant_of(token, PREFIX)
-    if tenant_id is None:
-        return None
     return _KEY_LOOKUP, (digest(token), str(tenant_id))  # str: a cheaper literal to quote
 
 
 async def principal_from(
-    conn: AsyncConnection, token: str, row: tuple[Any, ...] | None, *, default_rate_limit: str
+    conn: AsyncConnection, tenant_id: uuid.UUID, row: tuple[Any, ...] | None, *,
+    default_rate_limit: str,
 ) -> Principal:
     """The Principal for a presented key, from the row :func:`lookup`'s statement returned
     for it, or :class:`KeyRejected`.
@@ -294,9 +291,6 @@ async def principal_from(
     :class:`KeyRejected` (``edge.bearer_transaction`` does). Records the last-used time at
     most once a minute.
     """
-    tenant_id = tenant_of(token, PREFIX)
-    if tenant_id is None:
-        raise KeyRejected("malformed key")
     if row is None:
         raise KeyRejected("unknown key")
     (key_id, key_scopes, created_by, rate_limit, revoked_at, expired, touch, tenant_status,

@@ -742,26 +742,21 @@ _ACCESS_LOOKUP = (
 _GRANT_TOUCH = "UPDATE oauth_grants SET last_used_at = now() WHERE id = %s"
 
 
-def access_lookup(token: str) -> Statement | None:
-    """The lookup statement for a presented access token (None when it cannot be one of
-    ours); run by :meth:`Database.tenant_lookup` with its ``BEGIN``, judged by
-    :func:`access_principal_from`."""
-    tenant_id = tenant_of(token, ACCESS_PREFIX)
-    if tenant_id is None:
-        return None
+def access_lookup(token: str, tenant_id: uuid.UUID) -> Statement:
+    """The lookup statement for a presented access token, ``tenant_id`` being the tenant it
+    names (``tokens.tenant_of``); run by :meth:`Database.tenant_lookup` with its ``BEGIN``,
+    judged by :func:`access_principal_from`."""
     return _ACCESS_LOOKUP, (digest(token), str(tenant_id))  # str: a cheaper literal
 
 
 async def access_principal_from(
-    conn: AsyncConnection, settings: Settings, token: str, row: tuple[Any, ...] | None
+    conn: AsyncConnection, settings: Settings, tenant_id: uuid.UUID,
+    row: tuple[Any, ...] | None,
 ) -> Principal:
     """The Principal for a presented access token, from the row :func:`access_lookup`'s
     statement returned for it, or :class:`TokenRejected`. The lookup also made the caller
     (``user:<id> via oauth_client:<id>``) the transaction's actor; callers roll back on
     :class:`TokenRejected` (``edge.bearer_transaction`` does)."""
-    tenant_id = tenant_of(token, ACCESS_PREFIX)
-    if tenant_id is None:
-        raise TokenRejected("malformed token")
     if row is None:
         raise TokenRejected("unknown token")
     (token_scopes, revoked_at, expired, grant_id, client_id, user_id, resource, grant_revoked,

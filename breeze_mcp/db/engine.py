@@ -221,7 +221,8 @@ class Database:
                     if not raw.closed:
                         await raw.rollback()
                 raise
-            await raw.commit()  # nothing is sent if the caller committed already
+            if raw.info.transaction_status != TransactionStatus.IDLE:
+                await raw.commit()  # unless the caller committed already
 
     @asynccontextmanager
     async def tenant_transaction(
