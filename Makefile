@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test check lint typecheck bench
+.PHONY: run test check lint typecheck bench bench-instructions
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Breeze MCP needs Python 3.11 or newer (set PYTHON=python3.x)")'
@@ -38,6 +38,9 @@ typecheck: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench
+
+bench-instructions: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.instructions
 
 # make conformance  the official MCP conformance suite's authorization-server scenarios
 #                   against a fresh local Breeze (see conformance/README.md)
