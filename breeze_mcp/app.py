@@ -54,15 +54,26 @@ RETRY_AFTER_SECONDS = 5
 
 
 async def database_unavailable(request: Request, exc: Exception) -> Response:
-    """No pooled connection within ``BREEZE_DB_POOL_TIMEOUT``, or PostgreSQL unreachable
-    before anything was done: ``503`` with ``Retry-After``, in the endpoint's own error shape
-    (JSON-RPC on ``/mcp``). Failures after a call started are the call's own errors (audited
-    by the pipeline)."""
+    """No pooled connection within ``BREEZE_DB_POOL_TIMEOUT``, PostgreSQL unreachable, or a
+    transient database failure (statement or lock timeout, deadlock, serialization failure)
+    that escaped an endpoint: ``503`` with ``Retry-After``, in the endpoint's own error shape
+    (JSON-RPC on ``/mcp``). The request's transaction was rolled back, so nothing of it was
+    committed. Failures inside a tool call are the call's own errors (audited by the
+    pipeline) and never get here."""
     busy = isinstance(exc, sa_exc.TimeoutError)
-    log.warning("database %s: %s %s", "busy" if busy else "unreachable", request.method,
-                request.url.path, exc_info=not busy)
-    message = ("the service is busy: no database connection was free in time; retry shortly"
-               if busy else "the database is unreachable; retry shortly")
+    # The server answered with an error (not a lost connection: class 08, or 57P01-57P03
+    # when it shut the session down).
+    state = getattr(getattr(exc, "orig", exc), "sqlstate", None) or ""
+    reported = state if state and not state.startswith(("08", "57P")) else None
+    log.warning("database %s: %s %s",
+                "busy" if busy else f"error {reported}" if reported else "unreachable",
+                request.method, request.url.path, exc_info=not busy)
+    if busy:
+        message = "the service is busy: no database connection was free in time; retry shortly"
+    elif reported:
+        message = "the database could not complete the request; retry shortly"
+    else:
+        message = "the database is unreachable; retry shortly"
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
     if request.url.path == "/mcp":
         return JSONResponse({"jsonrpc": "2.0", "id": None,

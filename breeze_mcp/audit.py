@@ -9,6 +9,7 @@ Parameters are redacted (anything that looks secret) and size-capped before they
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -61,7 +62,7 @@ def redact(value: Any, *, _depth: int = 0) -> Any:
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for key, item in value.items():
-            skey = str(key)
+            skey = _storable(str(key))
             out[skey] = REDACTED if _SECRET_KEY.search(skey) else redact(item, _depth=_depth + 1)
         return out
     if isinstance(value, (list, tuple)):
@@ -69,10 +70,18 @@ def redact(value: Any, *, _depth: int = 0) -> Any:
     if isinstance(value, str):
         if _SECRET_VALUE.search(value):
             return REDACTED
+        value = _storable(value)
         return value if len(value) <= MAX_STRING else value[:MAX_STRING] + "…[truncated]"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # NaN / Infinity (JSON parsers accept them; jsonb does not)
     if value is None or isinstance(value, (bool, int, float)):
         return value
-    return str(value)[:MAX_STRING]
+    return _storable(str(value))[:MAX_STRING]
+
+
+def _storable(text: str) -> str:
+    """PostgreSQL text and jsonb cannot hold NUL: it is stored as U+FFFD."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 def _capped(parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -150,8 +159,8 @@ _INSERT_AFTER_READ = _insert(
 
 
 def _params(entry: AuditEntry) -> tuple[str]:
-    error = None if entry.error is None else str(entry.error)[:MAX_STRING]
-    user_agent = None if entry.user_agent is None else str(entry.user_agent)[:512]
+    error = None if entry.error is None else _storable(str(entry.error))[:MAX_STRING]
+    user_agent = None if entry.user_agent is None else _storable(str(entry.user_agent))[:512]
     document = {
         "actor_type": entry.actor_type, "auth_path": entry.auth_path, "action": entry.action,
         "decision": entry.decision, "outcome": entry.outcome,

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from psycopg.pq import TransactionStatus
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -78,12 +79,45 @@ def format_validation_error(exc: ValidationError) -> tuple[str, list[dict[str, A
     return "invalid arguments: " + "; ".join(parts), details
 
 
-async def _audit_alone(services: Services, entry: audit.AuditEntry, principal: Principal) -> None:
-    """Write an entry in a small transaction of its own (when the call's own is lost)."""
+def _nul_field(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first string (or key) holding a NUL character, if any."""
+    if isinstance(value, str):
+        return (path or "(arguments)") if "\x00" in value else None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            here = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return here
+            found = _nul_field(item, here)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_field(item, f"{path}.{index}" if path else str(index))
+            if found is not None:
+                return found
+    return None
+
+
+async def _audit_alone(services: Services, conn: AsyncConnection, entry: audit.AuditEntry,
+                       principal: Principal) -> None:
+    """Write ``entry`` in a transaction of its own, when the call's own is lost (rolled back)
+    or already committed: on the call's connection if it still works (a full pool could not
+    give a second one), else on a fresh one."""
+    try:
+        await services.db.restart_tenant_transaction(
+            conn, principal.tenant_id, actor=principal.actor, user_id=principal.acting_user_id)
+        await audit.write(conn, entry, commit=True)
+        return
+    except Exception:
+        if not driver(conn).closed:
+            raise
+        log.warning("the call's connection is gone; audit entry for %s on a new one",
+                    entry.action)
     async with services.db.tenant_transaction(
         principal.tenant_id, actor=principal.actor, user_id=principal.acting_user_id
-    ) as conn:
-        await audit.write(conn, entry)
+    ) as fresh:
+        await audit.write(fresh, entry)
 
 
 async def call_tool(
@@ -107,6 +141,11 @@ async def _commit_entry(services: Services, conn: AsyncConnection, entry: audit.
                         principal: Principal, *, after_savepoint: bool = False) -> None:
     """Write ``entry`` in the call's transaction and commit it (after rolling the tool's
     changes back to the savepoint, if it ran); if that transaction is lost, in a new one."""
+    if driver(conn).info.transaction_status == TransactionStatus.INERROR:
+        # Aborted (a failed statement that was not behind the savepoint, e.g. a last read):
+        # nothing more can run in it.
+        await _audit_alone(services, conn, entry, principal)
+        return
     try:
         if after_savepoint:
             await driver(conn).execute(_ROLLBACK_TOOL)
@@ -114,11 +153,7 @@ async def _commit_entry(services: Services, conn: AsyncConnection, entry: audit.
     except Exception:
         log.warning("audit entry for %s moved to a transaction of its own", entry.action,
                     exc_info=True)
-        try:
-            await driver(conn).rollback()
-        except Exception:
-            log.debug("rollback of a lost transaction failed", exc_info=True)
-        await _audit_alone(services, entry, principal)
+        await _audit_alone(services, conn, entry, principal)
 
 
 _SAVEPOINT = "SAVEPOINT breeze_tool"
@@ -215,6 +250,15 @@ async def _call_tool(
 
     # 4. Validate. ---------------------------------------------------------------------------
     try:
+        nul = _nul_field(arguments)
+        if nul is not None:  # PostgreSQL text cannot hold it: refuse it here, clearly
+            details = [{"field": nul, "message": "must not contain NUL characters",
+                        "type": "string_nul"}]
+            message = f"invalid arguments: {nul}: must not contain NUL characters"
+            await _commit_entry(services, conn, entry(decision="allowed", outcome="error",
+                                                      error=message), principal)
+            return CallResult("invalid_arguments", name, tier, message, rate=rate,
+                              details=details)
         args = spec.input_model.model_validate(arguments)
     except ValidationError as exc:
         message, details = format_validation_error(exc)
@@ -232,6 +276,8 @@ async def _call_tool(
 
     async def final_read(statement: Statement) -> list[tuple[Any, ...]]:
         nonlocal committed
+        if committed:  # the transaction (and its tenant) is gone: fail, never read without
+            raise RuntimeError(f"{name}: last_read called twice")
         rows = await audit.write_after_read(
             conn, statement, entry(decision="allowed", outcome="success"))
         committed = True
@@ -247,7 +293,8 @@ async def _call_tool(
             await audit.write(conn, entry(decision="allowed", outcome="success"), commit=True)
     except ToolError as exc:
         if committed:  # a handler bug: ToolErrors are decided before the last read
-            return await _failed_after_commit(services, principal, name, tier, rate, entry)
+            return await _failed_after_commit(services, conn, principal, name, tier, rate,
+                                              entry)
         await _commit_entry(services, conn, entry(decision="allowed", outcome="error",
                                                   error=f"{exc.code}: {exc.message}"),
                             principal, after_savepoint=writes)
@@ -255,7 +302,8 @@ async def _call_tool(
     except Exception:
         log.exception("tool %s failed", name)
         if committed:
-            return await _failed_after_commit(services, principal, name, tier, rate, entry)
+            return await _failed_after_commit(services, conn, principal, name, tier, rate,
+                                              entry)
         try:
             await _commit_entry(services, conn, entry(decision="allowed", outcome="error",
                                                       error="internal error"),
@@ -267,15 +315,15 @@ async def _call_tool(
 
 
 async def _failed_after_commit(
-    services: Services, principal: Principal, name: str, tier: int, rate: RateDecision | None,
-    entry: Callable[..., audit.AuditEntry],
+    services: Services, conn: AsyncConnection, principal: Principal, name: str, tier: int,
+    rate: RateDecision | None, entry: Callable[..., audit.AuditEntry],
 ) -> CallResult:
     """A read-only call failed after its last read had committed its success entry: a second
     entry says what the caller got, so the log matches the answer."""
     log.error("tool %s failed after its last read", name)
     try:
-        await _audit_alone(services, entry(decision="allowed", outcome="error",
-                                           error="internal error after the last read"),
+        await _audit_alone(services, conn, entry(decision="allowed", outcome="error",
+                                                 error="internal error after the last read"),
                            principal)
     except Exception:
         log.exception("could not write the failure audit entry for %s", name)

@@ -614,3 +614,27 @@ def test_openapi_and_challenges_name_the_public_url(world: World) -> None:
     assert doc["servers"] == [{"url": world.url}]
     challenge = rest(world, None, "list_devices", {}).headers["www-authenticate"]
     assert f'resource_metadata="{world.url}/.well-known/oauth-protected-resource/mcp"' in challenge
+
+
+@pytest.mark.req("AUDIT-ONE-WRITER", "AUDIT-REDACT")
+def test_arguments_jsonb_cannot_hold_are_still_audited(world: World) -> None:
+    """NaN (which JSON parsers accept) and NUL (which PostgreSQL text cannot hold) in the
+    arguments: the caller gets a clear answer and the call its audit entry."""
+    key = world.a.keys["read"]
+    marker = uuid.uuid4().hex
+    h = {"Content-Type": "application/json", "Authorization": f"Bearer {key}",
+         "X-Request-Id": f"nan-{marker}"}
+    nan = httpx.post(f"{world.url}/api/v1/tools/list_devices", content=b'{"limit": NaN}',
+                     headers=h, timeout=30)
+    assert nan.status_code == 400 and nan.json()["error"] == "invalid_arguments"
+    h["X-Request-Id"] = f"nul-{marker}"
+    nul = httpx.post(f"{world.url}/api/v1/tools/list_devices",
+                     content=b'{"search": "db\\u0000x"}', headers=h, timeout=30)
+    assert nul.status_code == 400, nul.text
+    assert nul.json()["error"] == "invalid_arguments"
+    assert nul.json()["details"][0]["field"] == "search"
+    rows = owner_sql(world, world.a.tenant.id,
+                     "SELECT request_id, parameters FROM audit_log WHERE request_id LIKE :m"
+                     " ORDER BY id", m=f"%-{marker}")
+    assert [(r.request_id, r.parameters) for r in rows] == [
+        (f"nan-{marker}", {"limit": "nan"}), (f"nul-{marker}", {"search": "db\ufffdx"})]

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from contextlib import nullcontext
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
@@ -58,6 +59,12 @@ async def tool_error_before_read(ctx: ToolContext, args: NoArgs) -> Mapping[str,
     raise ToolError("not_found", "nothing here")
 
 
+async def reads_twice(ctx: ToolContext, args: NoArgs) -> Mapping[str, Any]:
+    await ctx.last_read("SELECT count(*) FROM devices", ())
+    rows = await ctx.last_read("SELECT count(*) FROM devices", ())  # no tenant any more
+    return {"devices": rows[0][0]}
+
+
 async def writes_then_reads(ctx: ToolContext, args: NoArgs) -> Mapping[str, Any]:
     # A Tier 2 tool: last_read is a plain query; the entry is written after the handler.
     rows = await ctx.last_read("SELECT count(*) FROM devices", ())
@@ -75,6 +82,7 @@ REGISTRY = Registry([
     _spec("fails_after_read", fails_after_read),
     _spec("tool_error_after_read", tool_error_after_read),
     _spec("tool_error_before_read", tool_error_before_read),
+    _spec("reads_twice", reads_twice),
     _spec("writes_then_reads", writes_then_reads, tier=2),
 ])
 
@@ -121,7 +129,7 @@ async def test_a_failed_last_read_commits_no_success(
 
 
 @pytest.mark.req("AUDIT-LAST-READ")
-@pytest.mark.parametrize("name", ["fails_after_read", "tool_error_after_read"])
+@pytest.mark.parametrize("name", ["fails_after_read", "tool_error_after_read", "reads_twice"])
 async def test_a_failure_after_the_last_read_adds_an_error_entry(
     settings: Settings, db: Database, tenant_a: Tenant, name: str
 ) -> None:
@@ -179,5 +187,71 @@ async def test_the_lookup_is_prepared_once_and_survives_rollbacks(
             prepared = list(await conn.execute(sa.text(
                 "SELECT name, statement FROM pg_prepared_statements WHERE name LIKE 'breeze_%'")))
         assert len(prepared) == 1 and "FROM api_keys k" in prepared[0].statement
+    finally:
+        await single.dispose()
+
+
+@pytest.mark.req("AUDIT-LAST-READ", "DB-POOL-BOUNDED")
+@pytest.mark.parametrize(("name", "outcomes"), [
+    ("failing_read", ["error"]),
+    ("fails_after_read", ["success", "error"]),
+])
+async def test_failure_entries_need_no_second_connection(
+    test_db: Any, settings: Settings, tenant_a: Tenant, name: str, outcomes: list[str]
+) -> None:
+    """The failure's entry is written on the call's own connection: with every pooled
+    connection held by failing calls it is neither lost nor waited for."""
+    import asyncio
+    import time
+
+    single = Database(test_db.runtime_url, pool_size=1, pool_timeout=2)
+    try:
+        started = time.monotonic()
+        outcome, rows = await _call(settings, single, tenant_a, name)
+        assert time.monotonic() - started < 2  # never waited for the pool
+        assert outcome.status == "internal_error"
+        assert [r.outcome for r in rows] == outcomes
+        # and two at once through that one connection
+        both = await asyncio.gather(*[_call(settings, single, tenant_a, name) for _ in "ab"])
+        assert [[r.outcome for r in rows] for _, rows in both] == [outcomes, outcomes]
+    finally:
+        await single.dispose()
+
+
+@pytest.mark.req("DB-PREPARED-HOT")
+async def test_a_prepare_cancelled_in_flight_closes_its_connection(
+    test_db: Any, db: Database, tenant_a: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled after the server prepared the statement but before the reply was read: the
+    connection's bookkeeping cannot be trusted, so it is closed and replaced, and the next
+    call prepares afresh."""
+    import asyncio
+
+    from breeze_mcp.accounts import create_user
+
+    owner = await create_user(db, tenant_a, email=f"o-{uuid.uuid4().hex[:8]}@example.com",
+                              password="correct horse battery staple", role="owner")
+    _, key = await api_keys.create_api_key(db, tenant_a, name="k", scopes="ai:read",
+                                           creator_email=owner.email)
+    statement = api_keys.lookup(key, tenant_a.id)
+    single = Database(test_db.runtime_url, pool_size=1)
+    real_execute = psycopg.AsyncConnection.execute
+
+    async def prepared_then_cancelled(self: Any, query: Any, *args: Any, **kw: Any) -> Any:
+        result = await real_execute(self, query, *args, **kw)
+        if str(query).startswith("PREPARE "):
+            raise asyncio.CancelledError  # as if cancelled just after the server answered
+        return result
+
+    try:
+        monkeypatch.setattr(psycopg.AsyncConnection, "execute", prepared_then_cancelled)
+        with pytest.raises(asyncio.CancelledError):
+            async with single.tenant_lookup(tenant_a.id, actor="system:auth",
+                                            first=statement):
+                pass
+        monkeypatch.undo()
+        async with single.tenant_lookup(tenant_a.id, actor="system:auth",
+                                        first=statement) as (_conn, row):
+            assert row is not None and row[0] is not None
     finally:
         await single.dispose()

@@ -127,3 +127,11 @@ def test_the_hand_built_tool_result_is_the_sdk_model(id_: object) -> None:
     assert body["result"] == expected.model_dump(by_alias=True, exclude_none=True, mode="json",
                                                  exclude={"result_type", "ttl_ms", "cache_scope"}
                                                  & set(types.CallToolResult.model_fields))
+
+
+@pytest.mark.req("AUDIT-REDACT")
+def test_redaction_makes_values_storable() -> None:
+    from breeze_mcp.audit import redact
+
+    assert redact({"a": float("nan"), "b": float("-inf"), "k\x00": "x\x00y", "n": 1.5}) == {
+        "a": "nan", "b": "-inf", "k\ufffd": "x\ufffdy", "n": 1.5}

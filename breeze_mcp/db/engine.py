@@ -87,7 +87,14 @@ async def executable(raw: psycopg.AsyncConnection[Any], statement: Statement) ->
         raise ValueError(f"{name}: {count} placeholders, {len(params)} parameters")
     names = _prepared.setdefault(raw, set())
     if name not in names:
-        await raw.execute(f"PREPARE {name} AS {numbered}", prepare=False)
+        try:
+            await raw.execute(f"PREPARE {name} AS {numbered}", prepare=False)
+        except BaseException:
+            # Cancelled (or failed) with the PREPARE in flight: the server may hold the
+            # statement or not, and a wrong guess breaks every later call on this
+            # connection. Close it; the pool replaces a closed connection at checkout.
+            raw.pgconn.finish()
+            raise
         names.add(name)
     placeholders = ", ".join(["%s"] * count)
     return (f"EXECUTE {name}({placeholders})" if count else f"EXECUTE {name}"), params
@@ -131,9 +138,10 @@ def _install_health_checks(engine: AsyncEngine) -> None:
         # a connection with nothing open (every one our transaction helpers give back). A
         # connection returned mid-transaction (an error path) is rolled back, so the next
         # user never inherits a transaction or its tenant settings.
-        if not state.asyncio_safe:
+        raw = dbapi_conn.driver_connection
+        if not state.asyncio_safe or raw.closed:  # a closed one is replaced at checkout
             return
-        if dbapi_conn.driver_connection.info.transaction_status != TransactionStatus.IDLE:
+        if raw.info.transaction_status != TransactionStatus.IDLE:
             dbapi_conn.rollback()
 
     @event.listens_for(engine.sync_engine, "checkin")
@@ -223,6 +231,25 @@ class Database:
                 raise
             if raw.info.transaction_status != TransactionStatus.IDLE:
                 await raw.commit()  # unless the caller committed already
+
+    async def restart_tenant_transaction(
+        self, conn: AsyncConnection, tenant_id: uuid.UUID, *, actor: str,
+        user_id: uuid.UUID | None = None,
+    ) -> None:
+        """Roll back whatever ``conn`` (checked out by :meth:`tenant_transaction` or
+        :meth:`tenant_lookup`) has open, and begin a new transaction of the tenant on it.
+
+        For a call whose transaction is lost or already committed but that still has to
+        write (its failure's audit entry): it reuses the connection the call holds, so it
+        never waits for a second one from the pool (which a full pool would not give).
+        """
+        if not isinstance(tenant_id, uuid.UUID):
+            raise TypeError("restart_tenant_transaction needs the tenant's UUID (fail closed)")
+        raw = driver(conn)
+        if raw.info.transaction_status != TransactionStatus.IDLE:
+            await raw.rollback()
+        await AsyncClientCursor(raw).execute(
+            _BEGIN_CONTEXT, (str(tenant_id), actor, str(user_id) if user_id else ""))
 
     @asynccontextmanager
     async def tenant_transaction(
