@@ -106,13 +106,8 @@ async def create_tenant(
             )
             await audit.write(
                 conn,
-                audit.AuditEntry(
-                    actor_type=audit.operator(actor)[0],
-                    actor_id=actor,
-                    auth_path=audit.operator(actor)[1],
-                    action="tenant.create",
-                    decision="allowed",
-                    outcome="success",
+                audit.operator_entry(
+                    actor, "tenant.create",
                     tenant_id=tenant_id,
                     parameters={"name": name, "slug": slug, "status": status},
                 ),
@@ -175,13 +170,8 @@ async def create_user(
             )
             await audit.write(
                 conn,
-                audit.AuditEntry(
-                    actor_type=audit.operator(actor)[0],
-                    actor_id=actor,
-                    auth_path=audit.operator(actor)[1],
-                    action="user.create",
-                    decision="allowed",
-                    outcome="success",
+                audit.operator_entry(
+                    actor, "user.create",
                     tenant_id=tenant.id,
                     acting_user_id=None,
                     parameters={"email": email, "role": role, "user_id": str(user_id)},

@@ -29,8 +29,10 @@ __all__ = [
     "Decision",
     "Outcome",
     "operator",
+    "operator_entry",
     "redact",
     "write",
+    "write_after_read",
 ]
 
 ActorType = Literal["user", "oauth_client", "api_key", "system"]
@@ -126,6 +128,14 @@ class AuditEntry:
     client_ip: str | None = None
     user_agent: str | None = None
     duration_ms: float | None = None
+
+
+def operator_entry(actor: str, action: str, **fields: Any) -> AuditEntry:
+    """The entry of a successful operator action (CLI, service, web console), its actor type
+    and door decided by :func:`operator`."""
+    actor_type, auth_path = operator(actor)
+    return AuditEntry(actor_type=actor_type, actor_id=actor, auth_path=auth_path, action=action,
+                      decision="allowed", outcome="success", **fields)
 
 
 _COLUMNS = (

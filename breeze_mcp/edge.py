@@ -35,15 +35,12 @@ _ids = random.Random()  # noqa: S311 - request ids correlate log lines, they gra
 
 def request_context(request: Request, services: Services) -> RequestContext:
     peer = request.client.host if request.client else None
-    if services.trusted_proxies:
-        ip = resolve_client_ip(
-            peer,
-            x_forwarded_for=request.headers.getlist("x-forwarded-for"),
-            forwarded=request.headers.getlist("forwarded"),
-            trusted=services.trusted_proxies,
-        )
-    else:  # no proxy is trusted: the headers cannot matter, the peer is the client
-        ip = resolve_client_ip(peer)
+    ip = resolve_client_ip(
+        peer,
+        x_forwarded_for=request.headers.getlist("x-forwarded-for"),
+        forwarded=request.headers.getlist("forwarded"),
+        trusted=services.trusted_proxies,
+    )
     supplied = request.headers.get("x-request-id", "")
     # A correlation id, not a secret: a fast generator (seeded from os.urandom) will do.
     request_id = supplied if 0 < len(supplied) <= 64 and supplied.isprintable() else (

@@ -1060,7 +1060,9 @@ def test_refresh_may_narrow_scope_but_never_widen(world: OAuthWorld, human: Huma
 
 
 @pytest.mark.req("OAUTH-REFRESH-ROTATION")
-def test_storage_error_is_503_never_a_revocation(world: OAuthWorld, human: HumanAgent) -> None:
+def test_storage_error_is_503_never_a_revocation(world: OAuthWorld, human: HumanAgent,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("WARNING", logger="breeze_mcp.auth.oauth")
     client_id, tokens = connected(world, human)
     grant_id = grant_of(world, tokens["access_token"])
     role = world.test_db.runtime_role
@@ -1072,6 +1074,9 @@ def test_storage_error_is_503_never_a_revocation(world: OAuthWorld, human: Human
         world.owner_sql(f"GRANT INSERT ON oauth_refresh_tokens TO {role}")
     oauth_error(r, 503, "temporarily_unavailable")
     assert r.headers.get("retry-after")
+    # logged by class and SQLSTATE, never with the server's message (it can quote row values)
+    assert [m.getMessage() for m in caplog.records if "storage error" in m.getMessage()] == [
+        "refresh storage error: InsufficientPrivilege (SQLSTATE 42501)"]
     assert not grant_revoked(world, grant_id)
     assert mcp_status(world, tokens["access_token"]) == 200
     # Nothing was half-done: the same token rotates normally, and that is not "reuse".

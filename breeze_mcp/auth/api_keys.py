@@ -181,13 +181,8 @@ async def create_api_key(
         info = _info(row)
         await audit.write(
             conn,
-            audit.AuditEntry(
-                actor_type=audit.operator(actor)[0],
-                actor_id=actor,
-                auth_path=audit.operator(actor)[1],
-                action="api_key.create",
-                decision="allowed",
-                outcome="success",
+            audit.operator_entry(
+                actor, "api_key.create",
                 tenant_id=tenant.id,
                 acting_user_id=creator.id,
                 credential_id=str(info.id),
@@ -235,13 +230,8 @@ async def revoke_api_key(
             info = _info(row)
             await audit.write(
                 conn,
-                audit.AuditEntry(
-                    actor_type=audit.operator(actor)[0],
-                    actor_id=actor,
-                    auth_path=audit.operator(actor)[1],
-                    action="api_key.revoke",
-                    decision="allowed",
-                    outcome="success",
+                audit.operator_entry(
+                    actor, "api_key.revoke",
                     tenant_id=tenant_id,
                     credential_id=str(key_id),
                     parameters={"key_id": str(key_id), "name": info.name},

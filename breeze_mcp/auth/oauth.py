@@ -501,9 +501,17 @@ async def exchange_code(
                                action="oauth.code_replay_detected")
         raise
     except DBAPIError as exc:
-        log.warning("token endpoint storage error: %s", exc.orig)
-        raise OAuthError("temporarily_unavailable", "try again", 503) from None
+        raise _storage_unavailable("code exchange", exc) from None
     return TokenResponse(access, settings.access_token_ttl, " ".join(scopes), refresh_token)
+
+
+def _storage_unavailable(what: str, exc: DBAPIError) -> OAuthError:
+    """A storage error at the token endpoint: ``503 temporarily_unavailable``, never a
+    revocation. Logged by class and SQLSTATE only: the server's message can quote row values
+    (a unique violation names the key, here a token's digest)."""
+    log.warning("%s storage error: %s (SQLSTATE %s)", what, type(exc.orig).__name__,
+                getattr(exc.orig, "sqlstate", None))
+    return OAuthError("temporarily_unavailable", "try again", 503)
 
 
 async def refresh(
@@ -621,8 +629,7 @@ async def refresh(
         raise
     except DBAPIError as exc:
         # 4. A storage error is never a revocation.
-        log.warning("refresh storage error: %s", exc.orig)
-        raise OAuthError("temporarily_unavailable", "try again", 503) from None
+        raise _storage_unavailable("refresh", exc) from None
 
 
 # Revocation ---------------------------------------------------------------------------------

@@ -169,6 +169,39 @@ def sqlalchemy_url(url: str) -> str:
     raise ValueError("database URL must start with postgresql:// (PostgreSQL is the only database)")
 
 
+def _context(
+    tenant_id: uuid.UUID | None, actor: str, user_id: uuid.UUID | None
+) -> tuple[str, str, str]:
+    """The values of ``breeze.tenant_id``, ``breeze.actor`` and ``breeze.user_id`` for a
+    tenant's transaction. Anything but the tenant's UUID (None included) is refused: fail
+    closed. (A system transaction has no tenant: :data:`_SYSTEM`.)"""
+    if tenant_id is _SYSTEM:
+        return "", actor, str(user_id) if user_id else ""
+    if not isinstance(tenant_id, uuid.UUID):
+        raise TypeError("a tenant transaction needs the tenant's UUID (fail closed)")
+    return str(tenant_id), actor, str(user_id) if user_id else ""
+
+
+#: The tenant of a system transaction: none (tenant tables read as empty).
+_SYSTEM: Any = object()
+
+
+async def _begin(
+    raw: psycopg.AsyncConnection[Any], context: tuple[str, str, str], first: Statement | None,
+) -> tuple[Any, ...] | None:
+    """Open a transaction on ``raw`` with ``context`` (and ``first``) in one message; the first
+    row of ``first``, if given."""
+    cursor = AsyncClientCursor(raw)
+    if first is None:
+        await cursor.execute(_BEGIN_CONTEXT, context)
+        return None
+    sql, params = await executable(raw, first)
+    await cursor.execute(f"{_BEGIN_CONTEXT}; {sql}", context + params)
+    cursor.nextset()  # past BEGIN's and set_config's results
+    cursor.nextset()
+    return await cursor.fetchone()
+
+
 class Database:
     """Async engine of the runtime role, plus the transaction helpers every caller uses."""
 
@@ -206,22 +239,14 @@ class Database:
 
     @asynccontextmanager
     async def _transaction(
-        self, tenant: str, actor: str, user_id: uuid.UUID | None, first: Statement | None,
+        self, tenant_id: uuid.UUID, actor: str, user_id: uuid.UUID | None,
+        first: Statement | None,
     ) -> AsyncIterator[tuple[AsyncConnection, tuple[Any, ...] | None]]:
+        context = _context(tenant_id, actor, user_id)
         async with self.engine.connect() as conn:
             raw = driver(conn)
-            context = (tenant, actor, str(user_id) if user_id else "")
             try:
-                cursor = AsyncClientCursor(raw)
-                row = None
-                if first is None:
-                    await cursor.execute(_BEGIN_CONTEXT, context)
-                else:
-                    sql, params = await executable(raw, first)
-                    await cursor.execute(f"{_BEGIN_CONTEXT}; {sql}", context + params)
-                    cursor.nextset()  # past BEGIN's and set_config's results
-                    cursor.nextset()
-                    row = await cursor.fetchone()
+                row = await _begin(raw, context, first)
                 yield conn, row
             except BaseException:
                 # The pool rolls back on return as well; this one keeps the order plain.
@@ -243,13 +268,11 @@ class Database:
         write (its failure's audit entry): it reuses the connection the call holds, so it
         never waits for a second one from the pool (which a full pool would not give).
         """
-        if not isinstance(tenant_id, uuid.UUID):
-            raise TypeError("restart_tenant_transaction needs the tenant's UUID (fail closed)")
+        context = _context(tenant_id, actor, user_id)
         raw = driver(conn)
         if raw.info.transaction_status != TransactionStatus.IDLE:
             await raw.rollback()
-        await AsyncClientCursor(raw).execute(
-            _BEGIN_CONTEXT, (str(tenant_id), actor, str(user_id) if user_id else ""))
+        await _begin(raw, context, None)
 
     @asynccontextmanager
     async def tenant_transaction(
@@ -264,9 +287,7 @@ class Database:
         After a commit inside the block (the call pipeline commits its own), the tenant
         context is gone with the transaction: later statements see no tenant rows.
         """
-        if not isinstance(tenant_id, uuid.UUID):
-            raise TypeError("tenant_transaction needs the tenant's UUID (fail closed)")
-        async with self._transaction(str(tenant_id), actor, user_id, None) as (conn, _):
+        async with self._transaction(tenant_id, actor, user_id, None) as (conn, _):
             yield conn
 
     @asynccontextmanager
@@ -276,9 +297,7 @@ class Database:
         """:meth:`tenant_transaction` whose first statement is sent in the same round trip
         as ``BEGIN`` and the context (the credential lookup); yields the connection and the
         statement's first row (None when it returned no row)."""
-        if not isinstance(tenant_id, uuid.UUID):
-            raise TypeError("tenant_lookup needs the tenant's UUID (fail closed)")
-        async with self._transaction(str(tenant_id), actor, None, first) as result:
+        async with self._transaction(tenant_id, actor, None, first) as result:
             yield result
 
     @asynccontextmanager
@@ -290,5 +309,5 @@ class Database:
         For sign-in and registry work (tenants, users) before a tenant is known. With
         ``user_id`` set, that user's own memberships are visible.
         """
-        async with self._transaction("", actor, user_id, None) as (conn, _):
+        async with self._transaction(_SYSTEM, actor, user_id, None) as (conn, _):
             yield conn
