@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
-from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter as InProcessMovingWindow
+
+from breeze_mcp.auth.window_storage import MovingWindowMemory
 
 __all__ = ["RateDecision", "RateLimiter"]
 
@@ -53,7 +54,7 @@ class RateLimiter:
     def __init__(self, redis_url: str | None = None, *, namespace: str = "breeze") -> None:
         # Moving window: exact. (The sliding-window counter was tried for speed, but its
         # weighted approximation lets an extra request through just after a window boundary.)
-        self.storage: RedisStorage | MemoryStorage
+        self.storage: RedisStorage | MovingWindowMemory
         self._shared: MovingWindowRateLimiter | None = None
         self._local: InProcessMovingWindow | None = None
         if redis_url:
@@ -61,11 +62,11 @@ class RateLimiter:
             self.storage = RedisStorage(uri, implementation="redispy", key_prefix=namespace)
             self._shared = MovingWindowRateLimiter(self.storage)
         else:
-            # In process, the synchronous storage: its calls never block (a dict and an
-            # uncontended lock), and it trims expired entries from a timer thread every 10 ms.
-            # The asyncio flavour starts an expiry task with a thread hop on nearly every hit
-            # under load, which cost more than the rest of the limiter.
-            self.storage = MemoryStorage()
+            # In process, a synchronous storage: its calls never block (a dict and an
+            # uncontended lock). Not limits' MemoryStorage, whose cost grows with the window
+            # (see window_storage); its asyncio flavour also starts an expiry task with a
+            # thread hop on nearly every hit under load.
+            self.storage = MovingWindowMemory()
             self._local = InProcessMovingWindow(self.storage)
         self._items: dict[str, RateLimitItem] = {}
 
@@ -105,7 +106,7 @@ class RateLimiter:
         return tightest
 
     async def reset(self) -> None:
-        if isinstance(self.storage, MemoryStorage):
+        if isinstance(self.storage, MovingWindowMemory):
             self.storage.reset()
         else:
             await self.storage.reset()
