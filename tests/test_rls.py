@@ -151,6 +151,59 @@ async def test_a_connection_returned_inside_a_transaction_is_rolled_back(
 
 
 @pytest.mark.req("RLS-TX-LOCAL")
+@pytest.mark.parametrize("how", ["cancelled", "raised", "committed"])
+async def test_a_tenant_transaction_always_gives_its_connection_back_clean(
+    test_db, tenant_a: Tenant, how: str
+) -> None:
+    """However a tenant transaction ends (cancelled mid-statement, an exception, or a
+    commit inside the block), its connection goes back to the pool at once (a pool of one
+    serves the next caller) with no transaction and no tenant left on it."""
+    import anyio
+
+    from breeze_mcp.db.engine import driver
+
+    single = Database(test_db.runtime_url, pool_size=1, pool_timeout=2)
+    try:
+        pids = []
+
+        async def body() -> None:
+            async with single.tenant_transaction(tenant_a.id, actor="test") as conn:
+                raw = driver(conn)
+                pids.append(raw.info.backend_pid)
+                if how == "cancelled":
+                    await raw.execute("SELECT pg_sleep(5)")
+                elif how == "raised":
+                    await raw.execute("SELECT count(*) FROM devices")
+                    raise LookupError("boom")
+                else:
+                    await raw.execute("COMMIT")
+
+        if how == "cancelled":
+            with anyio.move_on_after(0.3):
+                await body()
+        elif how == "raised":
+            with pytest.raises(LookupError):
+                await body()
+        else:
+            await body()
+        assert single.engine.pool.checkedout() == 0
+        async with single.engine.connect() as conn:
+            raw = driver(conn)
+            status = raw.info.transaction_status.name
+            tenant = (await (await raw.execute(
+                "SELECT current_setting('breeze.tenant_id', true)")).fetchone() or (None,))[0]
+            count = (await (await raw.execute("SELECT count(*) FROM devices")).fetchone()
+                     or (None,))[0]
+        assert status == "IDLE"
+        assert tenant in ("", None)
+        assert count == 0
+        if how != "cancelled":  # a cancelled statement may cost the connection; others not
+            assert raw.info.backend_pid == pids[0]
+    finally:
+        await single.dispose()
+
+
+@pytest.mark.req("RLS-TX-LOCAL")
 async def test_tenant_and_actor_are_set_in_one_statement(db: Database) -> None:
     tenant_id = uuid.uuid4()
     user_id = uuid.uuid4()
