@@ -57,6 +57,7 @@ from bench.load import (
     run_load,
 )
 from bench.oauth_setup import CLIENT_ID, REDIRECT_URI, OAuthFixtures
+from breeze_mcp.gc_tuning import GEN0_THRESHOLD
 
 PROTOCOL_VERSION = "2025-06-18"
 TOOL = "list_devices"
@@ -403,6 +404,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--codes", type=int, default=20000,
                         help="single-use authorization codes minted for token-code "
                         "(default 20000; a run that spends them all reports errors)")
+    parser.add_argument("--bare-gc-tuned", action="store_true",
+                        help="give the bare SDK server breeze-mcp serve's garbage-collector "
+                        "settings too (default: CPython's, as the SDK ships)")
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the figures here")
     parser.add_argument("--profile", metavar="DIR", type=Path,
                         help="record our server with py-spy during its scenarios (slows it)")
@@ -446,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
             if "token-refresh" in wanted else 0
         with BenchEnvironment(
             rate_limit=args.rate_limit, keep_logs=args.keep_logs,
+            bare_gc_tuned=args.bare_gc_tuned,
             oauth_codes=args.codes if "token-code" in wanted else 0,
             oauth_lineages=lineages or (1 if "ours-mcp-oauth" in wanted else 0),
         ) as env:
@@ -480,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
                     "client": "bench.load: asyncio HTTP/1.1 keep-alive, 1 process",
                     "passed_through_env": sorted(env.passed_through),
                     "profiled": profiler is not None,
+                    "bare_gc_tuned": args.bare_gc_tuned,
                 },
                 "scenarios": {n: scenarios[n].description for n in results},
                 "results": figures(results),
@@ -519,6 +525,9 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"env:      passed to our server: {', '.join(s['passed_through_env'])}")
     if s["profiled"]:
         print("note:     profiled run (py-spy attached): not for comparison")
+    print("gc:       ours frozen after start-up, young threshold "
+          f"{GEN0_THRESHOLD}; bare SDK "
+          + ("the same (--bare-gc-tuned)" if s["bare_gc_tuned"] else "CPython's defaults"))
     print()
     for name, description in report["scenarios"].items():
         print(f"  {name:<14} {description}")

@@ -101,6 +101,7 @@ class ServerProcess:
 class BenchEnvironment:
     rate_limit: str = "1000000/minute"
     keep_logs: Path | None = None  # copy the servers' logs here before cleaning up
+    bare_gc_tuned: bool = False  # give the bare SDK server breeze-mcp serve's GC settings
     verbose: bool = False
 
     tmp: Path = field(init=False)
@@ -168,9 +169,7 @@ class BenchEnvironment:
         else:
             self._embedded_database()
         self._provision()
-        self.bare = self._start(
-            "bare", [sys.executable, "-m", "bench.bare_server"], ready=self._bare_ready
-        )
+        self.bare = self._start("bare", self.bare_argv(), ready=self._bare_ready)
         self.ours = self._start(
             "ours", [sys.executable, "-m", "breeze_mcp", "serve"], ready=self._ours_ready
         )
@@ -185,6 +184,11 @@ class BenchEnvironment:
                 resource=f"http://127.0.0.1:{self.ours.port}/mcp",
                 codes=self.oauth_codes, lineages=self.oauth_lineages,
             )
+
+    def bare_argv(self) -> list[str]:
+        """The command line of the comparison server."""
+        return [sys.executable, "-m", "bench.bare_server",
+                *(["--tune-gc"] if self.bare_gc_tuned else [])]
 
     def _embedded_database(self) -> None:
         from breeze_mcp.db.embedded import EmbeddedPostgres

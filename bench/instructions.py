@@ -69,7 +69,7 @@ def _ok(case: Case, response: httpx.Response) -> bool:
 def measure(env: BenchEnvironment, case: Case, requests: int, out_dir: Path,
             api_key: str) -> float:
     """Instructions per request of ``case``'s server."""
-    argv = ([sys.executable, "-m", "bench.bare_server"] if case.server == "bare"
+    argv = (env.bare_argv() if case.server == "bare"
             else [sys.executable, "-m", "breeze_mcp", "serve"])
     ready = env._bare_ready if case.server == "bare" else env._ours_ready
     out = out_dir / f"{case.name}.%p.callgrind"
@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=300,
                         help="measured requests per scenario (default 300)")
+    parser.add_argument("--bare-gc-tuned", action="store_true",
+                        help="give the bare SDK server breeze-mcp serve's garbage-collector "
+                        "settings too")
     parser.add_argument("--keep", metavar="DIR", type=Path,
                         help="keep the callgrind dumps here (callgrind_annotate reads them)")
     args = parser.parse_args(argv)
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     results: dict[str, float] = {}
-    with BenchEnvironment() as env:
+    with BenchEnvironment(bare_gc_tuned=args.bare_gc_tuned) as env:
         out_dir = args.keep or env.tmp / "callgrind"
         out_dir.mkdir(parents=True, exist_ok=True)
         for case in CASES:

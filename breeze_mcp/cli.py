@@ -18,7 +18,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from breeze_mcp import __version__
+from breeze_mcp import __version__, gc_tuning
 from breeze_mcp.config import ConfigError, Settings, load_settings
 from breeze_mcp.db import Database
 from breeze_mcp.db.embedded import EmbeddedPostgresError
@@ -337,6 +337,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
         print(f"Breeze MCP {__version__} serving {settings.public_url} "
               f"(listening on {host}:{port})", flush=True)
         app = create_app(settings, target.runtime_url)
+        gc_tuning.tune()  # start-up objects frozen, fewer young collections (see module)
         uvicorn.run(
             app,
             host=host,

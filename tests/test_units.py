@@ -135,3 +135,24 @@ def test_redaction_makes_values_storable() -> None:
 
     assert redact({"a": float("nan"), "b": float("-inf"), "k\x00": "x\x00y", "n": 1.5}) == {
         "a": "nan", "b": "-inf", "k\ufffd": "x\ufffdy", "n": 1.5}
+
+
+def test_gc_tuning_freezes_start_up_objects_and_raises_the_young_threshold() -> None:
+    """What `breeze-mcp serve` does before serving (see breeze_mcp.gc_tuning)."""
+    import gc
+
+    from breeze_mcp import gc_tuning
+
+    before = gc.get_threshold()
+    try:
+        gc_tuning.tune()
+        assert gc.get_freeze_count() > 0  # start-up objects left the collected generations
+        assert gc.get_threshold() == (gc_tuning.GEN0_THRESHOLD, before[1], before[2])
+        # Cyclic garbage is still collected.
+        cycle: list[object] = []
+        cycle.append(cycle)
+        del cycle
+        assert gc.collect() >= 1
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
