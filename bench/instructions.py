@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def _ok(case: Case, response: httpx.Response) -> bool:
 
 
 def measure(env: BenchEnvironment, case: Case, requests: int, out_dir: Path,
-            api_key: str) -> float:
+            api_key: str, concurrency: int = 1) -> float:
     """Instructions per request of ``case``'s server."""
     argv = (env.bare_argv() if case.server == "bare"
             else [sys.executable, "-m", "breeze_mcp", "serve"])
@@ -83,21 +84,28 @@ def measure(env: BenchEnvironment, case: Case, requests: int, out_dir: Path,
     if case.server == "ours":
         headers["Authorization"] = f"Bearer {api_key}"
     url = f"http://127.0.0.1:{server.port}{case.path}"
-    try:
-        with httpx.Client(timeout=120) as client:
-            def send(count: int) -> None:
-                for i in range(count):
-                    response = client.post(url, content=_body(case, i), headers=headers)
-                    if not _ok(case, response):
-                        raise BenchSetupError(f"{case.name}: unexpected answer "
-                                              f"{response.status_code} {response.text[:300]}")
+    def send(count: int, offset: int = 0) -> None:
+        with httpx.Client(timeout=600) as client:
+            for i in range(offset, offset + count):
+                response = client.post(url, content=_body(case, i), headers=headers)
+                if not _ok(case, response):
+                    raise BenchSetupError(f"{case.name}: unexpected answer "
+                                          f"{response.status_code} {response.text[:300]}")
 
-            send(WARMUP)
-            subprocess.run(["callgrind_control", "-z", str(server.pid)], check=True,
-                           capture_output=True)
-            send(requests)
-            subprocess.run(["callgrind_control", "-d", "measured", str(server.pid)],
-                           check=True, capture_output=True)
+    def send_concurrently(count: int) -> None:
+        # ``concurrency`` keep-alive connections, each sending its share one at a time.
+        shares = [count // concurrency + (n < count % concurrency) for n in range(concurrency)]
+        with ThreadPoolExecutor(concurrency) as pool:
+            for future in [pool.submit(send, share, n * count) for n, share in enumerate(shares)]:
+                future.result()
+
+    try:
+        send_concurrently(max(WARMUP, 4 * concurrency))
+        subprocess.run(["callgrind_control", "-z", str(server.pid)], check=True,
+                       capture_output=True)
+        send_concurrently(requests)
+        subprocess.run(["callgrind_control", "-d", "measured", str(server.pid)],
+                       check=True, capture_output=True)
         dump = out_dir / f"{case.name}.{server.pid}.callgrind.1"
         deadline = time.monotonic() + 30
         while not dump.exists() or "summary:" not in dump.read_text(errors="replace"):
@@ -116,12 +124,18 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=300,
                         help="measured requests per scenario (default 300)")
+    parser.add_argument("--concurrency", type=int, default=1,
+                        help="keep-alive connections sending at once (default 1: one request "
+                        "at a time); more shows what concurrent requests cost together, "
+                        "such as the garbage collector's work over their live objects")
     parser.add_argument("--bare-gc-tuned", action="store_true",
                         help="give the bare SDK server breeze-mcp serve's garbage-collector "
                         "settings too")
     parser.add_argument("--keep", metavar="DIR", type=Path,
                         help="keep the callgrind dumps here (callgrind_annotate reads them)")
     args = parser.parse_args(argv)
+    if args.concurrency < 1 or args.requests < args.concurrency:
+        parser.error("--concurrency >= 1 and --requests >= --concurrency")
     if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
         print("valgrind (with callgrind_control) is needed: apt-get install valgrind",
               file=sys.stderr)
@@ -132,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         for case in CASES:
             print(f"[bench] callgrind: {case.name}", file=sys.stderr, flush=True)
-            results[case.name] = measure(env, case, args.requests, out_dir, env.api_key)
+            results[case.name] = measure(env, case, args.requests, out_dir, env.api_key,
+                                         args.concurrency)
     base = results["bare-sdk"]
     print(f"\n{'scenario':<10}  {'requests':>8}  {'M instr/req':>11}  {'x bare-sdk':>10}")
     print(f"{'-' * 10}  {'-' * 8}  {'-' * 11}  {'-' * 10}")
