@@ -102,8 +102,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
     async def healthz(request: Request) -> Response:
         db: Database = request.app.state.db
         try:
-            async with db.engine.connect() as conn:
-                await conn.execute(sa.text("SELECT 1"))
+            await db.ping()
         except Exception:  # pragma: no cover - reported, not raised
             log.exception("health check failed")
             return JSONResponse({"status": "unavailable"}, status_code=503)

@@ -39,7 +39,7 @@ def _expected(principal: Principal) -> tuple[str, str, str]:
 
 async def _outside_any_transaction(db: Database) -> str | None:
     """``breeze.actor`` as the next user of a one-connection pool sees it."""
-    async with db.engine.connect() as conn:
+    async with db.connection() as conn:
         value = (await conn.execute(sa.text(
             "SELECT current_setting('breeze.actor', true)"))).scalar_one()
     return None if value in (None, "") else str(value)

@@ -11,11 +11,15 @@ explicitly: ``BEGIN``, the ``set_config`` and, optionally, the caller's first st
 credential lookup) travel as one simple-query message, bound client-side by psycopg
 (:class:`psycopg.AsyncClientCursor`, which quotes every value as a literal). Outside these
 helpers a statement on this engine autocommits on its own; nothing in the service runs one
-that way except the read-only start-up checks and health probe.
+that way except the read-only start-up checks and the health probe.
+
+Between transactions the helpers keep their connections open (:class:`_Keeper`) rather
+than checking them in and out of SQLAlchemy's pool for every call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 import uuid
@@ -202,21 +206,102 @@ async def _begin(
     return await cursor.fetchone()
 
 
-async def _give_back(conn: AsyncConnection) -> None:
-    """Return ``conn`` to the pool.
+class _Keeper:
+    """The runtime's connections, kept open as SQLAlchemy connections between transactions.
 
-    A connection with no transaction open is checked in without any I/O (the "reset"
-    listener has nothing to roll back), so its ``close()`` runs to completion without ever
-    suspending: a cancellation cannot cut it short. That is the common case, and it skips the
-    task and ``asyncio.shield`` that SQLAlchemy's ``async with`` exit spends on every return
-    (about 20 µs and two turns of the event loop per call). Any other connection (a
-    transaction left open, or closed or broken) goes back through that exit, which finishes
-    the return even if the caller is cancelled meanwhile.
+    Checking a connection out of SQLAlchemy's async pool and back in costs each call two
+    greenlets (each with a freshly mapped frame stack: an ``mmap`` and a ``munmap``), the
+    pool's events and a new ``Connection``: about 6 % of a tool call's instructions. So the
+    transaction helpers keep their connections instead, as already-open ``AsyncConnection``
+    objects, handed from one transaction to the next:
+
+    * at most ``size`` are in use at once (a semaphore); a caller beyond that waits up to
+      ``timeout`` and then gets SQLAlchemy's own pool-timeout error (answered 503 upstream);
+    * only a **clean** connection is kept: no transaction open (at the driver and in
+      SQLAlchemy), not closed, broken or invalidated. Anything else goes back to SQLAlchemy's
+      pool through its protected exit, whose "reset" listener rolls it back (or drops it);
+      the next checkout replaces a dead one;
+    * a connection kept idle for longer than ``IDLE_PING_SECONDS`` is pinged before reuse,
+      as the pool's "checkout" listener does for its own;
+    * the kept connections are the pool's: with ``pool_size`` connections in the pool,
+      the kept and in-use ones together never exceed it.
+
+    Keeping changes nothing a transaction can see: the tenant, actor and user are
+    transaction-local settings, gone with the ``COMMIT`` or ``ROLLBACK`` that ends each one.
     """
+
+    def __init__(self, engine: AsyncEngine, size: int, timeout: float) -> None:
+        self._engine = engine
+        self._timeout = timeout
+        self._in_use = asyncio.Semaphore(size)
+        self._idle: list[tuple[AsyncConnection, float]] = []  # LIFO: the warmest on top
+        self._closed = False
+
+    async def acquire(self) -> AsyncConnection:
+        if self._in_use.locked():
+            try:
+                await asyncio.wait_for(self._in_use.acquire(), self._timeout)
+            except TimeoutError:
+                raise exc.TimeoutError(
+                    f"no database connection free within {self._timeout:g} s") from None
+        else:
+            await self._in_use.acquire()  # free: returns without suspending
+        try:
+            while self._idle:
+                conn, since = self._idle.pop()
+                if _usable(conn) and (time.monotonic() - since <= IDLE_PING_SECONDS
+                                      or await _pinged(conn)):
+                    return conn
+                await _give_back(conn)
+            return await self._engine.connect()
+        except BaseException:
+            self._in_use.release()
+            raise
+
+    async def release(self, conn: AsyncConnection) -> None:
+        try:
+            if (not self._closed and _usable(conn) and not conn.in_transaction()
+                    and driver(conn).info.transaction_status == TransactionStatus.IDLE):
+                self._idle.append((conn, time.monotonic()))
+            else:
+                await _give_back(conn)
+        finally:
+            self._in_use.release()
+
+    async def close(self) -> None:
+        self._closed = True
+        while self._idle:
+            await _give_back(self._idle.pop()[0])
+
+
+def _usable(conn: AsyncConnection) -> bool:
     proxied = conn.sync_connection
-    raw = proxied.connection.driver_connection if proxied is not None else None
-    if (isinstance(raw, psycopg.AsyncConnection) and not raw.closed and not raw.broken
-            and raw.info.transaction_status == TransactionStatus.IDLE):
+    if proxied is None or proxied.closed or proxied.invalidated:
+        return False
+    raw = proxied.connection.driver_connection
+    return isinstance(raw, psycopg.AsyncConnection) and not raw.closed and not raw.broken
+
+
+async def _pinged(conn: AsyncConnection) -> bool:
+    try:
+        await driver(conn).execute("SELECT 1")
+    except psycopg.Error:
+        return False
+    return True
+
+
+async def _give_back(conn: AsyncConnection) -> None:
+    """Return ``conn`` to SQLAlchemy's pool.
+
+    A usable connection with no transaction open is checked in without any I/O (the "reset"
+    listener has nothing to roll back), so its ``close()`` runs to completion without ever
+    suspending, and a cancellation cannot cut it short. Any other connection (a transaction
+    left open, or closed, broken or invalidated) goes back through SQLAlchemy's ``async with``
+    exit, which finishes the return (rollback included) even if the caller is cancelled
+    meanwhile.
+    """
+    if (_usable(conn) and not conn.in_transaction()
+            and driver(conn).info.transaction_status == TransactionStatus.IDLE):
         await conn.close()
     else:
         await conn.__aexit__(None, None, None)
@@ -253,9 +338,27 @@ class Database:
             **engine_kwargs,
         )
         _install_health_checks(self.engine)
+        self._kept = _Keeper(self.engine, pool_size, pool_timeout)
 
     async def dispose(self) -> None:
+        await self._kept.close()
         await self.engine.dispose()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection]:
+        """One of the transaction helpers' connections, with no transaction opened (each
+        statement autocommits, and sees no tenant): for the health check and diagnostics.
+        It waits for a free connection like any caller."""
+        conn = await self._kept.acquire()
+        try:
+            yield conn
+        finally:
+            await self._kept.release(conn)
+
+    async def ping(self) -> None:
+        """``SELECT 1`` (the health check); raises if the database is unreachable."""
+        async with self.connection() as conn:
+            await driver(conn).execute("SELECT 1")
 
     @asynccontextmanager
     async def _transaction(
@@ -263,7 +366,7 @@ class Database:
         first: Statement | None,
     ) -> AsyncIterator[tuple[AsyncConnection, tuple[Any, ...] | None]]:
         context = _context(tenant_id, actor, user_id)
-        conn = await self.engine.connect()
+        conn = await self._kept.acquire()
         try:
             raw = driver(conn)
             try:
@@ -278,7 +381,7 @@ class Database:
             if raw.info.transaction_status != TransactionStatus.IDLE:
                 await raw.commit()  # unless the caller committed already
         finally:
-            await _give_back(conn)
+            await self._kept.release(conn)
 
     async def restart_tenant_transaction(
         self, conn: AsyncConnection, tenant_id: uuid.UUID, *, actor: str,

@@ -1,0 +1,112 @@
+"""The transaction helpers keep their connections open between transactions
+(``breeze_mcp.db.engine._Keeper``): bounded, fair, clean, and replaced when dead."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import psycopg
+import pytest
+from sqlalchemy import exc as sa_exc
+
+from breeze_mcp.db import Database
+from breeze_mcp.db import engine as engine_module
+from breeze_mcp.db.engine import driver
+
+pytestmark = pytest.mark.anyio
+
+
+async def _pid(db: Database) -> int:
+    async with db.system_transaction(actor="test") as conn:
+        return driver(conn).info.backend_pid
+
+
+def _terminate(admin_url: str, pid: int) -> None:
+    url = admin_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(url, autocommit=True) as admin:
+        assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+
+
+@pytest.mark.req("DB-POOL-BOUNDED")
+async def test_the_same_connection_serves_transaction_after_transaction(test_db) -> None:
+    db = Database(test_db.runtime_url, pool_size=3)
+    try:
+        pids = {await _pid(db) for _ in range(20)}
+        assert len(pids) == 1
+        assert db.engine.pool.checkedout() == 1  # kept, counted against the pool
+    finally:
+        await db.dispose()
+    assert db.engine.pool.checkedout() == 0  # dispose gives the kept ones back
+
+
+@pytest.mark.req("DB-POOL-BOUNDED")
+async def test_no_more_than_pool_size_in_use_and_waiters_are_served(test_db) -> None:
+    """Ten concurrent transactions through a pool of two: never more than two connections,
+    every one served once a connection is released."""
+    db = Database(test_db.runtime_url, pool_size=2, pool_timeout=10)
+    in_use = peak = 0
+    pids: set[int] = set()
+
+    async def one() -> None:
+        nonlocal in_use, peak
+        async with db.tenant_transaction(uuid.uuid4(), actor="test") as conn:
+            in_use += 1
+            peak = max(peak, in_use)
+            pids.add(driver(conn).info.backend_pid)
+            await driver(conn).execute("SELECT pg_sleep(0.05)")
+            in_use -= 1
+
+    try:
+        await asyncio.gather(*[one() for _ in range(10)])
+        assert peak == 2
+        assert len(pids) <= 2
+        assert db.engine.pool.checkedout() <= 2
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.req("DB-POOL-BOUNDED")
+async def test_a_caller_beyond_the_pool_gets_the_pool_timeout_error(test_db) -> None:
+    db = Database(test_db.runtime_url, pool_size=1, pool_timeout=0.3)
+    try:
+        async with db.system_transaction(actor="holder"):
+            with pytest.raises(sa_exc.TimeoutError):
+                async with db.system_transaction(actor="waiter"):
+                    pass
+        await _pid(db)  # the holder's connection is free again
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.req("DB-POOL-BOUNDED")
+async def test_a_kept_connection_that_died_idle_is_replaced(
+    test_db, admin_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kept connection whose backend went away while it sat idle (a restart, an idle
+    timeout) is found dead by the ping before reuse, and a fresh one serves the call."""
+    db = Database(test_db.runtime_url, pool_size=1, pool_timeout=5)
+    try:
+        first = await _pid(db)
+        _terminate(admin_url, first)
+        monkeypatch.setattr(engine_module, "IDLE_PING_SECONDS", 0.0)
+        await asyncio.sleep(0.01)
+        second = await _pid(db)
+        assert second != first
+        assert db.engine.pool.checkedout() == 1
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.req("DB-POOL-BOUNDED")
+async def test_a_connection_that_broke_in_use_is_not_kept(test_db, admin_url: str) -> None:
+    db = Database(test_db.runtime_url, pool_size=1, pool_timeout=5)
+    try:
+        with pytest.raises(psycopg.OperationalError):
+            async with db.system_transaction(actor="test") as conn:
+                pid = driver(conn).info.backend_pid
+                _terminate(admin_url, pid)
+                await driver(conn).execute("SELECT 1")
+        assert await _pid(db) != pid  # the broken one went back to the pool and was replaced
+    finally:
+        await db.dispose()
