@@ -110,3 +110,27 @@ async def test_a_connection_that_broke_in_use_is_not_kept(test_db, admin_url: st
         assert await _pid(db) != pid  # the broken one went back to the pool and was replaced
     finally:
         await db.dispose()
+
+
+@pytest.mark.req("DB-POOL-BOUNDED")
+async def test_a_call_cancelled_while_its_kept_connection_is_pinged_loses_nothing(
+    test_db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = Database(test_db.runtime_url, pool_size=1, pool_timeout=2)
+    try:
+        await _pid(db)  # one connection kept
+        pinged = engine_module._pinged
+
+        async def slow_ping(conn: object) -> bool:
+            await asyncio.sleep(10)
+            return True
+
+        monkeypatch.setattr(engine_module, "IDLE_PING_SECONDS", 0.0)
+        monkeypatch.setattr(engine_module, "_pinged", slow_ping)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(_pid(db), 0.2)
+        assert db.engine.pool.checkedout() == 0  # given back to the pool, not leaked
+        monkeypatch.setattr(engine_module, "_pinged", pinged)
+        await _pid(db)  # and the pool of one still serves
+    finally:
+        await db.dispose()

@@ -249,9 +249,13 @@ class _Keeper:
         try:
             while self._idle:
                 conn, since = self._idle.pop()
-                if _usable(conn) and (time.monotonic() - since <= IDLE_PING_SECONDS
-                                      or await _pinged(conn)):
-                    return conn
+                try:
+                    if _usable(conn) and (time.monotonic() - since <= IDLE_PING_SECONDS
+                                          or await _pinged(conn)):
+                        return conn
+                except BaseException:  # cancelled mid-ping: never lose the connection
+                    await _give_back(conn)
+                    raise
                 await _give_back(conn)
             return await self._engine.connect()
         except BaseException:
