@@ -31,13 +31,14 @@ def _terminate(admin_url: str, pid: int) -> None:
 @pytest.mark.req("DB-POOL-BOUNDED")
 async def test_the_same_connection_serves_transaction_after_transaction(test_db) -> None:
     db = Database(test_db.runtime_url, pool_size=3)
+    pool = db.engine.pool  # dispose() replaces the engine's pool: keep this one
     try:
         pids = {await _pid(db) for _ in range(20)}
         assert len(pids) == 1
-        assert db.engine.pool.checkedout() == 1  # kept, counted against the pool
+        assert pool.checkedout() == 1  # kept, counted against the pool
     finally:
         await db.dispose()
-    assert db.engine.pool.checkedout() == 0  # dispose gives the kept ones back
+    assert pool.checkedout() == 0  # dispose gives the kept ones back
 
 
 @pytest.mark.req("DB-POOL-BOUNDED")
@@ -132,5 +133,54 @@ async def test_a_call_cancelled_while_its_kept_connection_is_pinged_loses_nothin
         assert db.engine.pool.checkedout() == 0  # given back to the pool, not leaked
         monkeypatch.setattr(engine_module, "_pinged", pinged)
         await _pid(db)  # and the pool of one still serves
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.req("RLS-TX-LOCAL", "DB-POOL-BOUNDED")
+async def test_a_connection_left_inside_a_transaction_is_never_kept(test_db) -> None:
+    """Whatever leaves a transaction open on a connection (here: a raw BEGIN and a tenant
+    set_config, never ended), the next user of a pool of one gets no transaction and no
+    tenant."""
+    db = Database(test_db.runtime_url, pool_size=1, pool_timeout=2)
+    tenant = str(uuid.uuid4())
+    try:
+        async with db.connection() as conn:
+            raw = driver(conn)
+            await raw.execute("BEGIN")
+            await raw.execute("SELECT set_config('breeze.tenant_id', %s, true)", (tenant,))
+        async with db.connection() as conn:
+            raw = driver(conn)
+            status = raw.info.transaction_status.name
+            setting = ((await (await raw.execute(
+                "SELECT current_setting('breeze.tenant_id', true)")).fetchone()) or (None,))[0]
+        assert status == "IDLE"
+        assert setting in ("", None)
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.req("DB-POOL-BOUNDED")
+async def test_after_one_dead_connection_every_kept_one_is_pinged(
+    test_db, admin_url: str
+) -> None:
+    """A server restart kills every kept connection; the first call to find one dead costs
+    one failure, after which the others are pinged (and replaced) before use, however
+    recently they ran."""
+    db = Database(test_db.runtime_url, pool_size=3, pool_timeout=5)
+    try:
+        async def hold() -> int:
+            async with db.system_transaction(actor="test") as conn:
+                await driver(conn).execute("SELECT pg_sleep(0.05)")
+                return driver(conn).info.backend_pid
+
+        pids = set(await asyncio.gather(hold(), hold(), hold()))
+        assert len(pids) == 3
+        for pid in pids:
+            _terminate(admin_url, pid)
+        with pytest.raises(psycopg.OperationalError):  # the one that finds out
+            await _pid(db)
+        fresh = {await _pid(db) for _ in range(3)}
+        assert not fresh & pids
     finally:
         await db.dispose()

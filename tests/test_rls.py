@@ -102,18 +102,27 @@ async def test_child_row_cannot_point_at_other_tenants_device(
 async def test_pooled_connection_reused_after_tenant_transaction_sees_nothing(
     test_db, tenant_a: Tenant
 ) -> None:
+    from breeze_mcp.db.engine import driver
+
     single = Database(test_db.runtime_url, pool_size=1)
     try:
         async with single.tenant_transaction(tenant_a.id, actor="test") as conn:
-            pid_a = (await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()
-            assert (await conn.execute(sa.text("SELECT count(*) FROM devices"))).scalar_one() > 0
-        # The next transaction is served the same connection (kept between transactions).
-        async with single.system_transaction(actor="test") as conn:
-            pid = (await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()
-            setting = (await conn.execute(
-                sa.text("SELECT current_setting('breeze.tenant_id', true)"))).scalar_one()
-            count = (await conn.execute(sa.text("SELECT count(*) FROM devices"))).scalar_one()
+            raw = driver(conn)
+            pid_a = raw.info.backend_pid
+            assert ((await (await raw.execute("SELECT count(*) FROM devices")).fetchone())
+                    or (0,))[0] > 0
+        # The next user of the one connection (kept between transactions), with nothing of
+        # its own set: no transaction, no tenant, no rows.
+        async with single.connection() as conn:
+            raw = driver(conn)
+            pid = raw.info.backend_pid
+            status = raw.info.transaction_status.name
+            setting = ((await (await raw.execute(
+                "SELECT current_setting('breeze.tenant_id', true)")).fetchone()) or (None,))[0]
+            count = ((await (await raw.execute("SELECT count(*) FROM devices")).fetchone())
+                     or (None,))[0]
         assert pid == pid_a, "the test must reuse the same pooled connection"
+        assert status == "IDLE"
         assert setting in ("", None)
         assert count == 0
     finally:
@@ -187,14 +196,16 @@ async def test_a_tenant_transaction_always_gives_its_connection_back_clean(
                 await body()
         else:
             await body()
-        # The next transaction gets a connection at once from a pool of one (pool_timeout
-        # would fail it otherwise), with no transaction or tenant carried over.
-        async with single.system_transaction(actor="probe") as conn:
+        # The next user gets a connection at once from a pool of one (pool_timeout would
+        # fail it otherwise), with no transaction or tenant carried over.
+        async with single.connection() as conn:
             raw = driver(conn)
+            status = raw.info.transaction_status.name
             tenant = (await (await raw.execute(
                 "SELECT current_setting('breeze.tenant_id', true)")).fetchone() or (None,))[0]
             count = (await (await raw.execute("SELECT count(*) FROM devices")).fetchone()
                      or (None,))[0]
+        assert status == "IDLE"
         assert tenant in ("", None)
         assert count == 0
         if how != "cancelled":  # a cancelled statement may cost the connection; others not

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -222,7 +223,8 @@ class _Keeper:
       pool through its protected exit, whose "reset" listener rolls it back (or drops it);
       the next checkout replaces a dead one;
     * a connection kept idle for longer than ``IDLE_PING_SECONDS`` is pinged before reuse,
-      as the pool's "checkout" listener does for its own;
+      as the pool's "checkout" listener does for its own; once one is found dead, every
+      other kept one is pinged before its next use too (after a server restart all are);
     * the kept connections are the pool's: with ``pool_size`` connections in the pool,
       the kept and in-use ones together never exceed it.
 
@@ -240,7 +242,8 @@ class _Keeper:
     async def acquire(self) -> AsyncConnection:
         if self._in_use.locked():
             try:
-                await asyncio.wait_for(self._in_use.acquire(), self._timeout)
+                async with asyncio.timeout(self._timeout):
+                    await self._in_use.acquire()
             except TimeoutError:
                 raise exc.TimeoutError(
                     f"no database connection free within {self._timeout:g} s") from None
@@ -257,6 +260,7 @@ class _Keeper:
                     await _give_back(conn)
                     raise
                 await _give_back(conn)
+                self._suspect_idle()
             return await self._engine.connect()
         except BaseException:
             self._in_use.release()
@@ -264,18 +268,35 @@ class _Keeper:
 
     async def release(self, conn: AsyncConnection) -> None:
         try:
-            if (not self._closed and _usable(conn) and not conn.in_transaction()
-                    and driver(conn).info.transaction_status == TransactionStatus.IDLE):
+            if not self._closed and _clean(conn):
                 self._idle.append((conn, time.monotonic()))
             else:
+                if not _usable(conn):
+                    self._suspect_idle()
                 await _give_back(conn)
         finally:
             self._in_use.release()
+
+    def _suspect_idle(self) -> None:
+        """One connection was found dead (a server restart, an idle timeout): the kept ones
+        may be too, so each is pinged before its next use, however recently it ran."""
+        self._idle = [(conn, -math.inf) for conn, _ in self._idle]
 
     async def close(self) -> None:
         self._closed = True
         while self._idle:
             await _give_back(self._idle.pop()[0])
+
+
+def _clean(conn: AsyncConnection) -> bool:
+    """Usable, and no transaction open: neither at the driver nor in SQLAlchemy (where a
+    transaction whose commit failed stays attached, though no longer "in" it)."""
+    if not _usable(conn):
+        return False
+    proxied = conn.sync_connection
+    assert proxied is not None
+    return (proxied.get_transaction() is None and proxied.get_nested_transaction() is None
+            and driver(conn).info.transaction_status == TransactionStatus.IDLE)
 
 
 def _usable(conn: AsyncConnection) -> bool:
@@ -304,8 +325,7 @@ async def _give_back(conn: AsyncConnection) -> None:
     exit, which finishes the return (rollback included) even if the caller is cancelled
     meanwhile.
     """
-    if (_usable(conn) and not conn.in_transaction()
-            and driver(conn).info.transaction_status == TransactionStatus.IDLE):
+    if _clean(conn):
         await conn.close()
     else:
         await conn.__aexit__(None, None, None)
