@@ -141,3 +141,40 @@ def wait_for(predicate: Any, timeout: float = 30, interval: float = 0.05) -> Non
 
 def iter_lines(path: Path) -> Iterator[str]:
     yield from path.read_text().splitlines()
+
+
+@dataclass(frozen=True)
+class NextUser:
+    """What the next user of a Database's connection sees, before setting anything itself."""
+
+    pid: int
+    status: str  # the driver's transaction status: IDLE when nothing was carried over
+    tenant: str | None  # breeze.tenant_id, "" or None when no tenant was carried over
+    devices: int  # tenant rows visible (0 without a tenant: row-level security)
+
+
+async def next_user(db: Any) -> NextUser:
+    """Read :class:`NextUser` through ``db.connection()``, which sets nothing of its own."""
+    from breeze_mcp.db.engine import driver
+
+    async with db.connection() as conn:
+        raw = driver(conn)
+        status = raw.info.transaction_status.name
+        tenant = ((await (await raw.execute(
+            "SELECT current_setting('breeze.tenant_id', true)")).fetchone()) or (None,))[0]
+        devices = ((await (await raw.execute("SELECT count(*) FROM devices")).fetchone())
+                   or (0,))[0]
+        return NextUser(raw.info.backend_pid, status, tenant, int(devices))
+
+
+async def owner_api_key(db: Any, tenant: Any, *, scopes: str = "ai:read") -> tuple[Any, str]:
+    """A fresh owner of ``tenant`` and an API key they created: (key info, key)."""
+    import uuid
+
+    from breeze_mcp.accounts import create_user
+    from breeze_mcp.auth import api_keys
+
+    owner = await create_user(db, tenant, email=f"o-{uuid.uuid4().hex[:8]}@example.com",
+                              password="correct horse battery staple", role="owner")
+    return await api_keys.create_api_key(db, tenant, name="k", scopes=scopes,
+                                         creator_email=owner.email)

@@ -7,7 +7,6 @@ The edge skips a separate ``set_config`` for the actor, so the lookup's own must
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +14,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from breeze_mcp.accounts import Tenant, create_user
+from breeze_mcp.accounts import Tenant
 from breeze_mcp.auth import api_keys, oauth
 from breeze_mcp.auth.principal import Principal
 from breeze_mcp.db import Database
 from tests.oauth_support import OAuthWorld, connect, oauth_world
-from tests.support import ProvisionedDatabase
+from tests.support import ProvisionedDatabase, owner_api_key
 
 _SETTINGS = sa.text(
     "SELECT current_setting('breeze.tenant_id'), current_setting('breeze.actor'),"
@@ -48,10 +47,7 @@ async def _outside_any_transaction(db: Database) -> str | None:
 @pytest.mark.anyio
 async def test_api_key_lookup_sets_the_principals_actor(test_db: ProvisionedDatabase,
                                                         db: Database, tenant_a: Tenant) -> None:
-    owner = await create_user(db, tenant_a, email=f"o-{uuid.uuid4().hex[:8]}@example.com",
-                              password="correct horse battery staple", role="owner")
-    info, key = await api_keys.create_api_key(db, tenant_a, name="k", scopes="ai:read",
-                                              creator_email=owner.email)
+    info, key = await owner_api_key(db, tenant_a)
     statement = api_keys.lookup(key, tenant_a.id)
     single = Database(test_db.runtime_url, pool_size=1)
     try:

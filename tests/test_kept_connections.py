@@ -13,6 +13,7 @@ from sqlalchemy import exc as sa_exc
 from breeze_mcp.db import Database
 from breeze_mcp.db import engine as engine_module
 from breeze_mcp.db.engine import driver
+from tests.support import next_user
 
 pytestmark = pytest.mark.anyio
 
@@ -80,7 +81,7 @@ async def test_a_caller_beyond_the_pool_gets_the_pool_timeout_error(test_db) -> 
         await db.dispose()
 
 
-@pytest.mark.req("DB-POOL-BOUNDED")
+@pytest.mark.req("DB-POOL-BOUNDED", "DB-KEPT-CLEAN")
 async def test_a_kept_connection_that_died_idle_is_replaced(
     test_db, admin_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -99,7 +100,7 @@ async def test_a_kept_connection_that_died_idle_is_replaced(
         await db.dispose()
 
 
-@pytest.mark.req("DB-POOL-BOUNDED")
+@pytest.mark.req("DB-POOL-BOUNDED", "DB-KEPT-CLEAN")
 async def test_a_connection_that_broke_in_use_is_not_kept(test_db, admin_url: str) -> None:
     db = Database(test_db.runtime_url, pool_size=1, pool_timeout=5)
     try:
@@ -113,7 +114,7 @@ async def test_a_connection_that_broke_in_use_is_not_kept(test_db, admin_url: st
         await db.dispose()
 
 
-@pytest.mark.req("DB-POOL-BOUNDED")
+@pytest.mark.req("DB-POOL-BOUNDED", "DB-KEPT-CLEAN")
 async def test_a_call_cancelled_while_its_kept_connection_is_pinged_loses_nothing(
     test_db, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -137,7 +138,7 @@ async def test_a_call_cancelled_while_its_kept_connection_is_pinged_loses_nothin
         await db.dispose()
 
 
-@pytest.mark.req("RLS-TX-LOCAL", "DB-POOL-BOUNDED")
+@pytest.mark.req("RLS-TX-LOCAL", "DB-POOL-BOUNDED", "DB-KEPT-CLEAN")
 async def test_a_connection_left_inside_a_transaction_is_never_kept(test_db) -> None:
     """Whatever leaves a transaction open on a connection (here: a raw BEGIN and a tenant
     set_config, never ended), the next user of a pool of one gets no transaction and no
@@ -149,18 +150,14 @@ async def test_a_connection_left_inside_a_transaction_is_never_kept(test_db) -> 
             raw = driver(conn)
             await raw.execute("BEGIN")
             await raw.execute("SELECT set_config('breeze.tenant_id', %s, true)", (tenant,))
-        async with db.connection() as conn:
-            raw = driver(conn)
-            status = raw.info.transaction_status.name
-            setting = ((await (await raw.execute(
-                "SELECT current_setting('breeze.tenant_id', true)")).fetchone()) or (None,))[0]
-        assert status == "IDLE"
-        assert setting in ("", None)
+        seen = await next_user(db)
+        assert seen.status == "IDLE"
+        assert seen.tenant in ("", None)
     finally:
         await db.dispose()
 
 
-@pytest.mark.req("DB-POOL-BOUNDED")
+@pytest.mark.req("DB-POOL-BOUNDED", "DB-KEPT-CLEAN")
 async def test_after_one_dead_connection_every_kept_one_is_pinged(
     test_db, admin_url: str
 ) -> None:

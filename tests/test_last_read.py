@@ -27,6 +27,7 @@ from breeze_mcp.db.engine import driver
 from breeze_mcp.pipeline import call_tool
 from breeze_mcp.services import build_services
 from breeze_mcp.tools.registry import Registry, ToolContext, ToolError, ToolSpec
+from tests.support import owner_api_key
 
 pytestmark = pytest.mark.anyio
 
@@ -161,12 +162,7 @@ async def test_a_tool_that_can_write_gets_a_plain_last_read(
 async def test_the_lookup_is_prepared_once_and_survives_rollbacks(
     test_db: Any, db: Database, tenant_a: Tenant
 ) -> None:
-    from breeze_mcp.accounts import create_user
-
-    owner = await create_user(db, tenant_a, email=f"o-{uuid.uuid4().hex[:8]}@example.com",
-                              password="correct horse battery staple", role="owner")
-    _, key = await api_keys.create_api_key(db, tenant_a, name="k", scopes="ai:read",
-                                           creator_email=owner.email)
+    _, key = await owner_api_key(db, tenant_a)
     statement = api_keys.lookup(key, tenant_a.id)
     single = Database(test_db.runtime_url, pool_size=1)
     try:
@@ -227,12 +223,7 @@ async def test_a_prepare_cancelled_in_flight_closes_its_connection(
     call prepares afresh."""
     import asyncio
 
-    from breeze_mcp.accounts import create_user
-
-    owner = await create_user(db, tenant_a, email=f"o-{uuid.uuid4().hex[:8]}@example.com",
-                              password="correct horse battery staple", role="owner")
-    _, key = await api_keys.create_api_key(db, tenant_a, name="k", scopes="ai:read",
-                                           creator_email=owner.email)
+    _, key = await owner_api_key(db, tenant_a)
     statement = api_keys.lookup(key, tenant_a.id)
     single = Database(test_db.runtime_url, pool_size=1)
     real_execute = psycopg.AsyncConnection.execute

@@ -10,6 +10,7 @@ from sqlalchemy.exc import DBAPIError
 
 from breeze_mcp.accounts import Tenant
 from breeze_mcp.db import Database
+from tests.support import next_user
 
 pytestmark = pytest.mark.anyio
 
@@ -113,18 +114,11 @@ async def test_pooled_connection_reused_after_tenant_transaction_sees_nothing(
                     or (0,))[0] > 0
         # The next user of the one connection (kept between transactions), with nothing of
         # its own set: no transaction, no tenant, no rows.
-        async with single.connection() as conn:
-            raw = driver(conn)
-            pid = raw.info.backend_pid
-            status = raw.info.transaction_status.name
-            setting = ((await (await raw.execute(
-                "SELECT current_setting('breeze.tenant_id', true)")).fetchone()) or (None,))[0]
-            count = ((await (await raw.execute("SELECT count(*) FROM devices")).fetchone())
-                     or (None,))[0]
-        assert pid == pid_a, "the test must reuse the same pooled connection"
-        assert status == "IDLE"
-        assert setting in ("", None)
-        assert count == 0
+        seen = await next_user(single)
+        assert seen.pid == pid_a, "the test must reuse the same pooled connection"
+        assert seen.status == "IDLE"
+        assert seen.tenant in ("", None)
+        assert seen.devices == 0
     finally:
         await single.dispose()
 
@@ -198,18 +192,12 @@ async def test_a_tenant_transaction_always_gives_its_connection_back_clean(
             await body()
         # The next user gets a connection at once from a pool of one (pool_timeout would
         # fail it otherwise), with no transaction or tenant carried over.
-        async with single.connection() as conn:
-            raw = driver(conn)
-            status = raw.info.transaction_status.name
-            tenant = (await (await raw.execute(
-                "SELECT current_setting('breeze.tenant_id', true)")).fetchone() or (None,))[0]
-            count = (await (await raw.execute("SELECT count(*) FROM devices")).fetchone()
-                     or (None,))[0]
-        assert status == "IDLE"
-        assert tenant in ("", None)
-        assert count == 0
+        seen = await next_user(single)
+        assert seen.status == "IDLE"
+        assert seen.tenant in ("", None)
+        assert seen.devices == 0
         if how != "cancelled":  # a cancelled statement may cost the connection; others not
-            assert raw.info.backend_pid == pids[0]
+            assert seen.pid == pids[0]
     finally:
         await single.dispose()
 

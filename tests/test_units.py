@@ -137,6 +137,7 @@ def test_redaction_makes_values_storable() -> None:
         "a": "nan", "b": "-inf", "k\ufffd": "x\ufffdy", "n": 1.5}
 
 
+@pytest.mark.req("SERVE-GC-TUNED")
 def test_gc_tuning_freezes_start_up_objects_and_raises_the_young_threshold() -> None:
     """What `breeze-mcp serve` does before serving (see breeze_mcp.gc_tuning)."""
     import gc
