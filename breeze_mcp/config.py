@@ -87,6 +87,11 @@ class Settings(BaseSettings):
         description="Comma-separated CIDRs of reverse proxies whose X-Forwarded-For we trust. "
         "Default: none.",
     )
+    forwarded_header: Literal["x-forwarded-for", "forwarded"] = Field(
+        "x-forwarded-for",
+        description="The one header trusted proxies write the client address into; the other "
+        "is ignored, never merged.",
+    )
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated extra browser origins allowed to call /mcp (the public "
@@ -114,6 +119,17 @@ class Settings(BaseSettings):
     oauth_private_schemes: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["cursor", "vscode", "vscode-insiders", "windsurf"],
         description="Private-use redirect URI schemes clients may register (RFC 8252 §7.1).",
+    )
+    max_form_bytes: int = Field(
+        16 * 1024, ge=1024, le=1024 * 1024,
+        description="Largest urlencoded form body (sign-in, consent, /token, /revoke, ...).",
+    )
+    max_form_fields: int = Field(
+        32, ge=8, le=1000, description="Most fields one urlencoded form may carry."
+    )
+    auth_failure_rate_limit: str = Field(
+        "30/minute",
+        description="Failed bearer authentications per source address (IPv6 folded to /64).",
     )
     max_request_bytes: int = Field(
         1024 * 1024, ge=1024, le=64 * 1024 * 1024,
@@ -202,7 +218,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("api_key_rate_limit", "grant_rate_limit", "dcr_rate_limit",
-                     "dcr_global_rate_limit")
+                     "dcr_global_rate_limit", "auth_failure_rate_limit")
     @classmethod
     def _check_limit(cls, value: str) -> str:
         from limits import parse
