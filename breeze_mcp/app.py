@@ -23,10 +23,11 @@ from breeze_mcp.config import Settings
 from breeze_mcp.db import Database
 from breeze_mcp.db.catalog import isolation_problems
 from breeze_mcp.db.setup import DatabaseSetupError, check_runtime_role, schema_is_current
+from breeze_mcp.errors import RETRY_AFTER_SECONDS, database_unavailable, unexpected_error
 from breeze_mcp.mcp_endpoint import handle_mcp
 from breeze_mcp.services import build_services
 
-__all__ = ["create_app", "verify_database"]
+__all__ = ["RETRY_AFTER_SECONDS", "create_app", "verify_database"]
 
 log = logging.getLogger(__name__)
 
@@ -47,40 +48,6 @@ async def verify_database(db: Database) -> None:
         raise DatabaseSetupError(
             "refusing to serve, tenant isolation is broken: " + "; ".join(problems)
         )
-
-
-#: How long a client is asked to wait when the database is busy or unreachable.
-RETRY_AFTER_SECONDS = 5
-
-
-async def database_unavailable(request: Request, exc: Exception) -> Response:
-    """No pooled connection within ``BREEZE_DB_POOL_TIMEOUT``, PostgreSQL unreachable, or a
-    transient database failure (statement or lock timeout, deadlock, serialization failure)
-    that escaped an endpoint: ``503`` with ``Retry-After``, in the endpoint's own error shape
-    (JSON-RPC on ``/mcp``). The request's transaction was rolled back, so nothing of it was
-    committed. Failures inside a tool call are the call's own errors (audited by the
-    pipeline) and never get here."""
-    busy = isinstance(exc, sa_exc.TimeoutError)
-    # The server answered with an error (not a lost connection: class 08, or 57P01-57P03
-    # when it shut the session down).
-    state = getattr(getattr(exc, "orig", exc), "sqlstate", None) or ""
-    reported = state if state and not state.startswith(("08", "57P")) else None
-    log.warning("database %s: %s %s",
-                "busy" if busy else f"error {reported}" if reported else "unreachable",
-                request.method, request.url.path, exc_info=not busy)
-    if busy:
-        message = "the service is busy: no database connection was free in time; retry shortly"
-    elif reported:
-        message = "the database could not complete the request; retry shortly"
-    else:
-        message = "the database is unreachable; retry shortly"
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-    if request.url.path == "/mcp":
-        return JSONResponse({"jsonrpc": "2.0", "id": None,
-                             "error": {"code": -32603, "message": message}},
-                            status_code=503, headers=headers)
-    return JSONResponse({"error": "temporarily_unavailable", "message": message},
-                        status_code=503, headers=headers)
 
 
 def create_app(settings: Settings, database_url: str) -> Starlette:
@@ -161,5 +128,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             sa_exc.OperationalError: database_unavailable,
             sa_exc.DisconnectionError: database_unavailable,
             psycopg.OperationalError: database_unavailable,
+            # Anything else an endpoint let escape: a 500 in the surface's own shape.
+            Exception: unexpected_error,
         },
     )
