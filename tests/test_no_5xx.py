@@ -172,12 +172,12 @@ def _send(target: Target, method: str, path: str, *, body: bytes | None = None,
           content_type: str | None = None, authorization: str | None = None,
           headers: dict[str, bytes] | None = None) -> tuple[httpx.Response, str]:
     request_id = uuid.uuid4().hex
-    sent: dict[str, str | bytes] = {"x-request-id": request_id}
-    sent.update(headers or {})
+    sent: dict[bytes, bytes] = {b"x-request-id": request_id.encode()}
+    sent.update((name.encode(), value) for name, value in (headers or {}).items())
     if content_type is not None:
-        sent["content-type"] = content_type
+        sent[b"content-type"] = content_type.encode()
     if authorization is not None:
-        sent["authorization"] = authorization.encode("latin-1", "replace")
+        sent[b"authorization"] = authorization.encode("latin-1", "replace")
     response = httpx.request(method, target.url + path, content=body, headers=sent,
                              timeout=60)
     assert response.status_code < 500, (method, path, body and body[:300], response.text[:500])
