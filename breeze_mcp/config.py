@@ -16,11 +16,20 @@ import base64
 import ipaddress
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    Field,
+    ModelWrapValidatorHandler,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["ConfigError", "Settings", "default_state_dir", "load_settings"]
@@ -37,6 +46,61 @@ def default_state_dir() -> Path:
 
 
 _FORBIDDEN_PROXY_NETS = {"*", "0.0.0.0/0", "::/0"}
+
+# Ranges a proxy may sit in whatever their size: nobody outside the operator's own networks
+# can send from them. Anything else is public address space.
+_NON_PUBLIC_NETS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = tuple(
+    ipaddress.ip_network(n) for n in (
+        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",  # RFC 1918
+        "100.64.0.0/10",  # RFC 6598 carrier-grade NAT
+        "127.0.0.0/8", "169.254.0.0/16",  # loopback, link-local
+        "::1/128", "fc00::/7", "fe80::/10",  # loopback, unique-local, link-local
+    )
+)
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+# The widest public range trusted as proxies: one provider's block, not a slice of the internet.
+_MAX_PUBLIC_PROXY_PREFIX = {4: 16, 6: 32}
+
+
+def takes_in_public_addresses(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Whether any address of ``net`` lies outside the private, loopback and link-local ranges.
+
+    Checked over the whole range, not its first address: ``10.0.0.0/7`` starts private but
+    also holds all of ``11.0.0.0/8``.
+    """
+    left = [net]
+    for private in _NON_PUBLIC_NETS:
+        if private.version != net.version:
+            continue
+        rest: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for part in left:
+            if part.subnet_of(private):  # type: ignore[arg-type]
+                continue
+            if private.subnet_of(part):  # type: ignore[arg-type]
+                rest.extend(part.address_exclude(private))  # type: ignore[arg-type]
+            else:
+                rest.append(part)
+        left = rest
+    return bool(left)
+
+
+def proxy_range_problem(item: str) -> str | None:
+    """Why ``item`` cannot be a trusted-proxy range, or None when it can."""
+    if item in _FORBIDDEN_PROXY_NETS:
+        return f"{item!r} would trust every address"
+    try:
+        net = ipaddress.ip_network(item, strict=False)
+    except ValueError:
+        return f"{item!r} is not an IP address or CIDR"
+    if net.prefixlen == 0:
+        return f"{item!r} would trust every address"
+    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_IPV4_MAPPED):
+        # Mapped peers are compared as IPv4, so such a range would never match.
+        return f"{item!r} is an IPv4-mapped range; write it as IPv4"
+    widest = _MAX_PUBLIC_PROXY_PREFIX[net.version]
+    if net.prefixlen < widest and takes_in_public_addresses(net):
+        return f"{item!r} takes in public addresses and is wider than /{widest}"
+    return None
 
 
 class Settings(BaseSettings):
@@ -246,45 +310,48 @@ class Settings(BaseSettings):
     @field_validator("trusted_proxies")
     @classmethod
     def _check_proxies(cls, value: list[str]) -> list[str]:
-        checked: list[str] = []
-        for item in value:
-            if item in _FORBIDDEN_PROXY_NETS:
-                raise ValueError(f"{item!r} would trust every address; list your proxies' CIDRs")
-            try:
-                net = ipaddress.ip_network(item, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"{item!r} is not an IP address or CIDR") from exc
-            if net.prefixlen == 0:
-                raise ValueError(f"{item!r} would trust every address; list your proxies' CIDRs")
-            checked.append(str(net))
-        return checked
-
-    @model_validator(mode="after")
-    def _check_keys(self) -> Settings:
-        if self.mfa_encryption_key is not None:
-            _decode_aes_key(self.mfa_encryption_key.get_secret_value())
-        if (
-            self.mfa_encryption_key is not None
-            and self.session_key is not None
-            and self.mfa_encryption_key.get_secret_value() == self.session_key.get_secret_value()
-        ):
+        problems = [p for p in map(proxy_range_problem, value) if p]
+        if problems:
+            # A client inside a trusted range could write its own address into the header.
             raise ValueError(
-                "BREEZE_MFA_ENCRYPTION_KEY must differ from BREEZE_SESSION_KEY "
-                "(TOTP secrets are encrypted under a key used for nothing else)"
-            )
-        if self.mode == "production":
-            missing = [
-                f"BREEZE_{name.upper()}"
-                for name in ("session_key", "mfa_encryption_key", "billing_webhook_secret")
-                if getattr(self, name) is None
-            ]
-            if missing:
-                raise ValueError(
-                    "production mode needs these secrets set: " + ", ".join(missing)
-                )
-            if self.database_url is None:
-                raise ValueError("production mode needs BREEZE_DATABASE_URL")
-        return self
+                "; ".join(problems) + ": list your proxies' own CIDRs (private, loopback and "
+                "unique-local ranges of any size are fine; public ones up to /16 or /32)")
+        return [str(ipaddress.ip_network(item, strict=False)) for item in value]
+
+    @field_validator("mfa_encryption_key")
+    @classmethod
+    def _check_mfa_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _decode_aes_key(value.get_secret_value())
+        return value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _report_everything(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Settings]
+    ) -> Settings:
+        """Field errors and whole-configuration problems in one error, so an operator fixes
+        them all in one go rather than one per start-up."""
+        try:
+            settings = handler(data)
+        except ValidationError as exc:
+            errors = exc.errors()
+            failed = {str(err["loc"][0]) for err in errors if err["loc"]}
+            raw = {k: _INVALID if k in failed else v for k, v in data.items()} if isinstance(
+                data, Mapping) else {}
+            problems = _whole_config_problems(raw)
+            if not problems:
+                raise
+            details = [InitErrorDetails(type=err["type"], loc=err["loc"], input=err["input"],
+                                        ctx=err.get("ctx", {})) for err in errors]
+            raise ValidationError.from_exception_data(
+                cls.__name__, details + _problem_details(problems, data)) from None
+        problems = _whole_config_problems(
+            {name: getattr(settings, name) for name in type(settings).model_fields})
+        if problems:
+            raise ValidationError.from_exception_data(
+                cls.__name__, _problem_details(problems, data))
+        return settings
 
     # Derived values -------------------------------------------------------------------------
 
@@ -318,10 +385,49 @@ def _decode_aes_key(value: str) -> bytes:
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
     except (ValueError, TypeError) as exc:
-        raise ValueError("BREEZE_MFA_ENCRYPTION_KEY must be urlsafe base64") from exc
+        raise ValueError("must be urlsafe base64") from exc
     if len(raw) != 32:
-        raise ValueError("BREEZE_MFA_ENCRYPTION_KEY must decode to exactly 32 bytes")
+        raise ValueError("must decode to exactly 32 bytes")
     return raw
+
+
+_PRODUCTION_SECRETS = ("session_key", "mfa_encryption_key", "billing_webhook_secret")
+_INVALID = object()  # set, but refused by its own validator (reported there)
+
+
+def _given(value: object) -> str | None:
+    """A configured text value, raw (from the environment) or validated; blank is unset."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, str):
+        return value.strip() or None
+    return None
+
+
+def _is_set(values: Mapping[str, object], name: str) -> bool:
+    return values.get(name) is _INVALID or _given(values.get(name)) is not None
+
+
+def _whole_config_problems(values: Mapping[str, object]) -> list[str]:
+    """Problems no single setting shows. ``values`` may be raw: only the valid ones are given."""
+    problems = []
+    session, mfa = _given(values.get("session_key")), _given(values.get("mfa_encryption_key"))
+    if mfa is not None and mfa == session:
+        problems.append("BREEZE_MFA_ENCRYPTION_KEY must differ from BREEZE_SESSION_KEY "
+                        "(TOTP secrets are encrypted under a key used for nothing else)")
+    if _given(values.get("mode")) == "production":
+        missing = [f"BREEZE_{name.upper()}" for name in _PRODUCTION_SECRETS
+                   if not _is_set(values, name)]
+        if missing:
+            problems.append("production mode needs these secrets set: " + ", ".join(missing))
+        if not _is_set(values, "database_url"):
+            problems.append("production mode needs BREEZE_DATABASE_URL")
+    return problems
+
+
+def _problem_details(problems: list[str], data: object) -> list[InitErrorDetails]:
+    return [InitErrorDetails(type=PydanticCustomError("config", "{problem}", {"problem": p}),
+                             loc=(), input=data) for p in problems]
 
 
 _GENERATED = {
@@ -356,8 +462,6 @@ def load_settings(**overrides: object) -> Settings:
     directory. In production mode nothing is generated: the validator has already refused a
     missing secret.
     """
-    from pydantic import ValidationError
-
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
@@ -376,14 +480,13 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError(_format_validation_error(exc)) from None
 
 
-def _format_validation_error(exc: Exception) -> str:
-    from pydantic import ValidationError
-
-    assert isinstance(exc, ValidationError)
+def _format_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         loc = "".join(str(part) for part in err["loc"])
-        name = f"BREEZE_{loc.upper()}" if loc else "configuration"
         msg = str(err["msg"]).removeprefix("Value error, ")
-        lines.append(f"{name}: {msg}")
-    return "; ".join(lines)
+        lines.append(f"BREEZE_{loc.upper()}: {msg}" if loc else msg)
+    if len(lines) == 1:
+        return lines[0]
+    return f"the configuration has {len(lines)} problems:\n" + "\n".join(
+        f"  - {line}" for line in lines)

@@ -35,10 +35,11 @@ _ids = random.Random()  # noqa: S311 - request ids correlate log lines, they gra
 
 def request_context(request: Request, services: Services) -> RequestContext:
     peer = request.client.host if request.client else None
+    header = services.settings.forwarded_header
     ip = resolve_client_ip(
         peer,
-        x_forwarded_for=request.headers.getlist("x-forwarded-for"),
-        forwarded=request.headers.getlist("forwarded"),
+        header=header,
+        values=request.headers.getlist(header),
         trusted=services.trusted_proxies,
     )
     supplied = request.headers.get("x-request-id", "")

@@ -41,6 +41,48 @@ def test_weak_passwords_refused(password: str, message: str) -> None:
         check_strength(password, email="alice@example.com")
 
 
+@pytest.mark.req("HARD-COMMON-PASSWORDS")
+@pytest.mark.parametrize(
+    "password",
+    [
+        "Password123!",  # a listed word with digits and a symbol appended
+        "qwerty123456",  # listed as it is
+        "QWERTY123456",  # case does not matter
+        "  qwerty123456  ",
+        "P@ssw0rd2024",
+        "iloveyou!!!!",
+        "Summer2024!!",
+        "dragon2024!!",
+        "zxcvbnm,./12",
+        "passwordpassword",  # a listed word typed twice
+        "letmeinletmein",
+        "PolniyPizdec0211",  # far down the list: the whole list is loaded, not a top slice
+        "crossroad123",  # the list's last entry
+        "Breeze-MCP-2025",  # the product's own name
+    ],
+)
+def test_common_passwords_refused(password: str) -> None:
+    with pytest.raises(WeakPasswordError, match=r"^password is too easy to guess$"):
+        check_strength(password)
+
+
+@pytest.mark.req("HARD-COMMON-PASSWORDS")
+@pytest.mark.parametrize(
+    "password",
+    [
+        "correct horse battery staple",
+        "a-Strong-passphrase-42",
+        "Tr0ub4dor&3-horse",
+        "xK9#mP2$vL7!q",
+        # A one-letter listed word ("a") before a long random tail is not a common password.
+        "a93847261039",
+        "\ud800 lone surrogate, still a fine phrase",
+    ],
+)
+def test_good_passwords_accepted(password: str) -> None:
+    check_strength(password)
+
+
 @pytest.mark.req("AUDIT-REDACT")
 def test_redaction_by_key_and_value() -> None:
     out = redact({
