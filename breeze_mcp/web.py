@@ -114,8 +114,7 @@ def render(
     services: Services = request.app.state.services
     nonce = secrets.token_urlsafe(16)
     pre_session, fresh = pre_session_cookie(request)
-    binding = csrf_binding(request, pre_session)
-    assert binding is not None
+    binding = csrf_binding(request, pre_session) or ""
     body = _templates.get_template(template).render(
         nonce=nonce, csrf=sessions.csrf_token(services.settings.secret("session_key"), binding),
         **context,
@@ -149,12 +148,13 @@ def error_page(request: Request, title: str, message: str, *, status: int = 400,
 
 
 def form_error_page(request: Request, exc: FormError) -> HTMLResponse:
-    """A refused form body or query string, on the HTML error page. The connection is closed,
-    so an unread remainder of the body is never received."""
+    """A refused form body or query string, on the HTML error page. A body refused unread
+    (413, 415) closes the connection, so its remainder is never received."""
     title = {413: "Form too large", 415: "Unsupported form"}.get(exc.status, "Bad request")
     response = error_page(request, title, f"The request was refused: {exc.message}.",
                           status=exc.status)
-    response.headers["Connection"] = "close"
+    if exc.status in (413, 415):
+        response.headers["Connection"] = "close"
     return response
 
 
