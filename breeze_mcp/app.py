@@ -14,6 +14,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -123,6 +124,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
                   methods=["POST"]),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(web.StrictTransportSecurity)]
+        if settings.public_url.startswith("https://") else [],
         exception_handlers={
             sa_exc.TimeoutError: database_unavailable,
             sa_exc.OperationalError: database_unavailable,

@@ -7,7 +7,8 @@
 * ``GET/POST /authorize``: sign-in, then consent; PKCE S256 only; exact redirect URI match
   (any port for loopback); ``resource`` validated and bound (RFC 8707); ``iss`` (RFC 9207)
   and ``state`` in the response. A bad client or redirect URI is an error page, never a
-  redirect.
+  redirect; so is any other error before the user approved, unless the signed-in user already
+  holds a live grant for the client (RFC 9700 §4.11.2: no open redirector).
 * ``POST /token``: ``authorization_code`` and ``refresh_token``; ``Cache-Control: no-store``.
 * ``POST /revoke`` (RFC 7009).
 """
@@ -22,7 +23,6 @@ from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit
 
 import sqlalchemy as sa
-from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
@@ -37,8 +37,17 @@ from breeze_mcp.auth.oauth_clients import (
 from breeze_mcp.auth.principal import ALL_SCOPES, ROLE_SCOPES
 from breeze_mcp.db.models import memberships, tenants
 from breeze_mcp.edge import read_body, request_context
+from breeze_mcp.forms import Fields, FormError, read_form, read_query
 from breeze_mcp.services import Services
-from breeze_mcp.web import check_csrf, current_user, error_page, form_target_for, login_form, render
+from breeze_mcp.web import (
+    check_csrf,
+    current_user,
+    error_page,
+    form_error_page,
+    form_target_for,
+    login_form,
+    render,
+)
 
 __all__ = [
     "authorization_server_metadata",
@@ -172,20 +181,48 @@ def _redirect(redirect_uri: str, params: dict[str, str]) -> RedirectResponse:
                             headers=NO_STORE)
 
 
-def _single(params: Any, name: str) -> str | None:
+def _single(params: Fields, name: str) -> str | None:
     values = params.getlist(name)
     if len(values) > 1:
         raise _Redirectable("invalid_request", f"{name} must not be repeated")
     return values[0] if values else None
 
 
+def _redirect_host(redirect_uri: str) -> str:
+    parts = urlsplit(redirect_uri)
+    host = parts.hostname if parts.scheme in ("http", "https") else f"{parts.scheme}://"
+    return host or redirect_uri
+
+
+async def _refused_before_approval(request: Request, services: Services, client: oauth.Client,
+                                   redirect_uri: str, error: str, description: str,
+                                   base: dict[str, str]) -> Response:
+    """An error before the user approved. Anyone may register any redirect URI, so it is
+    shown on our own page, naming where the client wanted to go; only a client the signed-in
+    user has already approved (a live grant) gets it at its redirect URI."""
+    user = await current_user(request)
+    if user is not None and await oauth.user_has_live_grant(services.db, user.user_id,
+                                                            client.client_id):
+        return _redirect(redirect_uri, {"error": error, "error_description": description,
+                                        **base})
+    return error_page(
+        request, "Request not accepted",
+        f"{client.display_name} sent a request Breeze cannot accept ({error}: {description}).",
+        hint=f"You were not sent back to {_redirect_host(redirect_uri)}, because this "
+        "application has not been approved from your account yet. Tell its developer, or "
+        "reconnect from the application.")
+
+
 async def authorize(request: Request) -> Response:
     services = _services(request)
-    params: Any = request.query_params
-    form: FormData | None = None
-    if request.method == "POST":
-        form = await request.form()
-        params = form
+    form: Fields | None = None
+    try:
+        if request.method == "POST":
+            form = params = await read_form(request, services.settings)
+        else:
+            params = read_query(request, services.settings)
+    except FormError as exc:
+        return form_error_page(request, exc)
 
     # 1. Client and redirect URI: errors here are pages, never redirects.
     client_ids = params.getlist("client_id")
@@ -209,12 +246,12 @@ async def authorize(request: Request) -> Response:
     if state is not None:
         base["state"] = state
 
-    # 2. Everything else is answered at the redirect URI.
+    # 2. Everything else before approval: see _refused_before_approval.
     try:
         checked = _check_request(services, params, client)
     except _Redirectable as exc:
-        return _redirect(redirect_uri, {"error": exc.error,
-                                        "error_description": exc.description, **base})
+        return await _refused_before_approval(request, services, client, redirect_uri,
+                                              exc.error, exc.description, base)
 
     user = await current_user(request)
     if user is None:
@@ -227,14 +264,14 @@ async def authorize(request: Request) -> Response:
 
     choices = await _tenant_choices(services, user.user_id)
     if not choices:
-        return _redirect(redirect_uri, {"error": "access_denied",
-                                        "error_description": "no active organization", **base})
+        return await _refused_before_approval(request, services, client, redirect_uri,
+                                              "access_denied", "no active organization", base)
 
-    if request.method == "GET":
-        return _consent_page(request, client, redirect_uri, checked, choices, user.email)
+    if form is None:
+        return _consent_page(request, client, redirect_uri, checked, choices, user.email,
+                             params)
 
-    assert form is not None
-    if not await check_csrf(request, form):
+    if not check_csrf(request, form):
         return error_page(request, "Form expired",
                           "This consent form is no longer valid. Start again from the "
                           "application.", status=403)
@@ -243,14 +280,14 @@ async def authorize(request: Request) -> Response:
                                         "error_description": "the user denied the request",
                                         **base})
     try:
-        tenant_id = uuid.UUID(str(form.get("tenant_id")))
+        tenant_id = uuid.UUID(form.get("tenant_id") or "")
     except ValueError:
         return error_page(request, "Bad request", "No organization was chosen.")
     role = next((c["role"] for c in choices if c["id"] == str(tenant_id)), None)
     if role is None:
         return error_page(request, "Bad request", "You are not a member of that organization.",
                           status=403)
-    chosen = [str(s) for s in form.getlist("scope_choice")]
+    chosen = form.getlist("scope_choice")
     granted = [s for s in ALL_SCOPES
                if s in chosen and s in checked["scopes"] and s in ROLE_SCOPES[role]]
     if not granted:
@@ -270,7 +307,7 @@ async def authorize(request: Request) -> Response:
     return _redirect(redirect_uri, {"code": code, **base})
 
 
-def _check_request(services: Services, params: Any, client: oauth.Client) -> dict[str, Any]:
+def _check_request(services: Services, params: Fields, client: oauth.Client) -> dict[str, Any]:
     response_type = _single(params, "response_type")
     if not response_type:
         raise _Redirectable("invalid_request", "response_type is required")
@@ -314,16 +351,14 @@ async def _tenant_choices(services: Services, user_id: uuid.UUID) -> list[dict[s
 
 def _consent_page(request: Request, client: oauth.Client, redirect_uri: str,
                   checked: dict[str, Any], choices: list[dict[str, str]],
-                  email: str) -> Response:
+                  email: str, params: Fields) -> Response:
     tenant_id = choices[0]["id"]
     role = choices[0]["role"]
     scopes = [{"name": s, "words": SCOPE_WORDS[s], "allowed": s in ROLE_SCOPES[role]}
               for s in checked["scopes"]]
-    parts = urlsplit(redirect_uri)
-    host = parts.hostname if parts.scheme in ("http", "https") else f"{parts.scheme}://"
-    hidden = [(k, v) for k in AUTHORIZE_PARAMS for v in request.query_params.getlist(k)]
+    hidden = [(k, v) for k in AUTHORIZE_PARAMS for v in params.getlist(k)]
     return render(request, "consent.html", {
-        "client_name": client.display_name, "redirect_host": host or redirect_uri,
+        "client_name": client.display_name, "redirect_host": _redirect_host(redirect_uri),
         "user_email": email, "tenants": choices, "tenant_id": tenant_id, "scopes": scopes,
         "params": hidden, "error": None,
     }, form_targets=[form_target_for(redirect_uri)])
@@ -348,27 +383,24 @@ def _basic_credentials(request: Request) -> tuple[str, str] | None:
 
 
 async def _client_from_form(request: Request, services: Services,
-                            form: FormData) -> oauth.Client:
+                            form: Fields) -> oauth.Client:
     basic = _basic_credentials(request)
     form_client_id = form.get("client_id")
-    form_secret = form.get("client_secret")
     client_id = basic[0] if basic else form_client_id
-    if not isinstance(client_id, str) or not client_id:
+    if not client_id:
         raise oauth.OAuthError("invalid_client", "client authentication is required", 401)
     client = await oauth.get_client(services.db, client_id)
-    return oauth.authenticate_client(
-        client, basic=basic,
-        form_secret=form_secret if isinstance(form_secret, str) else None,
-        form_client_id=form_client_id if isinstance(form_client_id, str) else None,
-    )
+    return oauth.authenticate_client(client, basic=basic, form_secret=form.get("client_secret"),
+                                     form_client_id=form_client_id)
 
 
-async def _read_form(request: Request) -> FormData:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/x-www-form-urlencoded":
-        raise oauth.OAuthError("invalid_request",
-                               "send application/x-www-form-urlencoded parameters")
-    form = await request.form()
+async def _read_form(request: Request, services: Services) -> Fields:
+    """The body through the one form reader; its refusals become OAuth errors (the 413 and
+    415 keep their status, and close the connection so an unread body is never received)."""
+    try:
+        form = await read_form(request, services.settings)
+    except FormError as exc:
+        raise oauth.OAuthError("invalid_request", exc.message, exc.status) from None
     for key in form:
         if len(form.getlist(key)) > 1:
             raise oauth.OAuthError("invalid_request", f"{key} must not be repeated")
@@ -382,6 +414,8 @@ def _oauth_error_response(exc: oauth.OAuthError, request: Request) -> JSONRespon
         headers["WWW-Authenticate"] = 'Basic realm="breeze-mcp"'
     if exc.status == 503:
         headers["Retry-After"] = "1"
+    if exc.status in (413, 415):
+        headers["Connection"] = "close"
     return _json(exc.body(), exc.status, headers)
 
 
@@ -389,13 +423,10 @@ async def token(request: Request) -> Response:
     services = _services(request)
     ctx = request_context(request, services)
     try:
-        form = await _read_form(request)
+        form = await _read_form(request, services)
         client = await _client_from_form(request, services, form)
         grant_type = form.get("grant_type")
-
-        def field(name: str) -> str | None:
-            value = form.get(name)
-            return value if isinstance(value, str) else None
+        field = form.get
 
         if grant_type == "authorization_code":
             code = field("code")
@@ -428,14 +459,12 @@ async def token(request: Request) -> Response:
 async def revoke(request: Request) -> Response:
     services = _services(request)
     try:
-        form = await _read_form(request)
+        form = await _read_form(request, services)
         client = await _client_from_form(request, services, form)
         value = form.get("token")
-        if not isinstance(value, str) or not value:
+        if not value:
             raise oauth.OAuthError("invalid_request", "token is required")
-        hint = form.get("token_type_hint")
-        await oauth.revoke_token(services.db, client, value,
-                                 hint if isinstance(hint, str) else None,
+        await oauth.revoke_token(services.db, client, value, form.get("token_type_hint"),
                                  request_context(request, services))
     except oauth.OAuthError as exc:
         return _oauth_error_response(exc, request)

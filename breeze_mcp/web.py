@@ -2,7 +2,8 @@
 
 Every page is served with ``Content-Security-Policy`` (``frame-ancestors 'none'``, a per-page
 style nonce, no scripts), ``X-Frame-Options: DENY``, ``Referrer-Policy: same-origin`` and
-``Cache-Control: no-store``; every form carries a CSRF token (signed double-submit cookie).
+``Cache-Control: no-store``; every form carries a CSRF token bound to the session (or, before
+sign-in, to a pre-session cookie) and is read through :mod:`breeze_mcp.forms`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import jinja2
 import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from breeze_mcp import audit
 from breeze_mcp.auth import oauth, sessions
@@ -24,12 +26,15 @@ from breeze_mcp.auth.client_ip import rate_limit_key
 from breeze_mcp.auth.passwords import verify_password
 from breeze_mcp.db.models import oauth_clients, oauth_grants, tenants, users
 from breeze_mcp.edge import request_context
+from breeze_mcp.forms import Fields, FormError, read_form, read_query
 from breeze_mcp.services import Services
 
 __all__ = [
+    "StrictTransportSecurity",
     "connections_page",
     "current_user",
     "disconnect",
+    "form_error_page",
     "login_page",
     "login_submit",
     "logout",
@@ -48,16 +53,54 @@ LOGIN_IP_LIMIT = "20/minute"
 LOGIN_ACCOUNT_LIMIT = "10/15minute"
 
 
-def _secure(services: Services) -> bool:
-    return services.settings.public_url.startswith("https://")
+HSTS = "max-age=63072000; includeSubDomains"
 
 
-def csrf_cookie(request: Request) -> tuple[str, bool]:
-    """The CSRF cookie value, and whether it must be (re)set on the response."""
-    value = request.cookies.get(sessions.CSRF_COOKIE)
+class StrictTransportSecurity:
+    """Adds ``Strict-Transport-Security`` to every response (used when the public URL is
+    https), so pages, JSON and redirects alike tell the browser to stay on https."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_hsts(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []),
+                                      (b"strict-transport-security", HSTS.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_hsts)
+
+
+def cookies(request: Request) -> sessions.CookieNames:
+    services: Services = request.app.state.services
+    return sessions.cookie_names(services.settings.public_url)
+
+
+def set_cookie(response: Response, names: sessions.CookieNames, name: str, value: str,
+               max_age: int | None = None) -> None:
+    """Every cookie of ours: HttpOnly, SameSite=Lax, Path=/, no Domain; Secure on https."""
+    response.set_cookie(name, value, max_age=max_age, path="/", secure=names.secure,
+                        httponly=True, samesite="lax")
+
+
+def pre_session_cookie(request: Request) -> tuple[str, bool]:
+    """The pre-session cookie value, and whether it must be (re)set on the response."""
+    value = request.cookies.get(cookies(request).csrf)
     if value and 20 <= len(value) <= 100:
         return value, False
     return sessions.new_csrf_cookie(), True
+
+
+def csrf_binding(request: Request, pre_session: str | None = None) -> str | None:
+    names = cookies(request)
+    return sessions.csrf_binding(request.cookies.get(names.session),
+                                 pre_session or request.cookies.get(names.csrf))
 
 
 def render(
@@ -70,9 +113,10 @@ def render(
 ) -> HTMLResponse:
     services: Services = request.app.state.services
     nonce = secrets.token_urlsafe(16)
-    cookie, fresh = csrf_cookie(request)
+    pre_session, fresh = pre_session_cookie(request)
+    binding = csrf_binding(request, pre_session) or ""
     body = _templates.get_template(template).render(
-        nonce=nonce, csrf=sessions.csrf_token(services.settings.secret("session_key"), cookie),
+        nonce=nonce, csrf=sessions.csrf_token(services.settings.secret("session_key"), binding),
         **context,
     )
     # form-action must allow where an approved consent redirects (Chrome enforces it on the
@@ -93,8 +137,7 @@ def render(
         "Cache-Control": "no-store",
     })
     if fresh:
-        response.set_cookie(sessions.CSRF_COOKIE, cookie, httponly=True, samesite="lax",
-                            secure=_secure(services), path="/")
+        set_cookie(response, cookies(request), cookies(request).csrf, pre_session)
     return response
 
 
@@ -104,23 +147,47 @@ def error_page(request: Request, title: str, message: str, *, status: int = 400,
                   status=status)
 
 
-async def check_csrf(request: Request, form: Any) -> bool:
+def form_error_page(request: Request, exc: FormError) -> HTMLResponse:
+    """A refused form body or query string, on the HTML error page. A body refused unread
+    (413, 415) closes the connection, so its remainder is never received."""
+    title = {413: "Form too large", 415: "Unsupported form"}.get(exc.status, "Bad request")
+    response = error_page(request, title, f"The request was refused: {exc.message}.",
+                          status=exc.status)
+    if exc.status in (413, 415):
+        response.headers["Connection"] = "close"
+    return response
+
+
+async def page_form(request: Request) -> Fields | HTMLResponse:
+    try:
+        return await read_form(request, request.app.state.services.settings)
+    except FormError as exc:
+        return form_error_page(request, exc)
+
+
+def page_query(request: Request) -> Fields | HTMLResponse:
+    try:
+        return read_query(request, request.app.state.services.settings)
+    except FormError as exc:
+        return form_error_page(request, exc)
+
+
+def check_csrf(request: Request, form: Fields) -> bool:
+    """A state-changing form is accepted only with a token bound to this browser's session
+    (or pre-session cookie) and, when the browser names an ``Origin``, our own. ``Origin:
+    null`` (sandboxed frames, some redirects) is refused; a missing ``Origin`` leaves the
+    decision to the token, since browsers send one with every cross-origin POST."""
     services: Services = request.app.state.services
     origin = request.headers.get("origin")
-    # "null" is what privacy-hardened browsers send; the signed token below still decides.
-    if origin not in (None, "null") and origin.rstrip("/").lower() != \
-            services.settings.public_url:
+    if origin is not None and origin.rstrip("/").lower() != services.settings.public_url:
         return False
-    submitted = form.get("csrf_token")
-    return sessions.csrf_valid(
-        services.settings.secret("session_key"), request.cookies.get(sessions.CSRF_COOKIE),
-        submitted if isinstance(submitted, str) else None,
-    )
+    return sessions.csrf_valid(services.settings.secret("session_key"), csrf_binding(request),
+                               form.get("csrf_token"))
 
 
 async def current_user(request: Request) -> sessions.SessionUser | None:
     services: Services = request.app.state.services
-    return await sessions.load_session(services.db, request.cookies.get(sessions.SESSION_COOKIE))
+    return await sessions.load_session(services.db, request.cookies.get(cookies(request).session))
 
 
 def safe_next(value: object, default: str = "/account/connections") -> str:
@@ -145,18 +212,23 @@ def login_form(request: Request, *, next_url: str, email: str = "", error: str |
 
 
 async def login_page(request: Request) -> Response:
+    query = page_query(request)
+    if isinstance(query, Response):
+        return query
     if await current_user(request) is not None:
-        return RedirectResponse(safe_next(request.query_params.get("next")), status_code=303)
-    return login_form(request, next_url=safe_next(request.query_params.get("next")))
+        return RedirectResponse(safe_next(query.get("next")), status_code=303)
+    return login_form(request, next_url=safe_next(query.get("next")))
 
 
 async def login_submit(request: Request) -> Response:
     services: Services = request.app.state.services
-    form = await request.form()
+    form = await page_form(request)
+    if isinstance(form, Response):
+        return form
     next_url = safe_next(form.get("next"))
-    email = str(form.get("email") or "").strip()[:254]
-    password = str(form.get("password") or "")
-    if not await check_csrf(request, form):
+    email = (form.get("email") or "").strip()[:254]
+    password = form.get("password") or ""
+    if not check_csrf(request, form):
         return error_page(request, "Form expired",
                           "This form is no longer valid. Go back, reload the page and try again.",
                           status=403)
@@ -189,9 +261,10 @@ async def login_submit(request: Request) -> Response:
                                           client_ip=ctx.client_ip, user_agent=ctx.user_agent)
     await _audit_login(services, ctx, row.id, email, "success", None)
     redirect = RedirectResponse(next_url, status_code=303)
-    redirect.set_cookie(sessions.SESSION_COOKIE, token, httponly=True, samesite="lax",
-                        secure=_secure(services), path="/",
-                        max_age=services.settings.session_ttl)
+    names = cookies(request)
+    set_cookie(redirect, names, names.session, token, max_age=services.settings.session_ttl)
+    # Rotated, so a token harvested from the sign-in form is worth nothing afterwards.
+    set_cookie(redirect, names, names.csrf, sessions.new_csrf_cookie())
     return redirect
 
 
@@ -210,12 +283,17 @@ async def _audit_login(services: Services, ctx: Any, user_id: uuid.UUID | None, 
 
 async def logout(request: Request) -> Response:
     services: Services = request.app.state.services
-    form = await request.form()
-    if not await check_csrf(request, form):
+    form = await page_form(request)
+    if isinstance(form, Response):
+        return form
+    if not check_csrf(request, form):
         return error_page(request, "Form expired", "Reload the page and try again.", status=403)
-    await sessions.end_session(services.db, request.cookies.get(sessions.SESSION_COOKIE))
+    names = cookies(request)
+    await sessions.end_session(services.db, request.cookies.get(names.session))
     response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(sessions.SESSION_COOKIE, path="/")
+    response.delete_cookie(names.session, path="/", secure=names.secure, httponly=True,
+                           samesite="lax")
+    set_cookie(response, names, names.csrf, sessions.new_csrf_cookie())
     return response
 
 
@@ -253,9 +331,12 @@ async def connections_page(request: Request) -> Response:
     if user is None:
         return RedirectResponse("/login?next=/account/connections", status_code=303)
     services: Services = request.app.state.services
+    query = page_query(request)
+    if isinstance(query, Response):
+        return query
     return render(request, "connections.html", {
         "user_email": user.email, "grants": await _my_grants(services, user),
-        "message": _MESSAGES.get(request.query_params.get("done", "")),
+        "message": _MESSAGES.get(query.get("done", "")),
     })
 
 
@@ -265,12 +346,14 @@ async def disconnect(request: Request) -> Response:
     user = await current_user(request)
     if user is None:
         return RedirectResponse("/login?next=/account/connections", status_code=303)
-    form = await request.form()
-    if not await check_csrf(request, form):
+    form = await page_form(request)
+    if isinstance(form, Response):
+        return form
+    if not check_csrf(request, form):
         return error_page(request, "Form expired", "Reload the page and try again.", status=403)
     try:
         grant_id = uuid.UUID(request.path_params["grant_id"])
-        tenant_id = uuid.UUID(str(form.get("tenant_id")))
+        tenant_id = uuid.UUID(form.get("tenant_id") or "")
     except ValueError:
         return error_page(request, "Not found", "No such connection.", status=404)
     async with services.db.tenant_transaction(tenant_id, actor=f"user:{user.user_id}",

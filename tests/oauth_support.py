@@ -64,9 +64,12 @@ class OAuthWorld:
 
 
 @contextmanager
-def oauth_world(test_db: ProvisionedDatabase, state_dir: Path,
+def oauth_world(test_db: ProvisionedDatabase, state_dir: Path, *, scheme: str = "http",
                 **overrides: Any) -> Iterator[OAuthWorld]:
-    """A fresh tenant and users, and a live server; ``overrides`` go to Settings."""
+    """A fresh tenant and users, and a live server; ``overrides`` go to Settings.
+
+    ``scheme="https"`` sets an https public URL (as behind a TLS-terminating proxy) while the
+    server itself still answers plain HTTP on the port."""
     from breeze_mcp.auth.api_keys import create_api_key
 
     tag = uuid.uuid4().hex[:6]
@@ -91,7 +94,7 @@ def oauth_world(test_db: ProvisionedDatabase, state_dir: Path,
     tenant, tech, reader, key = asyncio.run(build())
     port = free_port()
     settings = load_settings(state_dir=state_dir, database_url=test_db.runtime_url,
-                             public_url=f"http://127.0.0.1:{port}", **overrides)
+                             public_url=f"{scheme}://127.0.0.1:{port}", **overrides)
     with LiveServer(create_app(settings, test_db.runtime_url), port=port) as server:
         yield OAuthWorld(server.url, settings, test_db, tenant, tech, reader, key)
 

@@ -179,6 +179,13 @@ def connected(world: OAuthWorld, human: HumanAgent, *, scopes: list[str] | None 
     return client_id, r.json()
 
 
+def approved_client(world: OAuthWorld, human: HumanAgent) -> str:
+    """A client ``human`` has approved (a live grant), so that errors before approval still
+    go back to its redirect URI when ``human`` is signed in (HARD-NO-OPEN-REDIRECT)."""
+    client_id, _ = connected(world, human)
+    return client_id
+
+
 def challenge_params(r: httpx.Response) -> dict[str, str]:
     header = r.headers["www-authenticate"]
     assert header.startswith("Bearer "), header
@@ -554,13 +561,14 @@ def test_authorized_client_no_longer_expires(world: OAuthWorld, human: HumanAgen
     pytest.param({"code_challenge_method": "s256"}, id="lower-case-method"),
     pytest.param({"code_challenge": "too-short"}, id="malformed-challenge"),
 ])
-def test_authorize_requires_pkce_s256(world: OAuthWorld, params: dict[str, str | None]) -> None:
-    client_id = register(world)["client_id"]
+def test_authorize_requires_pkce_s256(world: OAuthWorld, human: HumanAgent,
+                                      params: dict[str, str | None]) -> None:
+    client_id = approved_client(world, human)
     verifier, challenge = pkce_pair()
     if params.get("code_challenge_method") == "plain":
         challenge = verifier
     state = "pkce state/1"
-    r = httpx.get(authz_url(world, client_id, challenge, state=state, **params), timeout=30)
+    r = human.http.get(authz_url(world, client_id, challenge, state=state, **params))
     got = redirect_params(r)
     assert got["error"] == "invalid_request", got
     assert got["state"] == state
@@ -715,8 +723,8 @@ def test_error_responses_carry_state_and_iss(world: OAuthWorld, human: HumanAgen
     assert got["error"] == "access_denied"
     assert got["state"] == ODD_STATE and got["iss"] == world.settings.issuer
 
-    r = httpx.get(authz_url(world, client_id, challenge, state=ODD_STATE,
-                            response_type="token"), timeout=30)
+    r = human.http.get(authz_url(world, approved_client(world, human), challenge,
+                                 state=ODD_STATE, response_type="token"))
     got = redirect_params(r)
     assert got["error"] == "unsupported_response_type"
     assert got["state"] == ODD_STATE and got["iss"] == world.settings.issuer
@@ -790,12 +798,12 @@ def test_concurrent_exchanges_of_one_code_yield_one_token_and_a_revoked_grant(
     "{origin}",
     "",
 ])
-def test_foreign_resource_at_authorize_is_invalid_target(world: OAuthWorld,
+def test_foreign_resource_at_authorize_is_invalid_target(world: OAuthWorld, human: HumanAgent,
                                                          resource: str) -> None:
-    client_id = register(world)["client_id"]
+    client_id = approved_client(world, human)
     _, challenge = pkce_pair()
-    r = httpx.get(authz_url(world, client_id, challenge, state="s",
-                            resource=resource.format(origin=world.url)), timeout=30)
+    r = human.http.get(authz_url(world, client_id, challenge, state="s",
+                                 resource=resource.format(origin=world.url)))
     got = redirect_params(r)
     assert got["error"] == "invalid_target", got
     assert got["state"] == "s" and got["iss"] == world.settings.issuer
@@ -868,11 +876,11 @@ def test_token_for_another_resource_is_refused_at_mcp(world: OAuthWorld,
 
 
 @pytest.mark.req("OAUTH-RESOURCE")
-def test_resource_with_fragment_is_invalid_target(world: OAuthWorld) -> None:
-    client_id = register(world)["client_id"]
+def test_resource_with_fragment_is_invalid_target(world: OAuthWorld, human: HumanAgent) -> None:
+    client_id = approved_client(world, human)
     _, challenge = pkce_pair()
-    r = httpx.get(authz_url(world, client_id, challenge, resource=world.mcp_url + "#frag"),
-                  timeout=30)
+    r = human.http.get(authz_url(world, client_id, challenge,
+                                 resource=world.mcp_url + "#frag"))
     got = redirect_params(r)  # today: the sign-in page (200), i.e. accepted
     assert got["error"] == "invalid_target"
 
@@ -913,7 +921,7 @@ def test_every_token_response_is_no_store(world: OAuthWorld, human: HumanAgent) 
         assert token_post(world, data).status_code == 400
     r = no_store(httpx.post(f"{world.url}/token", json={"grant_type": "refresh_token"},
                             timeout=30))
-    oauth_error(r, 400, "invalid_request")
+    oauth_error(r, 415, "invalid_request")
 
 
 # 9. Refresh rotation ------------------------------------------------------------------------

@@ -74,6 +74,7 @@ __all__ = [
     "register_client",
     "revoke_grant",
     "revoke_token",
+    "user_has_live_grant",
     "verify_pkce",
 ]
 
@@ -117,14 +118,17 @@ def normalize_resource(value: str) -> str:
     """RFC 8707 resource, compared case-insensitively in scheme and host, default port and
     trailing slash dropped: ``HTTPS://MCP.Example.com:443/mcp/`` == ``https://mcp.example.com/mcp``.
     """
-    parts = urlsplit(value.strip())
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port  # raises for a port out of range or not a number
+    except ValueError:  # also a broken IPv6 literal ("https://[::1/mcp")
+        return "invalid:"
     if "#" in value or parts.username is not None or parts.password is not None:
         return "invalid:"  # RFC 8707 §2: no fragment; userinfo is never our resource
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
     if ":" in host:
         host = f"[{host}]"
-    port = parts.port
     if (scheme, port) in (("https", 443), ("http", 80)):
         port = None
     netloc = host if port is None else f"{host}:{port}"
@@ -271,7 +275,10 @@ async def register_client(
 
 async def get_client(db: Database, client_id: str) -> Client | None:
     """A registered client; an unused registration past its expiry is unknown."""
-    if not client_id or len(client_id) > 200:
+    # Ids we mint are printable ASCII; anything else (a NUL from a Basic header) is unknown
+    # here rather than an error in the database driver.
+    if not client_id or len(client_id) > 200 or not client_id.isascii() \
+            or not client_id.isprintable():
         return None
     async with db.system_transaction(actor="system:oauth") as conn:
         row = (await conn.execute(
@@ -282,6 +289,25 @@ async def get_client(db: Database, client_id: str) -> Client | None:
             )
         )).first()
     return _client(row) if row else None
+
+
+async def user_has_live_grant(db: Database, user_id: uuid.UUID, client_id: str) -> bool:
+    """Whether ``user_id`` holds an unrevoked grant for the client in one of their tenants."""
+    async with db.system_transaction(actor=f"user:{user_id}", user_id=user_id) as conn:
+        tenant_ids = (await conn.execute(
+            sa.select(memberships.c.tenant_id).where(memberships.c.user_id == user_id)
+        )).scalars().all()
+    for tenant_id in tenant_ids:
+        async with db.tenant_transaction(tenant_id, actor=f"user:{user_id}",
+                                         user_id=user_id) as conn:
+            found = (await conn.execute(
+                sa.select(oauth_grants.c.id).where(
+                    oauth_grants.c.client_id == client_id, oauth_grants.c.user_id == user_id,
+                    oauth_grants.c.revoked_at.is_(None)).limit(1)
+            )).first()
+        if found is not None:
+            return True
+    return False
 
 
 def authenticate_client(

@@ -1,9 +1,13 @@
 """Web sessions for humans, and CSRF tokens for every form.
 
-A session id is a 256-bit ``bzs_`` secret in an HttpOnly, SameSite=Lax cookie (Secure when the
-public URL is https); only its SHA-256 digest is stored. CSRF protection is a signed
-double-submit: a random ``breeze_csrf`` cookie, and in each form an HMAC of it under the
-session key, so a cross-site form can neither read nor forge the value.
+A session id is a 256-bit ``bzs_`` secret in an HttpOnly, SameSite=Lax cookie; only its SHA-256
+digest is stored. On an https public URL every cookie is ``Secure`` and named with the
+``__Host-`` prefix, so no sibling subdomain can plant or overwrite it; browsers refuse that
+prefix without ``Secure``, so plain-http development origins use the bare names.
+
+A CSRF token is an HMAC, under the session key, of what the form is bound to: the session
+cookie once signed in, and before that a random pre-session cookie that sign-in replaces. A
+token harvested before sign-in, or in another session, is therefore refused.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from breeze_mcp.db import Database
 from breeze_mcp.db.models import users, web_sessions
 
 __all__ = [
-    "CSRF_COOKIE",
-    "SESSION_COOKIE",
+    "CookieNames",
     "SessionUser",
+    "cookie_names",
     "create_session",
+    "csrf_binding",
     "csrf_token",
     "csrf_valid",
     "end_session",
@@ -34,8 +39,19 @@ __all__ = [
 ]
 
 SESSION_PREFIX = "bzs"
-SESSION_COOKIE = "breeze_session"
-CSRF_COOKIE = "breeze_csrf"
+
+
+@dataclass(frozen=True)
+class CookieNames:
+    session: str
+    csrf: str  # the pre-session cookie CSRF tokens are bound to before sign-in
+    secure: bool
+
+
+def cookie_names(public_url: str) -> CookieNames:
+    if public_url.startswith("https://"):
+        return CookieNames("__Host-breeze_session", "__Host-breeze_csrf", True)
+    return CookieNames("breeze_session", "breeze_csrf", False)
 
 
 @dataclass(frozen=True)
@@ -97,13 +113,22 @@ def new_csrf_cookie() -> str:
     return secrets.token_urlsafe(32)
 
 
-def csrf_token(session_key: str, cookie_value: str) -> str:
-    mac = hmac.new(session_key.encode(), b"breeze-csrf:" + cookie_value.encode(),
-                   hashlib.sha256)
+def csrf_binding(session_cookie: str | None, pre_session_cookie: str | None) -> str | None:
+    """What a form's CSRF token is bound to: the session if there is one, else the
+    pre-session cookie. The two kinds are labelled so neither can stand for the other."""
+    if session_cookie:
+        return "session:" + session_cookie
+    if pre_session_cookie:
+        return "pre-session:" + pre_session_cookie
+    return None
+
+
+def csrf_token(session_key: str, binding: str) -> str:
+    mac = hmac.new(session_key.encode(), b"breeze-csrf:" + binding.encode(), hashlib.sha256)
     return mac.hexdigest()
 
 
-def csrf_valid(session_key: str, cookie_value: str | None, submitted: str | None) -> bool:
-    if not cookie_value or not submitted:
+def csrf_valid(session_key: str, binding: str | None, submitted: str | None) -> bool:
+    if not binding or not submitted:
         return False
-    return hmac.compare_digest(csrf_token(session_key, cookie_value), submitted)
+    return hmac.compare_digest(csrf_token(session_key, binding), submitted)
