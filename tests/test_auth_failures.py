@@ -92,10 +92,11 @@ def tenant_entries(test_db: ProvisionedDatabase, credential_id: str) -> list[Any
         engine.dispose()
 
 
-def _headers(token: str | None, source: str, **extra: str) -> dict[str, str]:
+def _headers(token: str | None, source: str,
+             extra: dict[str, str] | None = None) -> dict[str, str]:
     headers = {"X-Forwarded-For": source, "User-Agent": "probe/1.0", "Accept": ACCEPT,
                "Content-Type": "application/json", "MCP-Protocol-Version": "2025-06-18",
-               **extra}
+               **(extra or {})}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     return headers
@@ -103,12 +104,12 @@ def _headers(token: str | None, source: str, **extra: str) -> dict[str, str]:
 
 async def mcp(client: httpx.AsyncClient, site: Site, token: str | None, source: str,
               method: str = "tools/list", params: dict[str, Any] | None = None,
-              **extra: str) -> httpx.Response:
+              extra: dict[str, str] | None = None) -> httpx.Response:
     body: dict[str, Any] = {"jsonrpc": "2.0", "id": 7, "method": method}
     if params is not None:
         body["params"] = params
     return await client.post(f"{site.url}/mcp", content=json.dumps(body),
-                             headers=_headers(token, source, **extra))
+                             headers=_headers(token, source, extra))
 
 
 async def rest_list(client: httpx.AsyncClient, site: Site, token: str | None,
@@ -161,7 +162,7 @@ async def test_each_failure_is_audited_with_its_reason_and_prefix_only(
         async with httpx.AsyncClient(timeout=30) as client:
             for reason, token, extra, door in cases:
                 source = new_source()
-                r = await mcp(client, site, token, source, **extra)
+                r = await mcp(client, site, token, source, extra=extra)
                 assert r.status_code == 401, (reason, r.text)
                 rows = failures(test_db, source)
                 assert len(rows) == 1, (reason, rows)
