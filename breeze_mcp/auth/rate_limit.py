@@ -89,6 +89,7 @@ class RateLimiter:
         self._counts: dict[str, tuple[int, float]] = {}  # in-process counters: (n, expires)
         self._refused: dict[str, tuple[RateDecision, float]] = {}  # bucket -> (it, until)
         self._next_sweep = 0.0
+        self._full = False
 
     def _item(self, limit: str) -> RateLimitItem:
         item = self._items.get(limit)
@@ -144,8 +145,9 @@ class RateLimiter:
             self._counts[key] = (count + 1, expires)
         elif len(self._counts) < MAX_HELD:
             self._counts[key] = (1, now + ttl)
-        else:
-            log.warning("too many counters held; a count of %s is lost", key)
+        elif not self._full:
+            self._full = True  # once per sweep: a flood must not flood the log as well
+            log.warning("%d counters held: new ones are dropped for now", MAX_HELD)
 
     async def take(self, key: str) -> int:
         """The counter's value, subtracted from it: increments made meanwhile (by this or
@@ -179,11 +181,13 @@ class RateLimiter:
 
     def refusal(self, bucket: str) -> RateDecision | None:
         """The remembered refusal of ``bucket`` while it lasts, its ``reset_after`` updated."""
+        now = time.monotonic()
+        self._sweep(now)  # so that holds_refusals turns false once every refusal is over
         held = self._refused.get(bucket)
         if held is None:
             return None
         decision, until = held
-        left = until - time.monotonic()
+        left = until - now
         if left <= 0:
             del self._refused[bucket]
             return None
@@ -194,6 +198,7 @@ class RateLimiter:
         if now < self._next_sweep:
             return
         self._next_sweep = now + 1.0
+        self._full = False
         self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
         self._refused = {k: v for k, v in self._refused.items() if v[1] > now}
 
