@@ -4,7 +4,7 @@ Callers authenticate with an API key whose creator is an owner or admin of the t
 (checked on every request); revoking needs a key with ``ai:write``. OAuth access tokens are
 refused here: an AI client is never handed the power to manage other clients' grants. Each
 revocation kills every access token, refresh token and pending code of the grant in the same
-request, and is audited.
+request, and is audited. Every request counts against the key's rate limit.
 """
 
 from __future__ import annotations
@@ -19,30 +19,46 @@ from starlette.responses import JSONResponse, Response
 from breeze_mcp.auth import oauth
 from breeze_mcp.auth.principal import Principal
 from breeze_mcp.db.models import memberships, oauth_clients, oauth_grants, users
-from breeze_mcp.edge import AuthFailure, authenticate_bearer, bearer_challenge, request_context
+from breeze_mcp.edge import (
+    AuthFailure,
+    authenticate_bearer,
+    bearer_challenge,
+    meter,
+    request_context,
+)
 from breeze_mcp.services import Services
 
 __all__ = ["list_grants", "revoke_client_grants", "revoke_one_grant"]
 
 ADMIN_ROLES = ("owner", "admin")
+MAX_CLIENT_ID = 2048
 
 
-async def _admin(request: Request, *, mutate: bool = False) -> Principal | Response:
+def _refused(code: str, message: str, status: int,
+             headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, **extra}, status_code=status,
+                        headers=headers)
+
+
+async def _admin(request: Request, action: str, *, mutate: bool = False) -> Principal | Response:
     services: Services = request.app.state.services
     principal = await authenticate_bearer(request, services)
     if isinstance(principal, AuthFailure):
-        return JSONResponse(
-            {"error": principal.error or "unauthorized", "message": principal.description},
-            status_code=401,
-            headers={"WWW-Authenticate": bearer_challenge(services, error=principal.error)})
+        if principal.rate is not None:  # the source failed too often
+            return _refused("rate_limited", principal.description, 429,
+                            principal.rate.headers())
+        return _refused(
+            principal.error or "unauthorized", principal.description, 401,
+            {"WWW-Authenticate": bearer_challenge(services, error=principal.error)})
+    rate = await meter(request, services, principal, action)
+    if rate is not None and not rate.allowed:
+        return _refused("rate_limited", rate.message, 429, rate.headers())
     if principal.auth_path != "api_key":
-        return JSONResponse({"error": "forbidden",
-                             "message": "grant management needs an API key created by an "
-                             "owner or admin"}, status_code=403)
+        return _refused("forbidden", "grant management needs an API key created by an owner "
+                        "or admin", 403)
     if mutate and "ai:write" not in principal.scopes:
-        return JSONResponse({"error": "insufficient_scope",
-                             "message": "revoking grants needs a key with ai:write",
-                             "required_scope": "ai:write"}, status_code=403)
+        return _refused("insufficient_scope", "revoking grants needs a key with ai:write", 403,
+                        required_scope="ai:write")
     async with services.db.tenant_transaction(principal.tenant_id, actor=principal.actor) as conn:
         role = (await conn.execute(
             sa.select(memberships.c.role).where(
@@ -50,10 +66,13 @@ async def _admin(request: Request, *, mutate: bool = False) -> Principal | Respo
                 memberships.c.user_id == principal.acting_user_id)
         )).scalar_one_or_none()
     if role not in ADMIN_ROLES:
-        return JSONResponse({"error": "forbidden",
-                             "message": "only owners and admins manage OAuth grants"},
-                            status_code=403)
+        return _refused("forbidden", "only owners and admins manage OAuth grants", 403)
     return principal
+
+
+def _plausible_client_id(client_id: str) -> bool:
+    """Printable text of a sane length (a client id is ours, or a metadata document URL)."""
+    return 0 < len(client_id) <= MAX_CLIENT_ID and client_id.isprintable()
 
 
 def _grant_json(row: Any) -> dict[str, Any]:
@@ -68,7 +87,7 @@ def _grant_json(row: Any) -> dict[str, Any]:
 
 
 async def list_grants(request: Request) -> Response:
-    principal = await _admin(request)
+    principal = await _admin(request, "admin.list_grants")
     if isinstance(principal, Response):
         return principal
     services: Services = request.app.state.services
@@ -88,14 +107,14 @@ async def list_grants(request: Request) -> Response:
 
 
 async def revoke_one_grant(request: Request) -> Response:
-    principal = await _admin(request, mutate=True)
+    principal = await _admin(request, "admin.revoke_grant", mutate=True)
     if isinstance(principal, Response):
         return principal
     services: Services = request.app.state.services
     try:
         grant_id = uuid.UUID(request.path_params["grant_id"])
-    except ValueError:
-        return JSONResponse({"error": "not_found", "message": "no such grant"}, status_code=404)
+    except ValueError:  # not a UUID (NUL, too long, junk): no grant has that id
+        return _refused("not_found", "no such grant", 404)
     revoked = await oauth.revoke_grant(
         services.db, principal.tenant_id, grant_id, reason="revoked_by_admin",
         actor_type=principal.actor_type, actor_id=principal.actor_id,
@@ -109,11 +128,13 @@ async def revoke_one_grant(request: Request) -> Response:
 
 
 async def revoke_client_grants(request: Request) -> Response:
-    principal = await _admin(request, mutate=True)
+    principal = await _admin(request, "admin.revoke_client_grants", mutate=True)
     if isinstance(principal, Response):
         return principal
     services: Services = request.app.state.services
     client_id = request.path_params["client_id"]
+    if not _plausible_client_id(client_id):  # could name no client; the database cannot hold it
+        return _refused("not_found", "no such client", 404)
     async with services.db.tenant_transaction(principal.tenant_id, actor=principal.actor) as conn:
         ids = list((await conn.execute(
             sa.select(oauth_grants.c.id).where(

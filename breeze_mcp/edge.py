@@ -10,13 +10,16 @@ import random
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 
-from breeze_mcp.auth import api_keys, oauth
+from breeze_mcp import audit
+from breeze_mcp.auth import api_keys, auth_failures, oauth
 from breeze_mcp.auth.client_ip import resolve_client_ip
-from breeze_mcp.auth.principal import ALL_SCOPES, Principal, RequestContext
+from breeze_mcp.auth.principal import ALL_SCOPES, AuthPath, Principal, RequestContext
+from breeze_mcp.auth.rate_limit import RateDecision
 from breeze_mcp.auth.tokens import tenant_of
 from breeze_mcp.services import Services
 
@@ -25,6 +28,7 @@ __all__ = [
     "authenticate_bearer",
     "bearer_challenge",
     "bearer_transaction",
+    "meter",
     "read_body",
     "request_context",
 ]
@@ -55,10 +59,12 @@ def request_context(request: Request, services: Services) -> RequestContext:
 
 @dataclass(frozen=True)
 class AuthFailure:
-    """No usable credential: a 401 with an RFC 6750 challenge."""
+    """No usable credential: a 401 with an RFC 6750 challenge; or, with ``rate``, a 429: the
+    source address failed too often (:mod:`breeze_mcp.auth.auth_failures`)."""
 
     error: str | None  # None when no credential was sent at all
     description: str
+    rate: RateDecision | None = None
 
 
 def prm_url(services: Services) -> str:
@@ -99,8 +105,43 @@ _REFUSED = {
 
 
 class _Rejected(Exception):
-    def __init__(self, failure: AuthFailure) -> None:
+    def __init__(self, failure: AuthFailure, reason: str) -> None:
         self.failure = failure
+        self.reason = reason
+
+
+def _door(request: Request, prefix: str | None) -> AuthPath:
+    """The credential's kind by its prefix, else the door's usual one (OAuth for ``/mcp``)."""
+    if prefix == api_keys.PREFIX:
+        return "api_key"
+    if prefix == oauth.ACCESS_PREFIX or request.scope["path"].startswith("/mcp"):
+        return "oauth"
+    return "api_key"
+
+
+async def _failed(
+    request: Request, services: Services, failure: AuthFailure, reason: auth_failures.Reason,
+    token: str | None, *, context: RequestContext | None = None, detail: str | None = None,
+) -> AuthFailure:
+    """Count and audit a failed authentication; the answer (a 429 once the source has failed
+    too often)."""
+    context = context or request_context(request, services)
+    source = auth_failures.source_of(context)
+    if reason not in ("missing", "throttled"):
+        refusal = await auth_failures.count_failure(services, source)
+        if refusal is not None:
+            failure = _throttled(refusal)
+    prefix = token.split("_", 1)[0] if token and "_" in token else None
+    await auth_failures.record(
+        services, context, source=source, reason=reason, auth_path=_door(request, prefix),
+        prefix=auth_failures.credential_prefix(token) if token else None,
+        endpoint=request.scope["path"], detail=detail)
+    return failure
+
+
+def _throttled(refusal: RateDecision) -> AuthFailure:
+    return AuthFailure("rate_limited", "too many failed authentications from this address; "
+                       f"retry in {max(refusal.reset_after, 1)}s", rate=refusal)
 
 
 @asynccontextmanager
@@ -116,20 +157,32 @@ async def bearer_transaction(
     and itself names the caller as the actor (``Principal.actor`` and
     ``acting_user_id``, in the same statement). The transaction is kept for the rest of the
     request: the call pipeline runs the tool and writes its audit entry in it (one checkout,
-    one commit per call). A refused credential rolls back and yields an :class:`AuthFailure`.
+    one commit per call). A refused credential rolls back and yields an :class:`AuthFailure`,
+    counted and audited per source address (:mod:`breeze_mcp.auth.auth_failures`); a source
+    that failed too often is refused before its credential is looked up.
     """
     token = _bearer_token(request.headers)
+    if services.limiter.holds_refusals:  # else no source is throttled: nothing to resolve
+        context = request_context(request, services)
+        refusal = auth_failures.throttled(services, auth_failures.source_of(context))
+        if refusal is not None:
+            yield await _failed(request, services, _throttled(refusal), "throttled", token,
+                                context=context)
+            return
     if token is None:
-        yield AuthFailure(None, "authentication required")
+        yield await _failed(request, services, AuthFailure(None, "authentication required"),
+                            "missing", None)
         return
     if token == "":
-        yield AuthFailure("invalid_request", "use Authorization: Bearer <token>")
+        yield await _failed(request, services, AuthFailure(
+            "invalid_request", "use Authorization: Bearer <token>"), "malformed", None)
         return
     prefix = token.split("_", 1)[0]
     tenant_id = tenant_of(token, prefix) if prefix in _REFUSED else None
     if tenant_id is None:  # not a credential any database row could match
-        yield AuthFailure("invalid_token",
-                          _REFUSED.get(prefix, "the access token is invalid or expired"))
+        yield await _failed(request, services, AuthFailure(
+            "invalid_token", _REFUSED.get(prefix, "the access token is invalid or expired")),
+            "malformed", token)
         return
     statement = (api_keys.lookup(token, tenant_id) if prefix == api_keys.PREFIX
                  else oauth.access_lookup(token, tenant_id))
@@ -144,14 +197,17 @@ async def bearer_transaction(
                 else:
                     principal = await oauth.access_principal_from(
                         conn, services.settings, tenant_id, row)
-            except (api_keys.KeyRejected, oauth.TokenRejected):
+            except (api_keys.KeyRejected, oauth.TokenRejected) as exc:
                 # rolls back, the lookup's actor with it
-                raise _Rejected(AuthFailure("invalid_token", _REFUSED[prefix])) from None
+                raise _Rejected(AuthFailure("invalid_token", _REFUSED[prefix]),
+                                exc.reason) from None
             yield principal, conn
             return
-    except _Rejected as rejected:
-        failure = rejected.failure
-    yield failure
+    except _Rejected as rejected:  # audited once the connection is back in the pool
+        failure, rejection = rejected.failure, rejected.reason
+    reason = auth_failures.reason_of(rejection)
+    yield await _failed(request, services, failure, reason, token,
+                        detail=rejection if reason == "no_access" else None)
 
 
 async def authenticate_bearer(request: Request, services: Services) -> Principal | AuthFailure:
@@ -159,6 +215,38 @@ async def authenticate_bearer(request: Request, services: Services) -> Principal
     transaction afterwards); the same check as :func:`bearer_transaction`."""
     async with bearer_transaction(request, services) as result:
         return result if isinstance(result, AuthFailure) else result[0]
+
+
+async def meter(
+    request: Request, services: Services, principal: Principal, action: str,
+    conn: AsyncConnection | None = None, parameters: Mapping[str, Any] | None = None,
+) -> RateDecision | None:
+    """Count an authenticated request that is not a tools call against the caller's own
+    buckets (``Principal.rate_limits``, the ones ``call_tool`` draws from; one request, one
+    unit). A refusal is audited like a refused tools call, in ``conn`` (the request's
+    transaction, committed with it) or a tenant transaction of its own, and returned for the
+    429; otherwise the tightest allowance, for the RateLimit headers."""
+    decision = await services.limiter.hit_all(principal.rate_limits)
+    if decision is None or decision.allowed:
+        return decision
+    context = request_context(request, services)
+    entry = audit.AuditEntry(
+        actor_type=principal.actor_type, actor_id=principal.actor_id,
+        acting_user_id=principal.acting_user_id, auth_path=principal.auth_path,
+        credential_id=principal.credential_id, client_id=principal.client_id,
+        tenant_id=principal.tenant_id, request_id=context.request_id,
+        client_ip=context.client_ip, user_agent=context.user_agent, action=action,
+        parameters=parameters or {}, scopes=sorted(principal.scopes), decision="denied",
+        outcome="rate_limited", deny_reason=f"rate_limit:{decision.bucket}",
+    )
+    if conn is not None:
+        await audit.write(conn, entry, commit=True)
+    else:
+        async with services.db.tenant_transaction(
+            principal.tenant_id, actor=principal.actor, user_id=principal.acting_user_id
+        ) as own:
+            await audit.write(own, entry)
+    return decision
 
 
 async def read_body(request: Request, limit: int) -> bytes | None:

@@ -26,6 +26,7 @@ from breeze_mcp.edge import (
     AuthFailure,
     bearer_challenge,
     bearer_transaction,
+    meter,
     read_body,
     request_context,
 )
@@ -127,6 +128,10 @@ async def handle_mcp(request: Request) -> Response:
     raw = await read_body(request, services.settings.max_request_bytes)
     async with bearer_transaction(request, services) as authenticated:
         if isinstance(authenticated, AuthFailure):
+            if authenticated.rate is not None:  # the source failed too often
+                return _rpc_error(None, RATE_LIMITED, authenticated.description,
+                                  data={"error": "rate_limited"}, status=429,
+                                  headers=authenticated.rate.headers())
             body = {"error": authenticated.error or "unauthorized",
                     "error_description": authenticated.description}
             return JSONResponse(body, status_code=401, headers={
@@ -208,6 +213,15 @@ async def _dispatch(
     request: Request, services: Services, principal: Principal, conn: AsyncConnection, id_: Any,
     method: str, params: dict[str, Any],
 ) -> Response:
+    rate = None
+    if method != "tools/call":  # a tools call is metered by the pipeline, with its tool's limit
+        known = method in ("initialize", "ping", "tools/list")
+        rate = await meter(request, services, principal, f"mcp.{method}" if known else
+                           "mcp.unknown_method", conn, None if known else {"method": method})
+        if rate is not None and not rate.allowed:
+            return _rpc_error(id_, RATE_LIMITED, rate.message, data={"error": "rate_limited"},
+                              status=429, headers=rate.headers())
+    headers = rate.headers() if rate is not None else None
     if method == "initialize":
         asked = params.get("protocolVersion")
         version = asked if asked in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[-1]
@@ -218,12 +232,12 @@ async def _dispatch(
                                              version=__version__),
             instructions=INSTRUCTIONS,
         )
-        return _rpc_result(id_, _dump(result))
+        return _rpc_result(id_, _dump(result), headers=headers)
     if method == "ping":
-        return _rpc_result(id_, {})
+        return _rpc_result(id_, {}, headers=headers)
     if method == "tools/list":
         tools = [tool_definition(t) for t in services.registry.listable(principal.tier_ceiling)]
-        return _rpc_result(id_, _dump(types.ListToolsResult(tools=tools)))
+        return _rpc_result(id_, _dump(types.ListToolsResult(tools=tools)), headers=headers)
     if method == "tools/call":
         name = params.get("name")
         arguments = params.get("arguments", {})
@@ -236,7 +250,7 @@ async def _dispatch(
         outcome = await call_tool(services, principal, name, arguments,
                                   request_context(request, services), conn)
         return _call_response(services, id_, outcome)
-    return _rpc_error(id_, METHOD_NOT_FOUND, f"Method not found: {method}")
+    return _rpc_error(id_, METHOD_NOT_FOUND, f"Method not found: {method}", headers=headers)
 
 
 def success_body(id_: Any, result: Mapping[str, Any]) -> bytes:

@@ -20,6 +20,7 @@ from breeze_mcp.edge import (
     AuthFailure,
     bearer_challenge,
     bearer_transaction,
+    meter,
     read_body,
     request_context,
 )
@@ -69,6 +70,8 @@ def _describe(spec: ToolSpec) -> dict[str, Any]:
 
 
 def _unauthorized(failure: AuthFailure, services: Services) -> Response:
+    if failure.rate is not None:  # the source failed too often
+        return _error("rate_limited", failure.description, headers=failure.rate.headers())
     return _error(
         failure.error or "unauthorized", failure.description,
         headers={"WWW-Authenticate": bearer_challenge(
@@ -82,9 +85,13 @@ async def list_endpoint(request: Request) -> Response:
     async with bearer_transaction(request, services) as authenticated:
         if isinstance(authenticated, AuthFailure):
             return _unauthorized(authenticated, services)
-        principal, _ = authenticated
+        principal, conn = authenticated
+        rate = await meter(request, services, principal, "rest.list_tools", conn)
+    headers = rate.headers() if rate is not None else None
+    if rate is not None and not rate.allowed:
+        return _error("rate_limited", rate.message, headers=headers)
     tools = [_describe(t) for t in services.registry.listable(principal.tier_ceiling)]
-    return JSONResponse({"tools": tools, "scopes": sorted(principal.scopes)})
+    return JSONResponse({"tools": tools, "scopes": sorted(principal.scopes)}, headers=headers)
 
 
 async def call_endpoint(request: Request) -> Response:
