@@ -14,6 +14,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -47,6 +48,27 @@ async def verify_database(db: Database) -> None:
         raise DatabaseSetupError(
             "refusing to serve, tenant isolation is broken: " + "; ".join(problems)
         )
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 (no route) and 405 (a route, another method): JSON with ``error``
+    and ``message`` under ``/api/`` like every other REST error, plain text elsewhere."""
+    assert isinstance(exc, HTTPException)
+    if not request.url.path.startswith("/api/"):
+        if exc.status_code in (204, 304):
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+    if exc.status_code == 404:
+        body = {"error": "not_found",
+                "message": "no such endpoint; see /api/v1/openapi.json for the REST API"}
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        body = {"error": "method_not_allowed",
+                "message": f"{request.method} is not allowed here; allowed: {allowed}"}
+    else:
+        body = {"error": "bad_request" if exc.status_code < 500 else "internal_error",
+                "message": exc.detail}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 #: How long a client is asked to wait when the database is busy or unreachable.
@@ -157,6 +179,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         ],
         lifespan=lifespan,
         exception_handlers={
+            HTTPException: http_error,
             sa_exc.TimeoutError: database_unavailable,
             sa_exc.OperationalError: database_unavailable,
             sa_exc.DisconnectionError: database_unavailable,
