@@ -26,6 +26,7 @@ before it ran, and its audit entry is written in their place.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -82,12 +83,14 @@ def format_validation_error(exc: ValidationError) -> tuple[str, list[dict[str, A
     return "invalid arguments: " + "; ".join(parts), details
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 # A dotted path as a chain of links to the parent's path (innermost first).
 _Path = tuple[str, "_Path"] | None
 
 
-def _nul_field(value: Any) -> str | None:
-    """The dotted path of the first string (or key) holding a NUL character, if any.
+def _unstorable_field(value: Any) -> str | None:
+    """The dotted path of the first string (or key) PostgreSQL text cannot hold (a NUL, a
+    lone surrogate), if any.
 
     A loop, not recursion, so any nesting is fine; each path is kept as a link to its
     parent's and spelled out only for the one found."""
@@ -103,12 +106,12 @@ def _nul_field(value: Any) -> str | None:
     while pending:
         link, item = pending.pop()
         if isinstance(item, str):
-            if "\x00" in item:
+            if _UNSTORABLE.search(item):
                 return spelled(link)
         elif isinstance(item, Mapping):
             children: list[tuple[_Path, Any]] = []
             for key, child in item.items():
-                if "\x00" in str(key):
+                if _UNSTORABLE.search(str(key)):
                     return spelled((str(key), link))
                 children.append(((str(key), link), child))
             pending.extend(reversed(children))
@@ -289,12 +292,13 @@ async def _call_tool(
 
     # 4. Validate. ---------------------------------------------------------------------------
     try:
-        nul = _nul_field(arguments)
-        if nul is not None:
-            nul = shown(nul)  # PostgreSQL text cannot hold it: refuse it here, clearly
-            details = [{"field": nul, "message": "must not contain NUL characters",
-                        "type": "string_nul"}]
-            message = f"invalid arguments: {nul}: must not contain NUL characters"
+        bad = _unstorable_field(arguments)
+        if bad is not None:  # PostgreSQL text cannot hold it: refuse it here, clearly
+            bad = shown(bad)
+            details = [{"field": bad, "type": "string_unstorable", "message":
+                        "must not contain NUL characters or lone surrogates"}]
+            message = (f"invalid arguments: {bad}: must not contain NUL characters or lone "
+                       "surrogates")
             await _commit_entry(services, conn, entry(decision="allowed", outcome="error",
                                                       error=message), principal)
             return CallResult("invalid_arguments", name, tier, message, rate=rate,
