@@ -8,6 +8,7 @@ Parameters are redacted (anything that looks secret) and size-capped before they
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -76,10 +77,15 @@ _SECRET_VALUE = re.compile(
     r"|\bgh[pousr]_[A-Za-z0-9]{20,}|\bgithub_pat_[A-Za-z0-9_]{20,}"
     r"|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"
     r"|\bxox[abposr]-[A-Za-z0-9-]{10,}"
-    r"|(?P<pair>(?i:\b[a-z0-9_-]*(?:password|passwd|pwd|passphrase|secret|token|api[_-]?key))"
-    r"\s*[=:]\s*)(?:\"[^\"]*\"|'[^']*'|[^\s&;,'\"]+)",
+    r"|(?P<pair>(?i:password|passwd|pwd|passphrase|secret|token|api[_-]?key)\s*[=:]\s*)"
+    r"(?:\"[^\"]*\"|'[^']*'|[^\s&;,'\"]+)",
     re.DOTALL,
 )
+# Every match of _SECRET_VALUE contains one of these (lower-cased): a cheap test first, so
+# that ordinary text does not pay for the pattern.
+_SECRET_MARKERS = ("bz", "eyj", "-----begin", "bearer", "ghp_", "gho_", "ghu_", "ghs_", "ghr_",
+                   "github_pat_", "akia", "asia", "xox", "password", "passwd", "passphrase",
+                   "pwd", "secret", "token", "api")
 
 # The escaped form that makes any text storable and readable (see docs/security.md):
 # NUL, other control characters (but tab, newline, carriage return) and lone surrogates
@@ -98,6 +104,8 @@ def _escape_one(match: re.Match[str]) -> str:
 def escape(text: str) -> str:
     """``text`` in the stored form: lossless (see :func:`unescape`), valid UTF-8 and
     storable in PostgreSQL ``text`` and ``jsonb``."""
+    if text.isprintable() and "\\" not in text:  # nothing to escape: the common case, fast
+        return text
     return _ESCAPE.sub(_escape_one, text)
 
 
@@ -116,6 +124,7 @@ def restore(value: Any) -> Any:
     return unescape(value) if isinstance(value, str) else value
 
 
+@functools.lru_cache(maxsize=4096)
 def secret_key(key: str) -> bool:
     """Whether a parameter named ``key`` holds a secret (its value is not stored)."""
     for word in _WORDS.findall(key):
@@ -134,7 +143,11 @@ def stored_text(value: str, limit: int = MAX_STRING, *, mask: bool = True) -> st
     """A string as it is stored: secrets masked (unless ``mask`` is false, for the texts we
     write ourselves), shortened, escaped."""
     if mask:
-        value = _SECRET_VALUE.sub(_mask, value)
+        # A secret that starts before the cut is masked; past it, nothing is kept anyway.
+        value = value[:limit + 512]
+        lowered = value.lower()
+        if any(marker in lowered for marker in _SECRET_MARKERS):
+            value = _SECRET_VALUE.sub(_mask, value)
     if len(value) > limit:
         value = value[:limit] + TRUNCATED
     return escape(value)
