@@ -505,3 +505,17 @@ def test_a_bad_host_is_told_the_expected_host_and_the_setting(world: World) -> N
     expected = world.url.removeprefix("http://")
     assert "'evil.example'" in message and expected in message
     assert f"BREEZE_PUBLIC_URL={world.url}" in message
+
+
+@pytest.mark.req("HARD-AUDIT-ANY-BYTES", "HARD-NO-5XX")
+def test_a_hostile_tool_name_in_the_rest_path_is_audited(world: World) -> None:
+    key, credential = _key(world, "ai:read")
+    for raw in ("wipe%00device", "%ED%A0%80", "%FF%FE", "x%1B%5B31m", "%5Cu0000"):
+        response, row = _one_entry_each(
+            world, credential, lambda _world, path: httpx.post(
+                f"{world.url}/api/v1/tools/{path}", content=b"{}", timeout=30,
+                headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"}),
+            raw)
+        assert response.status_code == 404 and response.json()["error"] == "unknown_tool"
+        assert row.deny_reason == "unknown_tool" and row.risk_tier == 4
+        assert audit.escape(audit.unescape(row.action)) == row.action
