@@ -3,7 +3,9 @@
 Every tool call and every security event, from every front door, becomes one
 :class:`AuditEntry` written by :func:`write`. The entry of an allowed call is written on the
 call's own connection, inside its transaction, so a committed action always has its entry.
-Parameters are redacted (anything that looks secret) and size-capped before they are stored.
+Parameters are redacted (anything that looks secret) and size-capped before they are stored,
+and every text of the entry is stored in a lossless escaped form (:func:`escape`, inverted by
+:func:`unescape`), so no bytes a caller sends can make an entry fail.
 """
 
 from __future__ import annotations

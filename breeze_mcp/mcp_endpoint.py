@@ -123,7 +123,7 @@ async def handle_mcp(request: Request) -> Response:
         expected = urlsplit(services.settings.public_url).netloc
         return _rpc_error(
             None, INVALID_REQUEST,
-            f"Invalid Host header {shown(request.headers.get('host') or '')!r}: this server "
+            f"Invalid Host header '{shown(request.headers.get('host') or '')}': this server "
             f"answers to {expected} (the host of BREEZE_PUBLIC_URL="
             f"{services.settings.public_url}); set BREEZE_PUBLIC_URL to the URL clients use",
             status=421)
@@ -204,7 +204,7 @@ async def _authenticated(
     elif method != "initialize":
         version = request.headers.get("mcp-protocol-version", DEFAULT_VERSION)
         if version not in SUPPORTED_VERSIONS:
-            refusal = (INVALID_REQUEST, f"Unsupported MCP-Protocol-Version {shown(version)!r}; "
+            refusal = (INVALID_REQUEST, f"Unsupported MCP-Protocol-Version '{shown(version)}'; "
                        "supported: " + ", ".join(SUPPORTED_VERSIONS), 400)
 
     try:
