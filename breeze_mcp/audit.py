@@ -66,6 +66,7 @@ _SECRET_WORDS = frozenset({
 _SECRET_SUFFIXES = ("password", "passwd", "secret", "token", "tokens", "credential",
                     "credentials", "cookie", "apikey", "signature", "passphrase")
 _SECRET_PREFIXES = ("password", "passwd", "secret", "credential", "token")
+_HANDLES = frozenset({"id", "ids", "prefix"})
 _WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
 # Secret-looking substrings, masked where they stand so the rest of the text stays readable:
@@ -128,13 +129,15 @@ def restore(value: Any) -> Any:
 
 @functools.lru_cache(maxsize=4096)
 def secret_key(key: str) -> bool:
-    """Whether a parameter named ``key`` holds a secret (its value is not stored)."""
-    for word in _WORDS.findall(key):
-        word = word.lower()
-        if (word in _SECRET_WORDS or word.endswith(_SECRET_SUFFIXES)
-                or word.startswith(_SECRET_PREFIXES)):
-            return True
-    return False
+    """Whether a parameter named ``key`` holds a secret (its value is not stored).
+
+    A name that ends in ``id``/``ids``/``prefix`` names a secret's public handle (``key_id``,
+    ``token_prefix``) and is kept, except a session's id, which is the secret itself."""
+    words = [word.lower() for word in _WORDS.findall(key)]
+    if words and words[-1] in _HANDLES and "session" not in words:
+        return False
+    return any(word in _SECRET_WORDS or word.endswith(_SECRET_SUFFIXES)
+               or word.startswith(_SECRET_PREFIXES) for word in words)
 
 
 def _mask(match: re.Match[str]) -> str:

@@ -120,6 +120,8 @@ def test_deep_nesting_is_read_and_stored_without_recursion() -> None:
         ("monkey", False), ("keyword", False), ("keyboard", False), ("author", False),
         ("authority", False), ("device_id", False), ("hostname", False), ("hotpatch", False),
         ("passenger", False), ("bypass", False), ("script", False), ("body", False),
+        ("key_id", False), ("apiKeyId", False), ("token_prefix", False),
+        ("session_id", True), ("sessionId", True), ("key_secret_value", True),
     ],
 )
 def test_secret_key_names(key: str, secret: bool) -> None:
