@@ -14,6 +14,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -24,7 +25,12 @@ from breeze_mcp.config import Settings
 from breeze_mcp.db import Database
 from breeze_mcp.db.catalog import isolation_problems
 from breeze_mcp.db.setup import DatabaseSetupError, check_runtime_role, schema_is_current
-from breeze_mcp.errors import RETRY_AFTER_SECONDS, database_unavailable, unexpected_error
+from breeze_mcp.errors import (
+    RETRY_AFTER_SECONDS,
+    database_unavailable,
+    http_error,
+    unexpected_error,
+)
 from breeze_mcp.mcp_endpoint import handle_mcp
 from breeze_mcp.services import build_services
 
@@ -127,6 +133,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         middleware=[Middleware(web.StrictTransportSecurity)]
         if settings.public_url.startswith("https://") else [],
         exception_handlers={
+            HTTPException: http_error,
             sa_exc.TimeoutError: database_unavailable,
             sa_exc.OperationalError: database_unavailable,
             sa_exc.DisconnectionError: database_unavailable,

@@ -16,14 +16,16 @@ import secrets
 from typing import Literal
 
 from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 __all__ = [
     "RETRY_AFTER_SECONDS",
     "Surface",
     "database_unavailable",
     "error_response",
+    "http_error",
     "surface_of",
     "unexpected_error",
 ]
@@ -127,3 +129,24 @@ async def database_unavailable(request: Request, exc: Exception) -> Response:
     return error_response(request, status=503, code="temporarily_unavailable", message=message,
                           request_id=request_id,
                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 (no route) and 405 (a route, another method): JSON with ``error``
+    and ``message`` on the REST surface like every other REST error, plain text elsewhere."""
+    assert isinstance(exc, HTTPException)
+    if surface_of(request.url.path) != "rest":
+        if exc.status_code in (204, 304):
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+    if exc.status_code == 404:
+        body = {"error": "not_found",
+                "message": "no such endpoint; see /api/v1/openapi.json for the REST API"}
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        body = {"error": "method_not_allowed",
+                "message": f"{request.method} is not allowed here; allowed: {allowed}"}
+    else:
+        body = {"error": "bad_request" if exc.status_code < 500 else "internal_error",
+                "message": exc.detail}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)

@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import mcp_types as types
 from pydantic import BaseModel
@@ -30,7 +31,8 @@ from breeze_mcp.edge import (
     read_body,
     request_context,
 )
-from breeze_mcp.pipeline import CallResult, call_tool
+from breeze_mcp.json_wire import AsciiJSONResponse, loads
+from breeze_mcp.pipeline import CallResult, call_tool, shown
 from breeze_mcp.services import Services
 from breeze_mcp.tools.registry import ToolSpec
 
@@ -69,13 +71,13 @@ def _rpc_error(id_: Any, code: int, message: str, data: Any = None,
     error: dict[str, Any] = {"code": code, "message": message}
     if data is not None:
         error["data"] = data
-    return JSONResponse({"jsonrpc": "2.0", "id": id_, "error": error}, status_code=status,
-                        headers=headers)
+    return AsciiJSONResponse({"jsonrpc": "2.0", "id": id_, "error": error},
+                             status_code=status, headers=headers)
 
 
 def _rpc_result(id_: Any, result: dict[str, Any],
                 headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"jsonrpc": "2.0", "id": id_, "result": result}, headers=headers)
+    return AsciiJSONResponse({"jsonrpc": "2.0", "id": id_, "result": result}, headers=headers)
 
 
 def tool_definition(spec: ToolSpec) -> types.Tool:
@@ -119,7 +121,13 @@ async def handle_mcp(request: Request) -> Response:
         )
     # DNS-rebinding protection: the Host and any browser Origin must be ours.
     if not _host_allowed(request, services):
-        return _rpc_error(None, INVALID_REQUEST, "Invalid Host header", status=421)
+        expected = urlsplit(services.settings.public_url).netloc
+        return _rpc_error(
+            None, INVALID_REQUEST,
+            f"Invalid Host header '{shown(request.headers.get('host') or '')}': this server "
+            f"answers to {expected} (the host of BREEZE_PUBLIC_URL="
+            f"{services.settings.public_url}); set BREEZE_PUBLIC_URL to the URL clients use",
+            status=421)
     if not _origin_allowed(request, services):
         return _rpc_error(None, INVALID_REQUEST, "Origin not allowed", status=403)
 
@@ -160,8 +168,8 @@ async def _authenticated(
                           f"request body exceeds {services.settings.max_request_bytes} bytes",
                           status=413)
     try:
-        message = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        message = loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return _rpc_error(None, PARSE_ERROR, "Parse error: the body is not valid JSON",
                           status=400)
     if isinstance(message, list):
@@ -174,6 +182,8 @@ async def _authenticated(
 
     method = message.get("method")
     id_ = message.get("id")
+    if not _valid_id(id_):
+        id_ = None  # never echo an id that is not one (JSON-RPC answers null then)
     if method is None:
         if "result" in message or "error" in message:
             return Response(status_code=202)  # a response to us: nothing to do
@@ -181,32 +191,68 @@ async def _authenticated(
     if not isinstance(method, str):
         return _rpc_error(id_, INVALID_REQUEST, "Invalid Request: method must be a string",
                           status=400)
-    if "id" not in message:
-        return Response(status_code=202)  # notification (e.g. notifications/initialized)
-    if not isinstance(id_, (str, int)) or isinstance(id_, bool):
-        return _rpc_error(None, INVALID_REQUEST, "Invalid Request: id must be a string or number",
-                          status=400)
     params = message.get("params", {})
     if params is None:
         params = {}
-    if not isinstance(params, dict):
-        return _rpc_error(id_, INVALID_PARAMS, "params must be an object")
 
-    if method != "initialize":
+    # A request that needs a result needs an id; only notifications go without one.
+    refusal: tuple[int, str, int] | None = None
+    if "id" not in message:
+        if method.startswith("notifications/"):
+            return Response(status_code=202)  # notification (e.g. notifications/initialized)
+        refusal = (INVALID_REQUEST, f"Invalid Request: {shown(method)} needs an id (only "
+                   "notifications/* are sent without one)", 400)
+    elif id_ is None:
+        refusal = (INVALID_REQUEST, "Invalid Request: id must be a string or number", 400)
+    elif not isinstance(params, dict):
+        refusal = (INVALID_PARAMS, "params must be an object", 200)
+    elif method != "initialize":
         version = request.headers.get("mcp-protocol-version", DEFAULT_VERSION)
         if version not in SUPPORTED_VERSIONS:
-            return _rpc_error(
-                id_, INVALID_REQUEST,
-                f"Unsupported MCP-Protocol-Version {version!r}; supported: "
-                + ", ".join(SUPPORTED_VERSIONS),
-                status=400,
-            )
+            refusal = (INVALID_REQUEST, f"Unsupported MCP-Protocol-Version '{shown(version)}'; "
+                       "supported: " + ", ".join(SUPPORTED_VERSIONS), 400)
 
     try:
+        if refusal is not None:
+            code, text, status = refusal
+            if method == "tools/call":  # refused before it was a call, audited all the same
+                return await _refused_call(request, services, principal, conn, id_, params,
+                                           code, text, status)
+            return _rpc_error(id_, code, text, status=status)
         return await _dispatch(request, services, principal, conn, id_, method, params)
     except Exception:
-        log.exception("MCP %s failed", method)
+        log.exception("MCP %s failed", shown(method))
         return _rpc_error(id_, INTERNAL_ERROR, "Internal error")
+
+
+def _valid_id(id_: Any) -> bool:
+    return isinstance(id_, (str, int)) and not isinstance(id_, bool)
+
+
+def _call_target(params: Any) -> tuple[str, dict[str, Any]]:
+    """The tool name and arguments an audit entry can name for a ``tools/call`` that is not
+    well formed: the name if there is one, the rest kept as parameters."""
+    if not isinstance(params, dict):
+        return "tools/call", {"params": params}
+    name = params.get("name")
+    arguments = params.get("arguments")
+    if not isinstance(name, str) or not name:
+        return "tools/call", dict(params)
+    if arguments is None:
+        return name, {}
+    return name, arguments if isinstance(arguments, dict) else {"arguments": arguments}
+
+
+async def _refused_call(
+    request: Request, services: Services, principal: Principal, conn: AsyncConnection,
+    id_: Any, params: Any, code: int, message: str, status: int = 200,
+) -> Response:
+    name, arguments = _call_target(params)
+    outcome = await call_tool(services, principal, name, arguments,
+                              request_context(request, services), conn, refused=message)
+    if outcome.status == "rate_limited":
+        return _call_response(services, id_, outcome)
+    return _rpc_error(id_, code, message, status=status)
 
 
 async def _dispatch(
@@ -242,15 +288,18 @@ async def _dispatch(
         name = params.get("name")
         arguments = params.get("arguments", {})
         if not isinstance(name, str) or not name:
-            return _rpc_error(id_, INVALID_PARAMS, "tools/call needs a tool name")
+            return await _refused_call(request, services, principal, conn, id_, params,
+                                       INVALID_PARAMS, "tools/call needs a tool name")
         if arguments is None:
             arguments = {}
         if not isinstance(arguments, dict):
-            return _rpc_error(id_, INVALID_PARAMS, "arguments must be an object")
+            return await _refused_call(request, services, principal, conn, id_, params,
+                                       INVALID_PARAMS, "arguments must be an object")
         outcome = await call_tool(services, principal, name, arguments,
                                   request_context(request, services), conn)
         return _call_response(services, id_, outcome)
-    return _rpc_error(id_, METHOD_NOT_FOUND, f"Method not found: {method}", headers=headers)
+    return _rpc_error(id_, METHOD_NOT_FOUND, f"Method not found: {shown(method)}",
+                      headers=headers)
 
 
 def success_body(id_: Any, result: Mapping[str, Any]) -> bytes:
@@ -278,7 +327,7 @@ def _call_response(services: Services, id_: Any, outcome: CallResult) -> Respons
                         headers=headers)
     if outcome.status in ("tool_error", "invalid_arguments", "blocked"):
         data: dict[str, Any] = {"error": outcome.error_code or outcome.status,
-                                "tier": outcome.tier}
+                                "tier": outcome.tier}  # tools that exist only get here
         if outcome.details:
             data["details"] = outcome.details
         result = types.CallToolResult(

@@ -12,8 +12,10 @@
 5. one tenant transaction in which the tool runs and its audit entry is written, committed
    together.
 
-Every outcome — denied, blocked, rate-limited, invalid, failed — writes its audit entry too,
-so nothing is ever silently dropped. This is the only place the tier decision is made.
+Every outcome — denied, blocked, rate-limited, invalid, failed, or refused by the edge before
+it could be a call — writes exactly one audit entry too, so nothing is ever silently dropped;
+whatever bytes the caller sent are stored escaped (:func:`breeze_mcp.audit.escape`). This is
+the only place the tier decision is made.
 
 The transaction is the one the edge authenticated the caller in (``conn``, see
 :func:`breeze_mcp.edge.bearer_transaction`), or without one, a tenant transaction of its own.
@@ -24,6 +26,7 @@ before it ran, and its audit entry is written in their place.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,7 +43,7 @@ from breeze_mcp.db.engine import Statement, driver
 from breeze_mcp.services import Services
 from breeze_mcp.tools.registry import BLOCKED_TIER, ToolContext, ToolError
 
-__all__ = ["CallResult", "Status", "call_tool", "format_validation_error"]
+__all__ = ["CallResult", "Status", "call_tool", "format_validation_error", "shown"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,7 @@ Status = Literal[
     "insufficient_scope",
     "rate_limited",
     "invalid_arguments",
+    "invalid_request",
     "tool_error",
     "internal_error",
 ]
@@ -60,7 +64,7 @@ Status = Literal[
 class CallResult:
     status: Status
     tool: str
-    tier: int
+    tier: int | None  # None for a tool that does not exist (gated and audited as Tier 4)
     message: str = ""
     result: Mapping[str, Any] | None = None
     error_code: str | None = None  # for tool_error: not_found, invalid_state, ...
@@ -73,30 +77,52 @@ def format_validation_error(exc: ValidationError) -> tuple[str, list[dict[str, A
     details = []
     parts = []
     for err in exc.errors(include_url=False, include_input=False):
-        loc = ".".join(str(p) for p in err["loc"]) or "(arguments)"
+        loc = shown(".".join(str(p) for p in err["loc"])) or "(arguments)"
         details.append({"field": loc, "message": err["msg"], "type": err["type"]})
         parts.append(f"{loc}: {err['msg']}")
     return "invalid arguments: " + "; ".join(parts), details
 
 
-def _nul_field(value: Any, path: str = "") -> str | None:
-    """The dotted path of the first string (or key) holding a NUL character, if any."""
-    if isinstance(value, str):
-        return (path or "(arguments)") if "\x00" in value else None
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            here = f"{path}.{key}" if path else str(key)
-            if "\x00" in str(key):
-                return here
-            found = _nul_field(item, here)
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = _nul_field(item, f"{path}.{index}" if path else str(index))
-            if found is not None:
-                return found
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# A dotted path as a chain of links to the parent's path (innermost first).
+_Path = tuple[str, "_Path"] | None
+
+
+def _unstorable_field(value: Any) -> str | None:
+    """The dotted path of the first string (or key) PostgreSQL text cannot hold (a NUL, a
+    lone surrogate), if any.
+
+    A loop, not recursion, so any nesting is fine; each path is kept as a link to its
+    parent's and spelled out only for the one found."""
+    pending: list[tuple[_Path, Any]] = [(None, value)]
+
+    def spelled(link: _Path) -> str:
+        parts: list[str] = []
+        while link is not None:
+            parts.append(link[0])
+            link = link[1]
+        return ".".join(reversed(parts)) or "(arguments)"
+
+    while pending:
+        link, item = pending.pop()
+        if isinstance(item, str):
+            if _UNSTORABLE.search(item):
+                return spelled(link)
+        elif isinstance(item, Mapping):
+            children: list[tuple[_Path, Any]] = []
+            for key, child in item.items():
+                if _UNSTORABLE.search(str(key)):
+                    return spelled((str(key), link))
+                children.append(((str(key), link), child))
+            pending.extend(reversed(children))
+        elif isinstance(item, list):
+            pending.extend(reversed([((str(i), link), child) for i, child in enumerate(item)]))
     return None
+
+
+def shown(text: str, limit: int = 200) -> str:
+    """A caller's string as an error message repeats it: shortened and escaped."""
+    return audit.escape(text if len(text) <= limit else text[:limit] + "…")
 
 
 async def _audit_alone(services: Services, conn: AsyncConnection, entry: audit.AuditEntry,
@@ -127,14 +153,21 @@ async def call_tool(
     arguments: Mapping[str, Any] | None,
     request: RequestContext,
     conn: AsyncConnection | None = None,
+    *,
+    refused: str | None = None,
 ) -> CallResult:
-    """Run one call; ``conn``: the caller's tenant transaction (the pipeline commits it)."""
+    """Run one call; ``conn``: the caller's tenant transaction (the pipeline commits it).
+
+    ``refused``: the edge could not make a call of the request (no JSON-RPC id, a body that
+    is not a JSON object, ...) and says why; the call is rate-limited and audited as denied
+    (``deny_reason`` ``invalid_request``) like any other, and never run."""
     if conn is None:
         async with services.db.tenant_transaction(
             principal.tenant_id, actor=principal.actor, user_id=principal.acting_user_id
         ) as own:
-            return await _call_tool(services, principal, name, arguments, request, own)
-    return await _call_tool(services, principal, name, arguments, request, conn)
+            return await _call_tool(services, principal, name, arguments, request, own,
+                                    refused)
+    return await _call_tool(services, principal, name, arguments, request, conn, refused)
 
 
 async def _commit_entry(services: Services, conn: AsyncConnection, entry: audit.AuditEntry,
@@ -167,6 +200,7 @@ async def _call_tool(
     arguments: Mapping[str, Any] | None,
     request: RequestContext,
     conn: AsyncConnection,
+    refused: str | None = None,
 ) -> CallResult:
     started = time.perf_counter()
     arguments = arguments or {}
@@ -201,7 +235,7 @@ async def _call_tool(
                                                   deny_reason=f"rate_limit:{decision.bucket}"),
                             principal)
         return CallResult(
-            "rate_limited", name, tier,
+            "rate_limited", name, tier if spec else None,
             f"rate limit of {decision.limit} per {decision.window}s exceeded; retry in "
             f"{max(decision.reset_after, 1)}s",
             rate=decision,
@@ -211,18 +245,26 @@ async def _call_tool(
     rate = await limited(list(principal.rate_limits))
     if isinstance(rate, CallResult):
         return rate
+    if refused is not None:
+        await _commit_entry(services, conn, entry(decision="denied", outcome="error",
+                                                  deny_reason="invalid_request", error=refused),
+                            principal)
+        return CallResult("invalid_request", name, tier if spec else None, refused, rate=rate)
 
     # 3. Gate. ---------------------------------------------------------------------------------
     if spec is None:
         await _commit_entry(services, conn, entry(decision="denied", outcome="blocked",
                                                   deny_reason="unknown_tool"), principal)
-        return CallResult("unknown_tool", name, tier, f"Unknown tool: {name}", rate=rate)
+        return CallResult("unknown_tool", name, None, f"Unknown tool: {shown(name)}",
+                          rate=rate)
     if tier >= BLOCKED_TIER:
         reason = "tier4_tool" if spec.base_tier >= BLOCKED_TIER else "unknown_or_tier4_action"
         await _commit_entry(services, conn, entry(decision="denied", outcome="blocked",
                                                   deny_reason=reason), principal)
+        action = arguments.get("action")
         what = f"tool {name!r}" if spec.base_tier >= BLOCKED_TIER else (
-            f"action {arguments.get('action')!r} of tool {name!r}")
+            f"action '{shown(action)}' of tool {name!r}" if isinstance(action, str) else
+            f"the action ({type(action).__name__}) of tool {name!r}")
         return CallResult(
             "blocked", name, tier,
             f"{what} is Tier 4: blocked at every scope level and never executed",
@@ -250,11 +292,13 @@ async def _call_tool(
 
     # 4. Validate. ---------------------------------------------------------------------------
     try:
-        nul = _nul_field(arguments)
-        if nul is not None:  # PostgreSQL text cannot hold it: refuse it here, clearly
-            details = [{"field": nul, "message": "must not contain NUL characters",
-                        "type": "string_nul"}]
-            message = f"invalid arguments: {nul}: must not contain NUL characters"
+        bad = _unstorable_field(arguments)
+        if bad is not None:  # PostgreSQL text cannot hold it: refuse it here, clearly
+            bad = shown(bad)
+            details = [{"field": bad, "type": "string_unstorable", "message":
+                        "must not contain NUL characters or lone surrogates"}]
+            message = (f"invalid arguments: {bad}: must not contain NUL characters or lone "
+                       "surrogates")
             await _commit_entry(services, conn, entry(decision="allowed", outcome="error",
                                                       error=message), principal)
             return CallResult("invalid_arguments", name, tier, message, rate=rate,

@@ -7,7 +7,6 @@ tool with a JSON object of arguments. Errors are JSON with a stable ``error`` co
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -24,6 +23,7 @@ from breeze_mcp.edge import (
     read_body,
     request_context,
 )
+from breeze_mcp.json_wire import AsciiJSONResponse, loads
 from breeze_mcp.pipeline import CallResult, call_tool
 from breeze_mcp.services import Services
 from breeze_mcp.tools.registry import ToolSpec
@@ -34,6 +34,7 @@ __all__ = ["ERROR_STATUS", "call_endpoint", "list_endpoint", "openapi_endpoint"]
 ERROR_STATUS: dict[str, int] = {
     "invalid_json": 400,
     "invalid_arguments": 400,
+    "bad_request": 400,
     "unauthorized": 401,
     "invalid_token": 401,
     "invalid_request": 401,
@@ -41,6 +42,8 @@ ERROR_STATUS: dict[str, int] = {
     "blocked": 403,
     "unknown_tool": 404,
     "not_found": 404,
+    "forbidden": 403,
+    "method_not_allowed": 405,
     "invalid_state": 409,
     "conflict": 409,
     "payload_too_large": 413,
@@ -52,8 +55,8 @@ ERROR_STATUS: dict[str, int] = {
 
 def _error(code: str, message: str, *, headers: dict[str, str] | None = None,
            **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message, **extra},
-                        status_code=ERROR_STATUS.get(code, 400), headers=headers)
+    return AsciiJSONResponse({"error": code, "message": message, **extra},
+                             status_code=ERROR_STATUS.get(code, 400), headers=headers)
 
 
 def _describe(spec: ToolSpec) -> dict[str, Any]:
@@ -109,20 +112,33 @@ async def _call(
     request: Request, services: Services, raw: bytes | None, principal: Principal,
     conn: AsyncConnection,
 ) -> Response:
+    name = request.path_params["name"]
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    refused: tuple[str, str] | None = None
+    arguments: Any = {}
     if raw is None:
-        return _error("payload_too_large",
-                      f"request body exceeds {services.settings.max_request_bytes} bytes")
-    if raw.strip() and content_type != "application/json":
-        return _error("unsupported_media_type", "send Content-Type: application/json")
-    try:
-        arguments = json.loads(raw) if raw.strip() else {}
-    except (ValueError, UnicodeDecodeError):
-        return _error("invalid_json", "the body is not valid JSON")
-    if not isinstance(arguments, dict):
-        return _error("invalid_json", "the body must be a JSON object of tool arguments")
-    outcome = await call_tool(services, principal, request.path_params["name"], arguments,
-                              request_context(request, services), conn)
+        refused = ("payload_too_large",
+                   f"request body exceeds {services.settings.max_request_bytes} bytes")
+    elif raw.strip() and content_type != "application/json":
+        refused = ("unsupported_media_type", "send Content-Type: application/json")
+    else:
+        try:
+            arguments = loads(raw) if raw.strip() else {}
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            refused = ("invalid_json", "the body is not valid JSON")
+        else:
+            if not isinstance(arguments, dict):
+                refused = ("invalid_json", "the body must be a JSON object of tool arguments")
+                arguments = {"arguments": arguments}
+    context = request_context(request, services)
+    if refused is not None:  # not a call the pipeline can run, but audited like one
+        code, message = refused
+        outcome = await call_tool(services, principal, name, arguments, context, conn,
+                                  refused=message)
+        if outcome.status == "rate_limited":
+            return _call_response(services, outcome)
+        return _error(code, message)
+    outcome = await call_tool(services, principal, name, arguments, context, conn)
     return _call_response(services, outcome)
 
 
@@ -145,8 +161,8 @@ def _call_response(services: Services, outcome: CallResult) -> Response:
                       headers={**(headers or {}), "WWW-Authenticate": challenge})
     if outcome.status == "blocked":
         return _error("blocked", outcome.message, tier=outcome.tier, headers=headers)
-    if outcome.status == "unknown_tool":
-        return _error("unknown_tool", outcome.message, tier=outcome.tier, headers=headers)
+    if outcome.status == "unknown_tool":  # no tier: there is no such tool to have one
+        return _error("unknown_tool", outcome.message, headers=headers)
     if outcome.status == "rate_limited":
         return _error("rate_limited", outcome.message, headers=headers)
     return _error("internal_error", "internal error")
@@ -168,6 +184,7 @@ def openapi_document(services: Services) -> dict[str, Any]:
             }
         }
     }
+    paths.update(_admin_paths(error))
     for spec in services.registry:
         if spec.base_tier >= 4:
             continue
@@ -215,6 +232,51 @@ def openapi_document(services: Services) -> dict[str, Any]:
                                                  "message": {"type": "string"}}}},
         },
         "paths": paths,
+    }
+
+
+def _admin_paths(error: dict[str, Any]) -> dict[str, Any]:
+    """The OAuth grant administration endpoints (:mod:`breeze_mcp.admin_api`): an API key
+    created by an owner or admin; revoking also needs ``ai:write``."""
+
+    def operation(summary: str, operation_id: str, scope: str, ok: str,
+                  parameters: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "summary": summary,
+            "description": f"Needs an API key with {scope}, created by an owner or admin of "
+            "the tenant (the role is checked on every request). OAuth access tokens are "
+            "refused.",
+            "operationId": operation_id,
+            "security": [{"bearer": [scope]}],
+            "x-required-scope": scope,
+            "x-required-role": ["owner", "admin"],
+            "parameters": parameters,
+            "responses": {
+                "200": {"description": ok,
+                        "content": {"application/json": {"schema": {"type": "object"}}}},
+                **{str(code): {"description": desc,
+                               "content": {"application/json": {"schema": error}}}
+                   for code, desc in ((401, "Missing or invalid credential"),
+                                      (403, "Not an owner's or admin's API key, or a key "
+                                       "without the scope"),
+                                      (404, "No such live grant"))},
+            },
+        }
+
+    def in_path(name: str) -> dict[str, Any]:
+        return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+    return {
+        "/api/v1/oauth/grants": {"get": operation(
+            "List the tenant's OAuth grants", "list_oauth_grants", "ai:read", "Grants",
+            [{"name": "include_revoked", "in": "query", "required": False,
+              "schema": {"type": "boolean"}}])},
+        "/api/v1/oauth/grants/{grant_id}": {"delete": operation(
+            "Revoke one OAuth grant and every token of it", "revoke_oauth_grant", "ai:write",
+            "The revoked grant's id", [in_path("grant_id")])},
+        "/api/v1/oauth/clients/{client_id}/grants": {"delete": operation(
+            "Revoke every grant of one OAuth client", "revoke_oauth_client_grants",
+            "ai:write", "The revoked grants' ids", [in_path("client_id")])},
     }
 
 

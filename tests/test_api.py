@@ -637,4 +637,4 @@ def test_arguments_jsonb_cannot_hold_are_still_audited(world: World) -> None:
                      "SELECT request_id, parameters FROM audit_log WHERE request_id LIKE :m"
                      " ORDER BY id", m=f"%-{marker}")
     assert [(r.request_id, r.parameters) for r in rows] == [
-        (f"nan-{marker}", {"limit": "nan"}), (f"nul-{marker}", {"search": "db\ufffdx"})]
+        (f"nan-{marker}", {"limit": "nan"}), (f"nul-{marker}", {"search": "db\\u0000x"})]

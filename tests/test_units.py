@@ -94,10 +94,10 @@ def test_redaction_by_key_and_value() -> None:
     })
     assert out["password"] == REDACTED and out["api_key"] == REDACTED
     assert out["Authorization"] == REDACTED and out["otp_code"] == REDACTED
-    assert out["nested"] == {"client_secret": REDACTED, "note": REDACTED}
+    assert out["nested"] == {"client_secret": REDACTED, "note": f"token {REDACTED} inside"}
     assert out["jwt"] == REDACTED
     assert out["hostname"] == "HQ-DC01" and out["count"] == 3 and out["hotpatch"] == "KB1"
-    assert out["list"] == ["fine", REDACTED]
+    assert out["list"] == ["fine", f"Bearer {REDACTED}"]
 
 
 @pytest.mark.req("AUDIT-REDACT")
@@ -176,7 +176,7 @@ def test_redaction_makes_values_storable() -> None:
     from breeze_mcp.audit import redact
 
     assert redact({"a": float("nan"), "b": float("-inf"), "k\x00": "x\x00y", "n": 1.5}) == {
-        "a": "nan", "b": "-inf", "k\ufffd": "x\ufffdy", "n": 1.5}
+        "a": "nan", "b": "-inf", "k\\u0000": "x\\u0000y", "n": 1.5}
 
 
 @pytest.mark.req("SERVE-GC-TUNED")
