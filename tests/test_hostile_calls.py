@@ -89,7 +89,7 @@ def test_restore_inverts_the_stored_parameters() -> None:
     assert audit.restore(audit.redact(sent)) == sent
 
 
-@pytest.mark.req("HARD-AUDIT-ANY-BYTES")
+@pytest.mark.req("HARD-NO-5XX", "HARD-AUDIT-ANY-BYTES")
 def test_deep_nesting_is_read_and_stored_without_recursion() -> None:
     value = loads(deep().encode())
     assert loads(b'[1, {"a": [NaN, -Infinity]}, "\\ud800"]')[2] == "\ud800"
@@ -220,7 +220,7 @@ def _one_entry_each(world: World, credential: str, send: Callable[..., httpx.Res
     return response, rows[-1]
 
 
-@pytest.mark.req("HARD-AUDIT-ANY-BYTES")
+@pytest.mark.req("HARD-NO-5XX", "HARD-AUDIT-ANY-BYTES")
 @pytest.mark.parametrize("label", sorted(HOSTILE))
 def test_every_refused_or_failed_call_is_audited_over_mcp(world: World, label: str) -> None:
     value = HOSTILE[label]
@@ -249,7 +249,7 @@ def test_every_refused_or_failed_call_is_audited_over_mcp(world: World, label: s
         assert response.json()["id"] == 1
 
 
-@pytest.mark.req("HARD-AUDIT-ANY-BYTES")
+@pytest.mark.req("HARD-NO-5XX", "HARD-AUDIT-ANY-BYTES")
 @pytest.mark.parametrize("label", sorted(HOSTILE))
 def test_every_refused_or_failed_call_is_audited_over_rest(world: World, label: str) -> None:
     value = HOSTILE[label]
@@ -361,7 +361,7 @@ def test_a_request_without_an_id_is_invalid_and_a_tools_call_is_audited(world: W
     assert response.status_code == 202
 
 
-@pytest.mark.req("HARD-RPC-NO-ID", "HARD-AUDIT-ANY-BYTES")
+@pytest.mark.req("HARD-NO-5XX", "HARD-RPC-NO-ID", "HARD-AUDIT-ANY-BYTES")
 def test_malformed_tools_calls_are_answered_in_shape_and_audited(world: World) -> None:
     key, credential = _key(world, "ai:read")
     cases = [
@@ -392,7 +392,7 @@ def test_malformed_tools_calls_are_answered_in_shape_and_audited(world: World) -
     assert response.status_code == 400 and row.deny_reason == "invalid_request"
 
 
-@pytest.mark.req("HARD-AUDIT-ANY-BYTES")
+@pytest.mark.req("HARD-NO-5XX", "HARD-AUDIT-ANY-BYTES")
 def test_junk_on_mcp_is_answered_in_shape(world: World) -> None:
     key, credential = _key(world, "ai:read")
     for body, code in (
@@ -422,7 +422,7 @@ def test_junk_on_mcp_is_answered_in_shape(world: World) -> None:
     assert _rows(world, credential) == []  # none of these was a tools call
 
 
-@pytest.mark.req("HARD-AUDIT-ANY-BYTES")
+@pytest.mark.req("HARD-NO-5XX", "HARD-AUDIT-ANY-BYTES")
 def test_junk_bodies_on_rest_are_invalid_json_and_audited(world: World) -> None:
     key, credential = _key(world, "ai:read")
     for body, error in (
@@ -511,7 +511,7 @@ def test_a_bad_host_is_told_the_expected_host_and_the_setting(world: World) -> N
     assert f"BREEZE_PUBLIC_URL={world.url}" in message
 
 
-@pytest.mark.req("HARD-AUDIT-ANY-BYTES")
+@pytest.mark.req("HARD-NO-5XX", "HARD-AUDIT-ANY-BYTES")
 def test_a_hostile_tool_name_in_the_rest_path_is_audited(world: World) -> None:
     key, credential = _key(world, "ai:read")
     for raw in ("wipe%00device", "%ED%A0%80", "%FF%FE", "x%1B%5B31m", "%5Cu0000"):
