@@ -24,8 +24,11 @@ def env(test_db: ProvisionedDatabase, tmp_path: Path) -> dict[str, str]:
 
 
 def one_error_line(proc, needle: str) -> None:
+    """Exit 1 and one error line on stderr (after, at most, the line naming the database)."""
     assert proc.returncode == 1, proc
     lines = proc.stderr.strip().splitlines()
+    if lines and lines[0].startswith("breeze-mcp: using "):
+        lines = lines[1:]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("breeze-mcp: error: ") and needle in lines[0], lines[0]
     assert "Traceback" not in proc.stderr
@@ -125,7 +128,7 @@ def test_bad_input_is_one_line_and_writes_nothing(
     dup = run_cli("user", "create", "--tenant", slug, "--email", email.upper(), "--role",
                   "owner", "--password-stdin", "--json", env=env, stdin=PASSWORD)
     one_error_line(dup, "already exists")
-    assert json.loads(dup.stdout) == {"error": dup.stderr.strip().removeprefix(
+    assert json.loads(dup.stdout) == {"error": dup.stderr.strip().splitlines()[-1].removeprefix(
         "breeze-mcp: error: ")}
     assert users_with_email(test_db, email) == 1
 
