@@ -214,12 +214,14 @@ def test_cluster_runs_as_unprivileged_user(state: Path, tmp_path: Path) -> None:
         # addsitedir processes the .pth files of the (possibly editable) installation.
         launcher = (f"import site, sys; site.addsitedir({site!r}); "
                     "from breeze_mcp.cli import main; sys.exit(main(sys.argv[1:]))")
-        proc = subprocess.run(
-            [interpreter, "-c", launcher, "tenant", "create", "Nobody MSP", "--json"],
-            user="nobody", env=env, capture_output=True, text=True, cwd=str(home),
-            timeout=180, check=False,
-        )
-        assert proc.returncode == 0, proc.stderr
+        # A new state directory: `migrate` creates the cluster, then the command uses it.
+        for command in (["migrate"], ["tenant", "create", "Nobody MSP", "--json"]):
+            proc = subprocess.run(
+                [interpreter, "-c", launcher, *command],
+                user="nobody", env=env, capture_output=True, text=True, cwd=str(home),
+                timeout=180, check=False,
+            )
+            assert proc.returncode == 0, proc.stderr
         data = home / "state" / "postgres" / "data"
         assert data.stat().st_uid == nobody.pw_uid
         assert not EmbeddedPostgres(home / "state" / "postgres").running()
