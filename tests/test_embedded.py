@@ -15,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -161,6 +162,14 @@ def test_demo_password_differs_between_installations(tmp_path: Path) -> None:
     assert passwords[0] != passwords[1]
 
 
+def as_user(name: str) -> dict[str, Any]:
+    """subprocess arguments running a program as ``name`` with that user's own groups only:
+    with root's groups still attached, the group bits of a private (0700) checkout would
+    apply instead of the "other" bits the embedded cluster's user relies on."""
+    account = pwd.getpwnam(name)
+    return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+
+
 def _interpreter_for(user: str) -> str | None:
     """A Python of our version that ``user`` may execute (ours may sit under /root)."""
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
@@ -171,7 +180,7 @@ def _interpreter_for(user: str) -> str | None:
         try:
             probe = subprocess.run(
                 [candidate, "-c", "import sys; print(sys.version_info[:2])"],
-                user=user, capture_output=True, text=True, check=False, cwd="/",
+                capture_output=True, text=True, check=False, cwd="/", **as_user(user),
             )
         except PermissionError:
             continue
@@ -218,8 +227,8 @@ def test_cluster_runs_as_unprivileged_user(state: Path, tmp_path: Path) -> None:
         for command in (["migrate"], ["tenant", "create", "Nobody MSP", "--json"]):
             proc = subprocess.run(
                 [interpreter, "-c", launcher, *command],
-                user="nobody", env=env, capture_output=True, text=True, cwd=str(home),
-                timeout=180, check=False,
+                env=env, capture_output=True, text=True, cwd=str(home),
+                timeout=180, check=False, **as_user("nobody"),
             )
             assert proc.returncode == 0, proc.stderr
         data = home / "state" / "postgres" / "data"
