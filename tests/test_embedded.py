@@ -189,7 +189,7 @@ def _interpreter_for(user: str) -> str | None:
     return None
 
 
-@pytest.mark.req("DB-EMBEDDED-USERS")
+@pytest.mark.req("DB-EMBEDDED-USERS", "FH-TEST-PRIVATE-DIR")
 def test_cluster_runs_as_unprivileged_user(state: Path, tmp_path: Path) -> None:
     """As root, the cluster runs as 'breeze-pg'; run by an ordinary user, as that user."""
     server = ServeProcess(state)
@@ -214,8 +214,13 @@ def test_cluster_runs_as_unprivileged_user(state: Path, tmp_path: Path) -> None:
     if interpreter is None:
         pytest.skip("no Python interpreter of this version is executable by 'nobody'")
     nobody = pwd.getpwnam("nobody")
-    home = Path(tempfile.mkdtemp(prefix="breeze-nobody-"))
+    # The home sits in a root-owned 0701 folder, as a private (0700) checkout is once the
+    # embedded cluster has made it searchable: only the "other" bits let nobody through.
+    private = Path(tempfile.mkdtemp(prefix="breeze-private-"))
+    private.chmod(0o701)
+    home = private / "nobody"
     try:
+        home.mkdir()
         os.chown(home, nobody.pw_uid, nobody.pw_gid)
         site = next(p for p in sys.path if p.endswith("site-packages"))
         env = {"PATH": "/usr/bin:/bin", "HOME": str(home),
@@ -235,7 +240,7 @@ def test_cluster_runs_as_unprivileged_user(state: Path, tmp_path: Path) -> None:
         assert data.stat().st_uid == nobody.pw_uid
         assert not EmbeddedPostgres(home / "state" / "postgres").running()
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(private, ignore_errors=True)
 
 
 @pytest.mark.req("DB-EMBEDDED-LIFECYCLE")
