@@ -5,6 +5,7 @@ These tests start real server processes and real clusters, exactly as a new user
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -25,6 +26,7 @@ from breeze_mcp.auth.passwords import verify_password
 from breeze_mcp.db.embedded import EmbeddedPostgres
 from breeze_mcp.db.engine import sqlalchemy_url
 from tests.support import REPO, free_port, run_cli, wait_for
+from tests.test_cli import PASSWORD, run_at_once
 
 
 def embedded_env(state: Path, port: int | None = None) -> dict[str, str]:
@@ -88,7 +90,8 @@ def superuser_query(state: Path, sql: str) -> list[tuple[object, ...]]:
         engine.dispose()
 
 
-@pytest.mark.req("DB-EMBEDDED", "DB-EMBEDDED-LIFECYCLE", "DB-EMBEDDED-SHARED", "RUN-FIRST-DEMO")
+@pytest.mark.req("DB-EMBEDDED", "DB-EMBEDDED-LIFECYCLE", "DB-EMBEDDED-SHARED", "RUN-FIRST-DEMO",
+                 "FH-README-CLI", "FH-CLI-DATABASE")
 def test_first_run_restart_and_shared_cli(state: Path) -> None:
     server = ServeProcess(state)
     try:
@@ -99,6 +102,24 @@ def test_first_run_restart_and_shared_cli(state: Path) -> None:
         assert password, out
         assert len(password.group(1)) >= 20
         assert f"{server.url}/login" in out
+        assert f"breeze-mcp: using a new embedded PostgreSQL at {state / 'postgres' / 'data'}" \
+            in out
+
+        # The banner's next step works as printed: the key command, then the tool call.
+        create = re.search(r"^ +(\S+ api-key create --tenant demo .*)$", out, re.MULTILINE)
+        curl = re.search(r"^ +(curl .*)$", out, re.MULTILINE)
+        assert create and curl, out
+        made = subprocess.run(["bash", "-c", create.group(1)], capture_output=True, text=True,
+                              env=embedded_env(state), cwd=REPO, timeout=120, check=False)
+        assert made.returncode == 0, made.stderr
+        key = re.search(r"bzk_\S+", made.stdout)
+        assert key, made.stdout
+        called = subprocess.run(
+            ["bash", "-c", curl.group(1).replace("<the bzk_ key>", key.group(0))],
+            capture_output=True, text=True, timeout=60, check=False)
+        assert called.returncode == 0, called.stderr
+        result = json.loads(called.stdout)
+        assert "error" not in result and "online" in called.stdout, result
 
         # The printed password is the owner's real password, and only its hash is stored.
         rows = superuser_query(
@@ -258,3 +279,35 @@ def test_a_zombie_holder_does_not_keep_the_cluster(tmp_path: Path) -> None:
     finally:
         child.wait()
     assert not _pid_alive(child.pid)
+
+
+@pytest.mark.req("FH-CLI-DATABASE", "FH-CLI-CONCURRENT")
+def test_new_state_dir_is_refused_then_commands_run_at_once(state: Path) -> None:
+    env = embedded_env(state)
+    data = state.resolve() / "postgres" / "data"
+    for args in (("tenant", "list"), ("api-key", "list", "--tenant", "demo", "--json")):
+        refused = run_cli(*args, env=env)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert f"no database in {state.resolve()} (BREEZE_STATE_DIR)" in refused.stderr
+        assert "`breeze-mcp migrate`" in refused.stderr and "`breeze-mcp serve`" in refused.stderr
+        assert not data.exists()  # nothing was initialised
+    assert "error" in json.loads(refused.stdout)
+
+    created = run_cli("migrate", "--json", env=env)
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["done"]  # stdout is pure JSON; the note is on stderr
+    assert created.stderr.splitlines()[0] == (
+        f"breeze-mcp: using a new embedded PostgreSQL at {data} (initialising it)")
+    assert run_cli("tenant", "create", "Burst", "--slug", "burst", env=env).returncode == 0
+    assert run_cli("user", "create", "--tenant", "burst", "--email", "o@burst.example",
+                   "--role", "owner", "--password-stdin", env=env,
+                   stdin=PASSWORD).returncode == 0
+
+    commands = [["api-key", "create", "--tenant", "burst", "--name", f"script-{i}",
+                 "--scopes", "ai:read", "--json"] for i in range(3)]
+    commands += [["tenant", "list", "--json"]] * 3
+    for command, proc in zip(commands, run_at_once(commands, env), strict=True):
+        assert proc.returncode == 0, (command, proc.stderr)
+        json.loads(proc.stdout)
+        assert proc.stderr.splitlines()[0] == f"breeze-mcp: using embedded PostgreSQL at {data}"
+    assert not EmbeddedPostgres(state / "postgres").running()  # the last one out stopped it
