@@ -85,15 +85,15 @@ def _database(settings: Settings, *, create: bool) -> Iterator[DatabaseTarget]:
     embedded cluster (only ``serve`` and ``migrate`` do)."""
     if settings.database_url is None:
         root = Path(settings.state_dir).expanduser().resolve() / "postgres"
-        if not create and not cluster_exists(root):
+        exists = cluster_exists(root)
+        if not create and not exists:
             raise CliError(
                 f"no database in {root.parent} (BREEZE_STATE_DIR): if your data is elsewhere, "
                 "set BREEZE_STATE_DIR (or BREEZE_DATABASE_URL); to start here, run "
                 "`breeze-mcp serve` (creates the demo tenant) or `breeze-mcp migrate` (empty)"
             )
-        what = f"embedded PostgreSQL at {root / 'data'}"
-        if not cluster_exists(root):
-            what = f"a new embedded PostgreSQL at {root / 'data'} (initialising it)"
+        what = (f"embedded PostgreSQL at {root / 'data'}" if exists
+                else f"a new embedded PostgreSQL at {root / 'data'} (initialising it)")
     else:
         what = describe_url(settings.database_url.get_secret_value())
     print(f"breeze-mcp: using {what}", file=sys.stderr, flush=True)
