@@ -49,5 +49,9 @@ bench-instructions: $(VENV)/.installed-dev
 conformance/node_modules/.package-lock.json: conformance/package.json conformance/package-lock.json
 	cd conformance && npm ci --no-audit --no-fund
 
-conformance: $(VENV)/.installed conformance/node_modules/.package-lock.json
+$(VENV)/.installed-conformance: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[conformance]'
+	@touch $@ $(VENV)/.installed
+
+conformance: $(VENV)/.installed-conformance conformance/node_modules/.package-lock.json
 	$(BIN)/python conformance/run.py

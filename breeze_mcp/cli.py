@@ -1,33 +1,48 @@
 """``breeze-mcp``: serve, migrate and administer tenants and users.
 
 Every command uses the same database as the server (the embedded cluster too, while a server
-is running). Bad input prints one line on stderr and exits 1; usage errors exit 2. With
-``--json`` results are printed as one JSON object on stdout (errors as ``{"error": ...}``).
+is running) and names it in one line on stderr. Only ``serve`` and ``migrate`` create a new
+embedded cluster; the other commands refuse to start on an empty state directory, which is
+almost always a wrong ``BREEZE_STATE_DIR``. Bad input prints one line on stderr and exits 1;
+usage errors exit 2. With ``--json`` results are printed as one JSON object on stdout (errors
+as ``{"error": ...}``). A reader that leaves early (``| head``) ends the command quietly with
+status 141, as for other Unix tools.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import datetime as dt
+import errno
 import getpass
 import json
 import logging
+import os
 import secrets
 import signal
+import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from breeze_mcp import __version__, gc_tuning
 from breeze_mcp.config import ConfigError, Settings, load_settings
 from breeze_mcp.db import Database
-from breeze_mcp.db.embedded import EmbeddedPostgresError
+from breeze_mcp.db.embedded import EmbeddedPostgresError, cluster_exists
 from breeze_mcp.db.setup import (
     DatabaseSetupError,
     DatabaseTarget,
     database_target,
+    describe_url,
+    ensure_current,
     migrate,
 )
+
+if TYPE_CHECKING:
+    import uvicorn
 
 __all__ = ["main"]
 
@@ -64,16 +79,34 @@ def _read_password(args: argparse.Namespace) -> str:
     return first
 
 
-def _prepare(target: DatabaseTarget) -> None:
-    """Embedded cluster: keep the schema current (a no-op when it already is)."""
-    if target.embedded is not None:
-        assert target.owner_url is not None
-        migrate(target.owner_url, target.runtime_url)
+@contextlib.contextmanager
+def _database(settings: Settings, *, create: bool) -> Iterator[DatabaseTarget]:
+    """The database every command uses, named on stderr; ``create`` allows initialising a new
+    embedded cluster (only ``serve`` and ``migrate`` do)."""
+    if settings.database_url is None:
+        root = Path(settings.state_dir).expanduser().resolve() / "postgres"
+        exists = cluster_exists(root)
+        if not create and not exists:
+            raise CliError(
+                f"no database in {root.parent} (BREEZE_STATE_DIR): if your data is elsewhere, "
+                "set BREEZE_STATE_DIR (or BREEZE_DATABASE_URL); to start here, run "
+                "`breeze-mcp serve` (creates the demo tenant) or `breeze-mcp migrate` (empty)"
+            )
+        what = (f"embedded PostgreSQL at {root / 'data'}" if exists
+                else f"a new embedded PostgreSQL at {root / 'data'} (initialising it)")
+    else:
+        what = describe_url(settings.database_url.get_secret_value())
+    print(f"breeze-mcp: using {what}", file=sys.stderr, flush=True)
+    with database_target(settings) as target:
+        yield target
 
 
 def _with_db(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
-    with database_target(settings) as target:
-        _prepare(target)
+    with _database(settings, create=False) as target:
+        if target.embedded is not None:
+            # Keep the embedded schema current: no write at all when it already is.
+            assert target.owner_url is not None
+            ensure_current(target.owner_url, target.runtime_url)
 
         async def run() -> T:
             db = Database(target.runtime_url, pool_size=2)
@@ -85,11 +118,22 @@ def _with_db(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
         return asyncio.run(run())
 
 
+def _cli_command() -> str:
+    """How to run this CLI again from here: the venv's script, else ``python -m``."""
+    script = Path(sys.executable).parent / "breeze-mcp"
+    if not script.exists():
+        return f"{sys.executable} -m breeze_mcp"
+    with contextlib.suppress(ValueError):
+        relative = script.relative_to(Path.cwd())
+        return str(relative) if relative.parent != Path() else f"./{relative}"
+    return str(script)
+
+
 # Commands ------------------------------------------------------------------------------------
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
-    with database_target(settings) as target:
+    with _database(settings, create=True) as target:
         if target.owner_url is None:
             raise CliError(
                 "set BREEZE_MIGRATE_DATABASE_URL to a role that owns the schema (it runs the "
@@ -185,7 +229,10 @@ def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_api_key_create(settings: Settings, args: argparse.Namespace) -> None:
     from breeze_mcp.accounts import find_tenant
-    from breeze_mcp.auth.api_keys import create_api_key
+    from breeze_mcp.auth.api_keys import check_rate_limit, create_api_key
+
+    if args.rate_limit is not None:
+        check_rate_limit(args.rate_limit)  # before touching the database
 
     async def work(db: Database) -> Any:
         tenant = await find_tenant(db, args.tenant)
@@ -214,15 +261,12 @@ def cmd_api_key_list(settings: Settings, args: argparse.Namespace) -> None:
         return await list_api_keys(db, await find_tenant(db, args.tenant))
 
     keys = _with_db(settings, work)
-
-    def state(k: Any) -> str:
-        return "revoked" if k.revoked_at else "active"
-
+    now = dt.datetime.now(dt.UTC)
     _emit(
         args,
-        {"api_keys": [k.as_json() for k in keys]},
+        {"api_keys": [{**k.as_json(), "status": k.status(now)} for k in keys]},
         "\n".join(
-            f"{k.id}  {state(k):<8} {k.prefix:<14} {','.join(k.scopes):<30} {k.name}"
+            f"{k.id}  {k.status(now):<8} {k.prefix:<14} {','.join(k.scopes):<30} {k.name}"
             for k in keys
         ) or "no API keys",
     )
@@ -243,8 +287,15 @@ def cmd_api_key_revoke(settings: Settings, args: argparse.Namespace) -> None:
         tenant = await find_tenant(db, args.tenant) if args.tenant else None
         return await revoke_api_key(db, key_id, tenant=tenant)
 
-    info = _with_db(settings, work)
-    _emit(args, info.as_json(), f"revoked API key {info.id} ({info.name})")
+    info, newly = _with_db(settings, work)
+    assert info.revoked_at is not None
+    _emit(
+        args,
+        {**info.as_json(), "already_revoked": not newly},
+        f"revoked API key {info.id} ({info.name})" if newly else
+        f"API key {info.id} ({info.name}) was already revoked at "
+        f"{info.revoked_at.isoformat(timespec='seconds')}; nothing changed",
+    )
 
 
 async def _first_run_demo(db: Database, settings: Settings) -> list[str] | None:
@@ -265,6 +316,7 @@ async def _first_run_demo(db: Database, settings: Settings) -> list[str] | None:
         display_name="Demo Owner", actor="system:serve",
     )
     result = await seed_demo_data(db, tenant.id)
+    cli = _cli_command()
     return [
         "First run: created the demo tenant 'demo' with "
         f"{result.devices_created} devices and {result.alerts_created} alerts.",
@@ -272,12 +324,39 @@ async def _first_run_demo(db: Database, settings: Settings) -> list[str] | None:
         f"  Email:      {DEMO_OWNER}",
         f"  Password:   {password}   (shown once; not stored anywhere)",
         "  Lost it? Set a new one with:",
-        f"    breeze-mcp user set-password --email {DEMO_OWNER}",
+        f"    {cli} user set-password --email {DEMO_OWNER}",
+        "Next, in another terminal: an API key for 'demo', then a first tool call with it:",
+        f"    {cli} api-key create --tenant {DEMO_TENANT} --name first-key --scopes ai:read",
+        f"    curl -s -X POST {settings.public_url}/api/v1/tools/list_devices "
+        "-H 'Authorization: Bearer <the bzk_ key>' -H 'Content-Type: application/json' "
+        "-d '{}'",
     ]
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the server's socket before anything else, so a taken port is one clear line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise CliError(
+                f"port {port} on {host} is already in use: choose another with --port or "
+                "BREEZE_PORT (or stop the program using it)"
+            ) from None
+        raise CliError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}): check --host / "
+            "BREEZE_HOST and --port / BREEZE_PORT"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
@@ -296,12 +375,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     if "public_url" not in settings.model_fields_set and port != 8000:
         # No public URL configured: the default follows the port actually served.
         settings = settings.model_copy(update={"public_url": f"http://127.0.0.1:{port}"})
+    listener = _listen(host, port)
     # uvicorn re-raises SIGTERM / SIGINT after its graceful shutdown; turn them into SystemExit
     # so the embedded cluster is still released (and stopped) on the way out, quietly.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, _exit_on_signal)
-    with database_target(settings) as target:
+    with listener, _database(settings, create=True) as target:
         if target.embedded is not None or args.migrate:
             if target.owner_url is None:
                 raise CliError("--migrate needs BREEZE_MIGRATE_DATABASE_URL")
@@ -334,11 +414,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
             print(
                 f"Embedded PostgreSQL: {target.embedded.data} (socket only)", flush=True
             )
-        print(f"Breeze MCP {__version__} serving {settings.public_url} "
-              f"(listening on {host}:{port})", flush=True)
         app = create_app(settings, target.runtime_url)
-        gc_tuning.tune()  # start-up objects frozen, fewer young collections (see module)
-        uvicorn.run(
+        config = uvicorn.Config(
             app,
             host=host,
             port=port,
@@ -346,6 +423,29 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
             proxy_headers=False,  # client IPs come from BREEZE_TRUSTED_PROXIES, not uvicorn
             server_header=False,
         )
+        server = _announcing_server(
+            config,
+            f"Breeze MCP {__version__} serving {settings.public_url} "
+            f"(listening on {host}:{port})",
+        )
+        gc_tuning.tune()  # start-up objects frozen, fewer young collections (see module)
+        server.run(sockets=[listener])
+        if not server.started:
+            raise CliError("the server did not start; see the log above")
+
+
+def _announcing_server(config: uvicorn.Config, announce: str) -> uvicorn.Server:
+    """uvicorn's server, printing ``announce`` once it accepts connections (port bound and
+    application start-up finished), never before."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                print(announce, flush=True)
+
+    return Server(config)
 
 
 # Parser --------------------------------------------------------------------------------------
@@ -449,6 +549,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # a reader that already left is noticed here, not at exit
+    except BrokenPipeError:
+        # The reader (`| head`) has what it wanted: leave quietly, with the status a process
+        # killed by SIGPIPE has, and keep the interpreter's final flush from complaining.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")

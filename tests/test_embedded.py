@@ -5,6 +5,7 @@ These tests start real server processes and real clusters, exactly as a new user
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -15,6 +16,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,6 +26,7 @@ from breeze_mcp.auth.passwords import verify_password
 from breeze_mcp.db.embedded import EmbeddedPostgres
 from breeze_mcp.db.engine import sqlalchemy_url
 from tests.support import REPO, free_port, run_cli, wait_for
+from tests.test_cli import PASSWORD, run_at_once
 
 
 def embedded_env(state: Path, port: int | None = None) -> dict[str, str]:
@@ -87,7 +90,8 @@ def superuser_query(state: Path, sql: str) -> list[tuple[object, ...]]:
         engine.dispose()
 
 
-@pytest.mark.req("DB-EMBEDDED", "DB-EMBEDDED-LIFECYCLE", "DB-EMBEDDED-SHARED", "RUN-FIRST-DEMO")
+@pytest.mark.req("DB-EMBEDDED", "DB-EMBEDDED-LIFECYCLE", "DB-EMBEDDED-SHARED", "RUN-FIRST-DEMO",
+                 "FH-README-CLI", "FH-CLI-DATABASE")
 def test_first_run_restart_and_shared_cli(state: Path) -> None:
     server = ServeProcess(state)
     try:
@@ -98,6 +102,24 @@ def test_first_run_restart_and_shared_cli(state: Path) -> None:
         assert password, out
         assert len(password.group(1)) >= 20
         assert f"{server.url}/login" in out
+        assert f"breeze-mcp: using a new embedded PostgreSQL at {state / 'postgres' / 'data'}" \
+            in out
+
+        # The banner's next step works as printed: the key command, then the tool call.
+        create = re.search(r"^ +(\S+ api-key create --tenant demo .*)$", out, re.MULTILINE)
+        curl = re.search(r"^ +(curl .*)$", out, re.MULTILINE)
+        assert create and curl, out
+        made = subprocess.run(["bash", "-c", create.group(1)], capture_output=True, text=True,
+                              env=embedded_env(state), cwd=REPO, timeout=120, check=False)
+        assert made.returncode == 0, made.stderr
+        key = re.search(r"bzk_\S+", made.stdout)
+        assert key, made.stdout
+        called = subprocess.run(
+            ["bash", "-c", curl.group(1).replace("<the bzk_ key>", key.group(0))],
+            capture_output=True, text=True, timeout=60, check=False)
+        assert called.returncode == 0, called.stderr
+        result = json.loads(called.stdout)
+        assert "error" not in result and "online" in called.stdout, result
 
         # The printed password is the owner's real password, and only its hash is stored.
         rows = superuser_query(
@@ -161,6 +183,14 @@ def test_demo_password_differs_between_installations(tmp_path: Path) -> None:
     assert passwords[0] != passwords[1]
 
 
+def as_user(name: str) -> dict[str, Any]:
+    """subprocess arguments running a program as ``name`` with that user's own groups only:
+    with root's groups still attached, the group bits of a private (0700) checkout would
+    apply instead of the "other" bits the embedded cluster's user relies on."""
+    account = pwd.getpwnam(name)
+    return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+
+
 def _interpreter_for(user: str) -> str | None:
     """A Python of our version that ``user`` may execute (ours may sit under /root)."""
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
@@ -171,7 +201,7 @@ def _interpreter_for(user: str) -> str | None:
         try:
             probe = subprocess.run(
                 [candidate, "-c", "import sys; print(sys.version_info[:2])"],
-                user=user, capture_output=True, text=True, check=False, cwd="/",
+                capture_output=True, text=True, check=False, cwd="/", **as_user(user),
             )
         except PermissionError:
             continue
@@ -180,7 +210,7 @@ def _interpreter_for(user: str) -> str | None:
     return None
 
 
-@pytest.mark.req("DB-EMBEDDED-USERS")
+@pytest.mark.req("DB-EMBEDDED-USERS", "FH-TEST-PRIVATE-DIR")
 def test_cluster_runs_as_unprivileged_user(state: Path, tmp_path: Path) -> None:
     """As root, the cluster runs as 'breeze-pg'; run by an ordinary user, as that user."""
     server = ServeProcess(state)
@@ -205,8 +235,13 @@ def test_cluster_runs_as_unprivileged_user(state: Path, tmp_path: Path) -> None:
     if interpreter is None:
         pytest.skip("no Python interpreter of this version is executable by 'nobody'")
     nobody = pwd.getpwnam("nobody")
-    home = Path(tempfile.mkdtemp(prefix="breeze-nobody-"))
+    # The home sits in a root-owned 0701 folder, as a private (0700) checkout is once the
+    # embedded cluster has made it searchable: only the "other" bits let nobody through.
+    private = Path(tempfile.mkdtemp(prefix="breeze-private-"))
+    private.chmod(0o701)
+    home = private / "nobody"
     try:
+        home.mkdir()
         os.chown(home, nobody.pw_uid, nobody.pw_gid)
         site = next(p for p in sys.path if p.endswith("site-packages"))
         env = {"PATH": "/usr/bin:/bin", "HOME": str(home),
@@ -214,17 +249,19 @@ def test_cluster_runs_as_unprivileged_user(state: Path, tmp_path: Path) -> None:
         # addsitedir processes the .pth files of the (possibly editable) installation.
         launcher = (f"import site, sys; site.addsitedir({site!r}); "
                     "from breeze_mcp.cli import main; sys.exit(main(sys.argv[1:]))")
-        proc = subprocess.run(
-            [interpreter, "-c", launcher, "tenant", "create", "Nobody MSP", "--json"],
-            user="nobody", env=env, capture_output=True, text=True, cwd=str(home),
-            timeout=180, check=False,
-        )
-        assert proc.returncode == 0, proc.stderr
+        # A new state directory: `migrate` creates the cluster, then the command uses it.
+        for command in (["migrate"], ["tenant", "create", "Nobody MSP", "--json"]):
+            proc = subprocess.run(
+                [interpreter, "-c", launcher, *command],
+                env=env, capture_output=True, text=True, cwd=str(home),
+                timeout=180, check=False, **as_user("nobody"),
+            )
+            assert proc.returncode == 0, proc.stderr
         data = home / "state" / "postgres" / "data"
         assert data.stat().st_uid == nobody.pw_uid
         assert not EmbeddedPostgres(home / "state" / "postgres").running()
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(private, ignore_errors=True)
 
 
 @pytest.mark.req("DB-EMBEDDED-LIFECYCLE")
@@ -242,3 +279,35 @@ def test_a_zombie_holder_does_not_keep_the_cluster(tmp_path: Path) -> None:
     finally:
         child.wait()
     assert not _pid_alive(child.pid)
+
+
+@pytest.mark.req("FH-CLI-DATABASE", "FH-CLI-CONCURRENT")
+def test_new_state_dir_is_refused_then_commands_run_at_once(state: Path) -> None:
+    env = embedded_env(state)
+    data = state.resolve() / "postgres" / "data"
+    for args in (("tenant", "list"), ("api-key", "list", "--tenant", "demo", "--json")):
+        refused = run_cli(*args, env=env)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert f"no database in {state.resolve()} (BREEZE_STATE_DIR)" in refused.stderr
+        assert "`breeze-mcp migrate`" in refused.stderr and "`breeze-mcp serve`" in refused.stderr
+        assert not data.exists()  # nothing was initialised
+    assert "error" in json.loads(refused.stdout)
+
+    created = run_cli("migrate", "--json", env=env)
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["done"]  # stdout is pure JSON; the note is on stderr
+    assert created.stderr.splitlines()[0] == (
+        f"breeze-mcp: using a new embedded PostgreSQL at {data} (initialising it)")
+    assert run_cli("tenant", "create", "Burst", "--slug", "burst", env=env).returncode == 0
+    assert run_cli("user", "create", "--tenant", "burst", "--email", "o@burst.example",
+                   "--role", "owner", "--password-stdin", env=env,
+                   stdin=PASSWORD).returncode == 0
+
+    commands = [["api-key", "create", "--tenant", "burst", "--name", f"script-{i}",
+                 "--scopes", "ai:read", "--json"] for i in range(3)]
+    commands += [["tenant", "list", "--json"]] * 3
+    for command, proc in zip(commands, run_at_once(commands, env), strict=True):
+        assert proc.returncode == 0, (command, proc.stderr)
+        json.loads(proc.stdout)
+        assert proc.stderr.splitlines()[0] == f"breeze-mcp: using embedded PostgreSQL at {data}"
+    assert not EmbeddedPostgres(state / "postgres").running()  # the last one out stopped it

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
@@ -12,7 +14,7 @@ from alembic.migration import MigrationContext
 
 from breeze_mcp.db.engine import sqlalchemy_url
 from breeze_mcp.db.models import metadata
-from breeze_mcp.db.setup import downgrade, head_revision, migrate
+from breeze_mcp.db.setup import downgrade, ensure_current, head_revision, migrate
 from tests.support import ProvisionedDatabase, create_test_database, drop_test_database
 
 
@@ -77,3 +79,36 @@ def test_each_migration_steps_down_and_up(scratch: ProvisionedDatabase) -> None:
     assert public_tables(scratch.owner_url) <= {"alembic_version"}
     migrate(scratch.owner_url, scratch.runtime_url)
     assert set(metadata.tables) <= public_tables(scratch.owner_url)
+
+
+@pytest.mark.req("FH-CLI-CONCURRENT")
+def test_migrations_at_once_take_turns(scratch: ProvisionedDatabase) -> None:
+    """Several processes migrating and granting at once (CLI commands, instances starting)
+    would otherwise collide on the same catalog rows ("tuple concurrently updated")."""
+    start = threading.Barrier(8)
+
+    def run(_: int) -> list[str]:
+        start.wait()
+        return migrate(scratch.owner_url, scratch.runtime_url)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(run, range(8)))
+    assert all(lines[-1].startswith("granted runtime privileges") for lines in results)
+
+
+@pytest.mark.req("FH-CLI-CONCURRENT")
+def test_ensure_current_writes_nothing_when_in_place(scratch: ProvisionedDatabase) -> None:
+    assert ensure_current(scratch.owner_url, scratch.runtime_url) == []
+    engine = sa.create_engine(sqlalchemy_url(scratch.owner_url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"REVOKE INSERT ON audit_log FROM {scratch.runtime_role}"))
+    finally:
+        engine.dispose()
+    # A missing grant is noticed and put back; then there is nothing to do again.
+    assert ensure_current(scratch.owner_url, scratch.runtime_url)[-1].startswith(
+        "granted runtime privileges")
+    assert ensure_current(scratch.owner_url, scratch.runtime_url) == []
+    downgrade(scratch.owner_url, "base")
+    assert ensure_current(scratch.owner_url, scratch.runtime_url)[0].startswith(
+        "schema at revision")

@@ -12,7 +12,7 @@ import datetime as dt
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from limits import parse as parse_limit
@@ -30,6 +30,7 @@ __all__ = [
     "PREFIX",
     "ApiKeyInfo",
     "KeyRejected",
+    "check_rate_limit",
     "create_api_key",
     "list_api_keys",
     "lookup",
@@ -64,6 +65,13 @@ class ApiKeyInfo:
     revoked_at: dt.datetime | None
     rate_limit: str | None
 
+    def status(self, now: dt.datetime) -> Literal["active", "revoked", "expired"]:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
+
     def as_json(self) -> dict[str, object]:
         return {
             "id": str(self.id),
@@ -92,6 +100,19 @@ def parse_scopes(raw: str | Iterable[str]) -> tuple[str, ...]:
             f"unknown scope {unknown[0]!r}: scopes are exactly ai:read, ai:write, ai:execute"
         )
     return tuple(s for s in ALL_SCOPES if s in items)
+
+
+def check_rate_limit(rate_limit: str) -> None:
+    """A key's own limit: one ``N/period`` with N of at least 1 (0 would refuse every call)."""
+    try:
+        amount = parse_limit(rate_limit).amount
+    except ValueError:
+        amount = 0
+    if amount < 1:
+        raise AccountError(
+            f"invalid rate limit {rate_limit!r}: use a positive number of calls per period, "
+            "e.g. '120/minute' or '10/second'"
+        )
 
 
 def _info(row: sa.Row[object]) -> ApiKeyInfo:
@@ -129,12 +150,7 @@ async def create_api_key(
     if expires_in_days is not None and not 1 <= expires_in_days <= MAX_EXPIRY_DAYS:
         raise AccountError(f"--expires-in must be between 1 and {MAX_EXPIRY_DAYS} days")
     if rate_limit is not None:
-        try:
-            parse_limit(rate_limit)
-        except ValueError:
-            raise AccountError(
-                f"invalid rate limit {rate_limit!r}: use e.g. '120/minute' or '10/second'"
-            ) from None
+        check_rate_limit(rate_limit)
     plaintext = mint_tenant_bound(PREFIX, tenant.id)
     async with db.tenant_transaction(tenant.id, actor=actor) as conn:
         query = (
@@ -205,8 +221,10 @@ async def list_api_keys(db: Database, tenant: Tenant) -> list[ApiKeyInfo]:
 
 async def revoke_api_key(
     db: Database, key_id: uuid.UUID, *, tenant: Tenant | None = None, actor: str = "system:cli"
-) -> ApiKeyInfo:
-    """Revoke a key (idempotent). Without ``tenant``, every tenant is searched (CLI use)."""
+) -> tuple[ApiKeyInfo, bool]:
+    """Revoke a key (idempotent): its record, and False when it was already revoked (the
+    first revocation's time and author are kept). Without ``tenant``, every tenant is
+    searched (CLI use)."""
     if tenant is not None:
         candidates = [tenant.id]
     else:
@@ -216,17 +234,23 @@ async def revoke_api_key(
         async with db.tenant_transaction(tenant_id, actor=actor) as conn:
             row = (
                 await conn.execute(
-                    api_keys.update()
+                    sa.select(*_COLUMNS)
                     .where(api_keys.c.id == key_id, api_keys.c.tenant_id == tenant_id)
-                    .values(
-                        revoked_at=sa.func.coalesce(api_keys.c.revoked_at, sa.func.now()),
-                        revoked_by=sa.func.coalesce(api_keys.c.revoked_by, actor),
-                    )
-                    .returning(*_COLUMNS)
+                    .with_for_update()
                 )
             ).first()
             if row is None:
                 continue
+            newly = row.revoked_at is None
+            if newly:
+                row = (
+                    await conn.execute(
+                        api_keys.update()
+                        .where(api_keys.c.id == key_id, api_keys.c.tenant_id == tenant_id)
+                        .values(revoked_at=sa.func.now(), revoked_by=actor)
+                        .returning(*_COLUMNS)
+                    )
+                ).one()
             info = _info(row)
             await audit.write(
                 conn,
@@ -234,10 +258,11 @@ async def revoke_api_key(
                     actor, "api_key.revoke",
                     tenant_id=tenant_id,
                     credential_id=str(key_id),
-                    parameters={"key_id": str(key_id), "name": info.name},
+                    parameters={"key_id": str(key_id), "name": info.name,
+                                "already_revoked": not newly},
                 ),
             )
-            return info
+            return info, newly
     raise AccountError(f"no API key {key_id}")
 
 

@@ -40,7 +40,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["EmbeddedPostgres", "EmbeddedPostgresError", "find_postgres_bindir"]
+__all__ = ["EmbeddedPostgres", "EmbeddedPostgresError", "cluster_exists", "find_postgres_bindir"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,11 @@ _PG_USER_WHEN_ROOT = "breeze-pg"
 
 class EmbeddedPostgresError(RuntimeError):
     """The embedded cluster could not be prepared or started; the message says why."""
+
+
+def cluster_exists(root: Path) -> bool:
+    """Whether ``root`` (``<state_dir>/postgres``) holds an initialised cluster."""
+    return (root.expanduser() / "data" / "PG_VERSION").exists()
 
 
 def find_postgres_bindir() -> Path:
@@ -211,7 +216,7 @@ class EmbeddedPostgres:
             _ensure_traversable(self.root.parent, self.bindir)
             self._own(self.root)
             self.root.chmod(0o700)
-        if (self.data / "PG_VERSION").exists():
+        if cluster_exists(self.root):
             return
         if self.data.exists():
             shutil.rmtree(self.data)  # a half-made cluster from an interrupted initdb

@@ -43,6 +43,8 @@ __all__ = [
     "bootstrap_cluster",
     "check_runtime_role",
     "database_target",
+    "describe_url",
+    "ensure_current",
     "head_revision",
     "migrate",
     "schema_is_current",
@@ -79,6 +81,23 @@ RUNTIME_PRIVILEGES: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Advisory lock keys (any constants, the same in every process) serialising role and database
+#: creation and the migrate-and-grant step: two processes doing either at once would otherwise
+#: race on the same catalog rows ("tuple concurrently updated").
+_BOOTSTRAP_LOCK = 0x6272_6565_7A65_0001
+_MIGRATE_LOCK = 0x6272_6565_7A65_0002
+
+
+@contextlib.contextmanager
+def _advisory_lock(conn: sa.Connection, key: int) -> Iterator[None]:
+    """Hold a session-level advisory lock on ``conn`` (an AUTOCOMMIT connection)."""
+    conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+    try:
+        yield
+    finally:
+        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+
+
 class DatabaseSetupError(RuntimeError):
     """The database cannot be used as configured; the message says what to do."""
 
@@ -91,6 +110,18 @@ class DatabaseTarget:
     owner_url: str | None
     embedded: EmbeddedPostgres | None = None
     created: bool = False  # the database was created by this start (first run)
+
+
+def describe_url(url: str) -> str:
+    """A database URL fit to print: no password, no driver, no query but a socket host."""
+    parsed = make_url(sqlalchemy_url(url))
+    port = f":{parsed.port}" if parsed.port else ""
+    user = f"{parsed.username}@" if parsed.username else ""
+    where = f"/{parsed.database or ''}"
+    socket = parsed.query.get("host")
+    if parsed.host is None and isinstance(socket, str):
+        return f"postgresql://{user}{where}?host={socket}"
+    return f"postgresql://{user}{parsed.host or 'localhost'}{port}{where}"
 
 
 def _quote_ident(name: str) -> str:
@@ -116,22 +147,12 @@ def bootstrap_cluster(
     """
     engine = sa.create_engine(sqlalchemy_url(admin_url), isolation_level="AUTOCOMMIT")
     try:
-        with engine.connect() as conn:
-            for role, password, extra in (
+        with engine.connect() as conn, _advisory_lock(conn, _BOOTSTRAP_LOCK):
+            for role, password, attributes in (
                 (owner, owner_password, "NOBYPASSRLS CREATEROLE"),
                 (runtime, runtime_password, "NOBYPASSRLS NOINHERIT"),
             ):
-                exists = conn.execute(
-                    sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}
-                ).first()
-                pw = f" PASSWORD {_quote_literal(password)}" if password else ""
-                verb = "ALTER" if exists else "CREATE"
-                conn.execute(
-                    sa.text(
-                        f"{verb} ROLE {_quote_ident(role)} LOGIN NOSUPERUSER NOCREATEDB "
-                        f"{extra}{pw}"
-                    )
-                )
+                _ensure_role(conn, role, password, attributes)
             created = False
             if not conn.execute(
                 sa.text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database}
@@ -143,20 +164,59 @@ def bootstrap_cluster(
                     )
                 )
                 created = True
-    finally:
-        engine.dispose()
-    db_url = make_url(sqlalchemy_url(admin_url)).set(database=database)
-    engine = sa.create_engine(db_url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text(f"ALTER SCHEMA public OWNER TO {_quote_ident(owner)}"))
-            conn.execute(sa.text("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
-            conn.execute(
-                sa.text(f"REVOKE ALL ON DATABASE {_quote_ident(database)} FROM PUBLIC")
-            )
+            db_url = make_url(sqlalchemy_url(admin_url)).set(database=database)
+            db_engine = sa.create_engine(db_url, isolation_level="AUTOCOMMIT")
+            try:
+                with db_engine.connect() as db_conn:
+                    _lock_down_database(db_conn, database, owner)
+            finally:
+                db_engine.dispose()
     finally:
         engine.dispose()
     return created
+
+
+def _ensure_role(
+    conn: sa.Connection, role: str, password: str | None, attributes: str
+) -> None:
+    """Create ``role``, or bring it to ``attributes``; no write when it already matches."""
+    row = conn.execute(
+        sa.text(
+            "SELECT rolcanlogin AND NOT rolsuper AND NOT rolcreatedb AND NOT rolbypassrls"
+            " AND rolcreaterole = :createrole AND rolinherit = :inherit AS ok"
+            " FROM pg_roles WHERE rolname = :r"
+        ),
+        {"r": role, "createrole": "CREATEROLE" in attributes,
+         "inherit": "NOINHERIT" not in attributes},
+    ).first()
+    if row is not None and row.ok and password is None:
+        return
+    pw = f" PASSWORD {_quote_literal(password)}" if password else ""
+    verb = "ALTER" if row is not None else "CREATE"
+    conn.execute(
+        sa.text(
+            f"{verb} ROLE {_quote_ident(role)} LOGIN NOSUPERUSER NOCREATEDB {attributes}{pw}"
+        )
+    )
+
+
+def _lock_down_database(conn: sa.Connection, database: str, owner: str) -> None:
+    """The owner owns schema public; PUBLIC may neither create in it nor connect."""
+    state = conn.execute(
+        sa.text(
+            "SELECT pg_get_userbyid(n.nspowner) AS schema_owner,"
+            " has_schema_privilege('public', 'public', 'CREATE') AS public_create,"
+            " has_database_privilege('public', current_database(), 'CONNECT')"
+            "  AS public_connect"
+            " FROM pg_namespace n WHERE n.nspname = 'public'"
+        )
+    ).one()
+    if state.schema_owner != owner:
+        conn.execute(sa.text(f"ALTER SCHEMA public OWNER TO {_quote_ident(owner)}"))
+    if state.public_create:
+        conn.execute(sa.text("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
+    if state.public_connect:
+        conn.execute(sa.text(f"REVOKE ALL ON DATABASE {_quote_ident(database)} FROM PUBLIC"))
 
 
 @contextlib.contextmanager
@@ -200,27 +260,92 @@ def _alembic_config() -> AlembicConfig:
 def migrate(owner_url: str, runtime_url: str, *, revision: str = "head") -> list[str]:
     """Upgrade the schema as the owner, then create/grant the runtime role.
 
+    Concurrent calls (several CLI commands, several instances starting) take turns.
     Returns human-readable lines describing what was done.
     """
     done: list[str] = []
     engine = sa.create_engine(sqlalchemy_url(owner_url))
     try:
-        with engine.connect() as conn:
-            before = MigrationContext.configure(conn).get_current_revision()
-            conn.commit()
-        cfg = _alembic_config()
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
-        with engine.connect() as conn:
-            after = MigrationContext.configure(conn).get_current_revision()
-            conn.commit()
-        done.append(f"schema at revision {after} (was {before or 'empty'})")
-        with engine.begin() as conn:
-            done += _ensure_runtime_role(conn, runtime_url)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock_conn, \
+                _advisory_lock(lock_conn, _MIGRATE_LOCK):
+            with engine.connect() as conn:
+                before = MigrationContext.configure(conn).get_current_revision()
+                conn.commit()
+            cfg = _alembic_config()
+            with engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+            with engine.connect() as conn:
+                after = MigrationContext.configure(conn).get_current_revision()
+                conn.commit()
+            done.append(f"schema at revision {after} (was {before or 'empty'})")
+            with engine.begin() as conn:
+                done += _ensure_runtime_role(conn, runtime_url)
     finally:
         engine.dispose()
     return done
+
+
+def ensure_current(owner_url: str, runtime_url: str) -> list[str]:
+    """Migrate and grant only when needed: a no-op (and no write) when the schema is at head
+    and the runtime role holds exactly its privileges. Returns what :func:`migrate` did."""
+    engine = sa.create_engine(sqlalchemy_url(owner_url))
+    try:
+        with engine.connect() as conn:
+            current, head = schema_is_current(conn)
+            ready = current == head and _runtime_role_in_place(conn, runtime_url)
+            conn.rollback()
+    finally:
+        engine.dispose()
+    return [] if ready else migrate(owner_url, runtime_url)
+
+
+def _expected_grants(role_tables: set[str], sequences: set[str]) -> set[tuple[str, str]]:
+    grants = {
+        (table, privilege)
+        for table in metadata.tables
+        if table in role_tables
+        for privilege in RUNTIME_PRIVILEGES.get(table, ())
+    }
+    grants.add(("alembic_version", "SELECT"))
+    return grants | {(sequence, "USAGE") for sequence in sequences}
+
+
+def _runtime_role_in_place(conn: sa.Connection, runtime_url: str) -> bool:
+    """The runtime role exists, cannot skip row-level security, and holds exactly the
+    privileges :func:`_ensure_runtime_role` grants."""
+    role = make_url(sqlalchemy_url(runtime_url)).username
+    row = conn.execute(
+        sa.text(
+            "SELECT NOT rolsuper AND NOT rolbypassrls"
+            " AND has_database_privilege(rolname, current_database(), 'CONNECT')"
+            " AND has_schema_privilege(rolname, 'public', 'USAGE') AS ok"
+            " FROM pg_roles WHERE rolname = :r"
+        ),
+        {"r": role},
+    ).first()
+    if row is None or not row.ok:
+        return False
+    relations = conn.execute(
+        sa.text(
+            "SELECT relname, relkind FROM pg_class"
+            " WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p', 'S')"
+        )
+    ).all()
+    granted = conn.execute(
+        sa.text(
+            "SELECT c.relname, a.privilege_type FROM pg_class c"
+            " CROSS JOIN LATERAL aclexplode(c.relacl) a"
+            " WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'S')"
+            " AND a.grantee = (SELECT oid FROM pg_roles WHERE rolname = :r)"
+        ),
+        {"r": role},
+    ).all()
+    tables = {r.relname for r in relations if r.relkind != "S"}
+    sequences = {r.relname for r in relations if r.relkind == "S"}
+    return {(g.relname, g.privilege_type) for g in granted} == _expected_grants(
+        tables, sequences
+    )
 
 
 def downgrade(owner_url: str, revision: str) -> None:
