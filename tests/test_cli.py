@@ -275,7 +275,8 @@ def test_cli_names_the_database_on_stderr(env: dict[str, str],
     assert "tenants" in json.loads(proc.stdout)  # stdout stays pure JSON
     url = make_url(test_db.runtime_url)
     assert proc.stderr.splitlines() == [f"breeze-mcp: using {describe_url(test_db.runtime_url)}"]
-    assert url.username in proc.stderr and str(url.database) in proc.stderr
+    assert url.username and url.username in proc.stderr
+    assert str(url.database) in proc.stderr
     assert url.password and url.password not in proc.stderr
 
 

@@ -9,6 +9,7 @@ import uuid
 import psycopg
 import pytest
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.pool import QueuePool
 
 from breeze_mcp.db import Database
 from breeze_mcp.db import engine as engine_module
@@ -29,10 +30,17 @@ def _terminate(admin_url: str, pid: int) -> None:
         assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
 
 
+
+def _queue_pool(db: Database) -> QueuePool:
+    """The engine's pool, which is a fixed-size QueuePool (it counts checked-out ones)."""
+    pool = db.engine.pool
+    assert isinstance(pool, QueuePool)
+    return pool
+
 @pytest.mark.req("DB-POOL-BOUNDED")
 async def test_the_same_connection_serves_transaction_after_transaction(test_db) -> None:
     db = Database(test_db.runtime_url, pool_size=3)
-    pool = db.engine.pool  # dispose() replaces the engine's pool: keep this one
+    pool = _queue_pool(db)  # dispose() replaces the engine's pool: keep this one
     try:
         pids = {await _pid(db) for _ in range(20)}
         assert len(pids) == 1
@@ -63,7 +71,7 @@ async def test_no_more_than_pool_size_in_use_and_waiters_are_served(test_db) -> 
         await asyncio.gather(*[one() for _ in range(10)])
         assert peak == 2
         assert len(pids) <= 2
-        assert db.engine.pool.checkedout() <= 2
+        assert _queue_pool(db).checkedout() <= 2
     finally:
         await db.dispose()
 
@@ -95,7 +103,7 @@ async def test_a_kept_connection_that_died_idle_is_replaced(
         await asyncio.sleep(0.01)
         second = await _pid(db)
         assert second != first
-        assert db.engine.pool.checkedout() == 1
+        assert _queue_pool(db).checkedout() == 1
     finally:
         await db.dispose()
 
@@ -131,7 +139,7 @@ async def test_a_call_cancelled_while_its_kept_connection_is_pinged_loses_nothin
         monkeypatch.setattr(engine_module, "_pinged", slow_ping)
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(_pid(db), 0.2)
-        assert db.engine.pool.checkedout() == 0  # given back to the pool, not leaked
+        assert _queue_pool(db).checkedout() == 0  # given back to the pool, not leaked
         monkeypatch.setattr(engine_module, "_pinged", pinged)
         await _pid(db)  # and the pool of one still serves
     finally:

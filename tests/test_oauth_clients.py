@@ -610,7 +610,8 @@ def test_revocation_kills_every_token_and_code_of_the_grant_at_once(env: Env, pa
             "token": refreshes[1], "token_type_hint": "refresh_token",
             "client_id": victim.client_id})
         assert r.status_code == 200
-        expected = ("oauth_client", victim.client_id, "oauth", "revoked_by_client", tech_id)
+        expected: tuple[str, str | None, str, str, uuid.UUID | None] = (
+            "oauth_client", victim.client_id, "oauth", "revoked_by_client", tech_id)
     elif path == "user_disconnect":
         agent = env.agent("tech")
         # Neither without the CSRF token nor by another user: both leave the grant alive.
