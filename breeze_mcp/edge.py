@@ -229,16 +229,9 @@ async def meter(
     decision = await services.limiter.hit_all(principal.rate_limits)
     if decision is None or decision.allowed:
         return decision
-    context = request_context(request, services)
-    entry = audit.AuditEntry(
-        actor_type=principal.actor_type, actor_id=principal.actor_id,
-        acting_user_id=principal.acting_user_id, auth_path=principal.auth_path,
-        credential_id=principal.credential_id, client_id=principal.client_id,
-        tenant_id=principal.tenant_id, request_id=context.request_id,
-        client_ip=context.client_ip, user_agent=context.user_agent, action=action,
-        parameters=parameters or {}, scopes=sorted(principal.scopes), decision="denied",
-        outcome="rate_limited", deny_reason=f"rate_limit:{decision.bucket}",
-    )
+    entry = principal.audit_entry(
+        request_context(request, services), action=action, parameters=parameters or {},
+        decision="denied", outcome="rate_limited", deny_reason=f"rate_limit:{decision.bucket}")
     if conn is not None:
         await audit.write(conn, entry, commit=True)
     else:

@@ -208,24 +208,9 @@ async def _call_tool(
     tier = spec.effective_tier(arguments) if spec else BLOCKED_TIER
 
     def entry(**fields: Any) -> audit.AuditEntry:
-        return audit.AuditEntry(
-            actor_type=principal.actor_type,
-            actor_id=principal.actor_id,
-            acting_user_id=principal.acting_user_id,
-            auth_path=principal.auth_path,
-            credential_id=principal.credential_id,
-            client_id=principal.client_id,
-            tenant_id=principal.tenant_id,
-            request_id=request.request_id,
-            client_ip=request.client_ip,
-            user_agent=request.user_agent,
-            action=name,
-            parameters=arguments,
-            risk_tier=tier,
-            scopes=sorted(principal.scopes),
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            **fields,
-        )
+        return principal.audit_entry(
+            request, action=name, parameters=arguments, risk_tier=tier,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3), **fields)
 
     async def limited(buckets: list[tuple[str, str]]) -> CallResult | RateDecision | None:
         decision = await services.limiter.hit_all(buckets)
@@ -236,8 +221,7 @@ async def _call_tool(
                             principal)
         return CallResult(
             "rate_limited", name, tier if spec else None,
-            f"rate limit of {decision.limit} per {decision.window}s exceeded; retry in "
-            f"{max(decision.reset_after, 1)}s",
+            decision.message,
             rate=decision,
         )
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 # The audit log defines who can act and through which door; a Principal uses the same words.
-from breeze_mcp.audit import ActorType, AuthPath
+from breeze_mcp.audit import ActorType, AuditEntry, AuthPath
 
 __all__ = [
     "ALL_SCOPES",
@@ -84,3 +85,16 @@ class Principal:
         if self.actor_type == "oauth_client" and self.acting_user_id is not None:
             return f"user:{self.acting_user_id} via oauth_client:{self.actor_id}"
         return f"{self.actor_type}:{self.actor_id}"
+
+    def audit_entry(self, request: RequestContext, **fields: Any) -> AuditEntry:
+        """The audit entry of something this caller did in ``request``: the caller's and the
+        request's fields, plus ``fields`` (action, decision, outcome, ...). The one place a
+        Principal becomes audit fields, whichever door it came through."""
+        return AuditEntry(
+            actor_type=self.actor_type, actor_id=self.actor_id,
+            acting_user_id=self.acting_user_id, auth_path=self.auth_path,
+            credential_id=self.credential_id, client_id=self.client_id,
+            tenant_id=self.tenant_id, scopes=sorted(self.scopes),
+            request_id=request.request_id, client_ip=request.client_ip,
+            user_agent=request.user_agent, **fields,
+        )
