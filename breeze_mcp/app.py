@@ -9,16 +9,17 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from breeze_mcp import __version__, admin_api, oauth_endpoints, rest, web
 from breeze_mcp.config import Settings
@@ -57,6 +58,19 @@ async def verify_database(db: Database) -> None:
         )
 
 
+class _App(Starlette):
+    """Starlette, with ``Strict-Transport-Security`` (when the public URL is https) added
+    outside even its own error middleware, so that a catch-all 500 carries it too."""
+
+    def __init__(self, *, hsts: bool, **kwargs: Any) -> None:
+        self.hsts = hsts
+        super().__init__(**kwargs)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        return web.StrictTransportSecurity(stack) if self.hsts else stack
+
+
 def create_app(settings: Settings, database_url: str) -> Starlette:
     """Build the application. The database is opened (and checked) in the lifespan."""
 
@@ -89,7 +103,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             f"Health: {settings.public_url}/healthz\n"
         )
 
-    return Starlette(
+    return _App(
+        hsts=settings.public_url.startswith("https://"),
         routes=[
             Route("/", index),
             Route("/healthz", healthz),
@@ -130,8 +145,6 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
                   methods=["POST"]),
         ],
         lifespan=lifespan,
-        middleware=[Middleware(web.StrictTransportSecurity)]
-        if settings.public_url.startswith("https://") else [],
         exception_handlers={
             HTTPException: http_error,
             sa_exc.TimeoutError: database_unavailable,

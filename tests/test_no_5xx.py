@@ -13,6 +13,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote_from_bytes
 
@@ -372,3 +373,19 @@ def test_an_unexpected_exception_answers_in_the_surface_shape(target: Target, pa
     else:
         assert body["error"] == "server_error" and body["request_id"] == "boom-1"
         assert "error_description" in body
+
+
+@pytest.mark.req("HARD-NO-5XX", "HARD-COOKIES-HSTS")
+def test_a_catch_all_answer_carries_hsts_on_https(test_db: ProvisionedDatabase,
+                                                  tmp_path: Path) -> None:
+    config = load_settings(state_dir=tmp_path / "state", database_url=test_db.runtime_url,
+                           public_url="https://mcp.example.com")
+    app = create_app(config, test_db.runtime_url)
+    app.router.routes.append(Route("/api/v1/boom", _boom))
+    with LiveServer(app) as server:
+        response = httpx.get(server.url + "/api/v1/boom", timeout=30)
+        missing = httpx.get(server.url + "/api/v1/nothing-here", timeout=30)
+    assert response.status_code == 500 and response.json()["error"] == "internal_error"
+    assert response.headers["strict-transport-security"].startswith("max-age=")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    assert missing.headers["strict-transport-security"].startswith("max-age=")
