@@ -340,7 +340,9 @@ def _exit_on_signal(signum: int, frame: object) -> None:
 def _listen(host: str, port: int) -> socket.socket:
     """Bind the server's socket before anything else, so a taken port is one clear line."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP spelled out: asyncio turns Nagle off (TCP_NODELAY) only on accepted sockets
+    # whose protocol says TCP, and without it every response waits on a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -416,3 +416,30 @@ def test_commands_at_once_against_one_database(env: dict[str, str]) -> None:
     listed = json.loads(run_cli("api-key", "list", "--tenant", slug, "--json",
                                 env=env).stdout)["api_keys"]
     assert sorted(k["name"] for k in listed) == ["script-0", "script-1", "script-2"]
+
+
+@pytest.mark.anyio
+@pytest.mark.req("FH-SERVE-BIND")
+async def test_the_bound_socket_serves_connections_with_nagle_off() -> None:
+    """serve binds its socket itself; asyncio must still turn Nagle off on what it accepts
+    (it does so only for sockets whose protocol says TCP), or each response waits on a
+    delayed ACK."""
+    import asyncio
+
+    from breeze_mcp.cli import _listen
+
+    seen: dict[str, int] = {}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted = writer.get_extra_info("socket")
+        seen["nodelay"] = accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        writer.close()
+
+    listener = _listen("127.0.0.1", 0)
+    server = await asyncio.start_server(handle, sock=listener)
+    async with server:
+        port = listener.getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await reader.read()
+        writer.close()
+    assert seen["nodelay"] != 0
