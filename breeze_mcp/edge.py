@@ -31,10 +31,21 @@ __all__ = [
     "meter",
     "read_body",
     "request_context",
+    "request_id_of",
 ]
 
 
 _ids = random.Random()  # noqa: S311 - request ids correlate log lines, they grant nothing
+
+
+def request_id_of(request: Request) -> str:
+    """The caller's ``X-Request-Id`` when it is a sane correlation id (1-64 printable
+    characters), else a fresh one."""
+    supplied = request.headers.get("x-request-id", "")
+    if 0 < len(supplied) <= 64 and supplied.isprintable():
+        return supplied
+    # A correlation id, not a secret: a fast generator (seeded from os.urandom) will do.
+    return f"{_ids.getrandbits(64):016x}"
 
 
 def request_context(request: Request, services: Services) -> RequestContext:
@@ -46,12 +57,8 @@ def request_context(request: Request, services: Services) -> RequestContext:
         values=request.headers.getlist(header),
         trusted=services.trusted_proxies,
     )
-    supplied = request.headers.get("x-request-id", "")
-    # A correlation id, not a secret: a fast generator (seeded from os.urandom) will do.
-    request_id = supplied if 0 < len(supplied) <= 64 and supplied.isprintable() else (
-        f"{_ids.getrandbits(64):016x}")
     return RequestContext(
-        request_id=request_id,
+        request_id=request_id_of(request),
         client_ip=ip,
         user_agent=request.headers.get("user-agent"),
     )

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import html
 import logging
-import secrets
 from typing import Literal
 
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+
+from breeze_mcp.edge import request_id_of
 
 __all__ = [
     "RETRY_AFTER_SECONDS",
@@ -49,14 +50,6 @@ def surface_of(path: str) -> Surface:
     if path in _OAUTH_PATHS or path.startswith("/.well-known/"):
         return "oauth"
     return "page"
-
-
-def _request_id(request: Request) -> str:
-    """The caller's X-Request-Id when it is a sane correlation id, else a fresh one."""
-    supplied = request.headers.get("x-request-id", "")
-    if 0 < len(supplied) <= 64 and supplied.isascii() and supplied.isprintable():
-        return supplied
-    return secrets.token_hex(8)
 
 
 _PAGE = """<!doctype html>
@@ -97,7 +90,7 @@ def error_response(request: Request, *, status: int, code: str, message: str,
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     """Any exception an endpoint did not handle: a 500 in the surface's shape. The exception
     is logged with the request id; the response says nothing about it."""
-    request_id = _request_id(request)
+    request_id = request_id_of(request)
     log.error("unexpected error %s %s (request id %s)", request.method, request.url.path,
               request_id, exc_info=exc)
     return error_response(request, status=500, code="internal_error",
@@ -116,7 +109,7 @@ async def database_unavailable(request: Request, exc: Exception) -> Response:
     # when it shut the session down).
     state = getattr(getattr(exc, "orig", exc), "sqlstate", None) or ""
     reported = state if state and not state.startswith(("08", "57P")) else None
-    request_id = _request_id(request)
+    request_id = request_id_of(request)
     log.warning("database %s: %s %s (request id %s)",
                 "busy" if busy else f"error {reported}" if reported else "unreachable",
                 request.method, request.url.path, request_id, exc_info=not busy)
