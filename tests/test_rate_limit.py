@@ -114,10 +114,18 @@ async def test_limit_is_exact_across_a_window_boundary() -> None:
     import anyio
 
     limiter = RateLimiter()
-    if time.time() % 1 < 0.85:  # get close to the end of a second
-        await anyio.sleep(0.87 - time.time() % 1)
-    first = await limiter.hit("api_key:edge", "2/second")
-    second = await limiter.hit("api_key:edge", "2/second")
-    await anyio.sleep(1 - time.time() % 1 + 0.02)  # just past the boundary
-    third = await limiter.hit("api_key:edge", "2/second")
-    assert (first.allowed, second.allowed, third.allowed) == (True, True, False)
+    # The premise (three hits within one second across a boundary) is timing; on a loaded
+    # machine the scheduler can break it, so a broken premise is retried, never asserted on.
+    for attempt in range(5):
+        bucket = f"api_key:edge-{attempt}"
+        if time.time() % 1 < 0.85:  # get close to the end of a second
+            await anyio.sleep(0.87 - time.time() % 1)
+        started = time.monotonic()
+        first = await limiter.hit(bucket, "2/second")
+        second = await limiter.hit(bucket, "2/second")
+        await anyio.sleep(1 - time.time() % 1 + 0.02)  # just past the boundary
+        third = await limiter.hit(bucket, "2/second")
+        if time.monotonic() - started < 0.9:
+            assert (first.allowed, second.allowed, third.allowed) == (True, True, False)
+            return
+    pytest.fail("the machine was too busy to place three hits within one second")
