@@ -1,7 +1,7 @@
 """Admin REST endpoints for OAuth grants: list them, revoke one, revoke every grant of a client.
 
-Callers authenticate with an API key whose creator is an owner or admin of the tenant today
-(checked on every request); revoking needs a key with ``ai:write``. OAuth access tokens are
+Callers authenticate with an API key whose creator is an owner or admin of the tenant at the
+time of the request; revoking needs a key with ``ai:write``. OAuth access tokens are
 refused here: an AI client is never handed the power to manage other clients' grants. Each
 revocation kills every access token, refresh token and pending code of the grant in the same
 request, and is audited. Every request counts against the key's rate limit.

@@ -291,13 +291,8 @@ def _params(entry: AuditEntry) -> tuple[str]:
 async def write_after_read(
     conn: AsyncConnection, read: Statement, entry: AuditEntry
 ) -> list[tuple[Any, ...]]:
-    """Run ``read``, insert ``entry`` and commit, in one round trip; the read's rows.
-
-    For the last statement of a read-only call (``ToolContext.last_read``): the entry
-    (the call's success) is committed only if the read succeeded; if it failed, the
-    transaction is left aborted, nothing is committed and the error is raised. The entry's
-    ``duration_ms`` gains the read's time in the database.
-    """
+    """Run ``read``, insert ``entry`` and commit, in one round trip; the read's rows. If the
+    read fails, nothing is committed, so a success entry never stands for a failed read."""
     raw = driver(conn)
     read_sql, read_params = await executable(raw, read)
     insert_sql, insert_params = await executable(raw, (_INSERT_AFTER_READ, _params(entry)))

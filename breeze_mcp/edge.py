@@ -158,15 +158,10 @@ async def bearer_transaction(
     """The one place a bearer credential is read and checked.
 
     Only ``Authorization: Bearer`` counts (never the query string). The credential's prefix
-    says what it is (``bzk_`` API key, ``bza_`` OAuth access token) and which tenant it names;
-    its lookup runs as the first statement of that tenant's transaction, in the same round trip
-    as its ``BEGIN`` (:meth:`Database.tenant_lookup`), starting as the actor ``system:auth``,
-    and itself names the caller as the actor (``Principal.actor`` and
-    ``acting_user_id``, in the same statement). The transaction is kept for the rest of the
-    request: the call pipeline runs the tool and writes its audit entry in it (one checkout,
-    one commit per call). A refused credential rolls back and yields an :class:`AuthFailure`,
-    counted and audited per source address (:mod:`breeze_mcp.auth.auth_failures`); a source
-    that failed too often is refused before its credential is looked up.
+    names its kind and its tenant, and its lookup is the first statement of that tenant's
+    transaction, which the call pipeline then finishes. A refused credential rolls back and
+    yields an :class:`AuthFailure`, counted and audited per source address
+    (:mod:`breeze_mcp.auth.auth_failures`); a throttled source is refused before any lookup.
     """
     token = _bearer_token(request.headers)
     if services.limiter.holds_refusals:  # else no source is throttled: nothing to resolve

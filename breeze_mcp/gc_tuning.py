@@ -1,12 +1,11 @@
 """The garbage collector's settings for a serving process.
 
 CPython's cycle collector runs its youngest generation every 700 net allocations of container
-objects and, now and then, a full collection that walks every object the process holds. In
-a server that is mostly start-up objects (modules, pydantic models and schemas, the MCP SDK's
-types, the tool registry: about 100 MiB) the full collections took 60-75 ms each, stalling
-every request in flight, and the young ones ran every request or two while 16 requests' worth
-of live objects sat in the young generation. Measured on ``make bench``'s MCP scenario, the
-collector cost ~0.45 s of CPU per 9,000 calls (~5 % of the server's CPU) plus the stalls.
+objects and, now and then, a full collection that walks every object the process holds. A
+server is mostly start-up objects (modules, pydantic models and schemas, the MCP SDK's types,
+the tool registry), so full collections stall every request in flight to walk objects that
+never die, and young ones run while requests' live objects sit in the young generation (see
+docs/benchmarks.md, "The garbage collector").
 
 :func:`tune` does what long-running CPython servers commonly do: it moves everything that
 exists once the application is built into the permanent generation (:func:`gc.freeze`, so

@@ -303,14 +303,9 @@ async def _dispatch(
 
 
 def success_body(id_: Any, result: Mapping[str, Any]) -> bytes:
-    """The JSON-RPC response to a successful ``tools/call``: a ``CallToolResult`` whose text
-    content is the serialised result (for clients without structured content) and whose
-    ``structuredContent`` is the result itself.
-
-    The one response not built from the SDK's models, because it is the hot path's: the
-    result is serialised once and that text is both the text content and, verbatim, the
-    structured content (a test checks it against ``types.CallToolResult``).
-    """
+    """The ``CallToolResult`` of a successful ``tools/call``, built by hand because it is the
+    hot path's: the result is serialised once, and that text is both the text content and,
+    verbatim, the structured content (a test checks it against ``types.CallToolResult``)."""
     text = json.dumps(result, default=str)
     return (
         '{"jsonrpc":"2.0","id":' + json.dumps(id_)

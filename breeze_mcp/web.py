@@ -199,7 +199,7 @@ def safe_next(value: object, default: str = "/account/connections") -> str:
 
 
 def mfa_required(user_id: uuid.UUID) -> bool:
-    """Hook for the second factor (TOTP), added with the humans issue: today, never."""
+    """Hook for the second factor (TOTP): no account has one yet, so never."""
     return False
 
 
@@ -255,7 +255,7 @@ async def login_submit(request: Request) -> Response:
                            "bad_credentials")
         return login_form(request, next_url=next_url, email=email, status=401,
                           error="Wrong email or password.")
-    if mfa_required(row.id):  # pragma: no cover - arrives with the humans issue
+    if mfa_required(row.id):  # pragma: no cover - no second factor yet
         return error_page(request, "Second factor required", "MFA is not available yet.")
     token = await sessions.create_session(services.db, row.id, ttl=services.settings.session_ttl,
                                           client_ip=ctx.client_ip, user_agent=ctx.user_agent)

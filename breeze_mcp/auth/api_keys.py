@@ -285,10 +285,8 @@ _KEY_TOUCH = "UPDATE api_keys SET last_used_at = now() WHERE id = %s"
 
 
 def lookup(token: str, tenant_id: uuid.UUID) -> Statement:
-    """The lookup statement for a presented key, ``tenant_id`` being the tenant the key
-    names (``tokens.tenant_of``). Run by :meth:`Database.tenant_lookup` in the round trip
-    that opens that tenant's transaction; :func:`principal_from` judges the row.
-    """
+    """The lookup statement for a presented key in the tenant it names, sent with the
+    transaction's ``BEGIN``; :func:`principal_from` judges the row."""
     return _KEY_LOOKUP, (digest(token), str(tenant_id))  # str: a cheaper literal to quote
 
 
@@ -299,12 +297,9 @@ async def principal_from(
     """The Principal for a presented key, from the row :func:`lookup`'s statement returned
     for it, or :class:`KeyRejected`.
 
-    The lookup is one indexed query inside the key's tenant transaction, joined with the
-    tenant's state and the creator's current membership; the effective scopes are the key's
-    scopes intersected with what the creator's role allows today. The lookup also made the
-    key (``api_key:<id>``, its creator) the transaction's actor; callers roll back on
-    :class:`KeyRejected` (``edge.bearer_transaction`` does). Records the last-used time at
-    most once a minute.
+    The effective scopes are the key's intersected with what the creator's role allows at
+    this request, so a demotion shows at once. The lookup made the key the transaction's
+    actor, so callers roll back on :class:`KeyRejected` (``edge.bearer_transaction`` does).
     """
     if row is None:
         raise KeyRejected("unknown key")

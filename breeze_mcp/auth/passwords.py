@@ -39,12 +39,8 @@ _APPENDED = re.compile(r"[\W\d_]{1,6}\Z")
 
 @cache
 def _common_lines() -> bytes:
-    """The shipped list, case-folded, one password per line, with a newline at both ends.
-
-    Read on first use, so importing the module stays cheap. One bytes value searched for a
-    whole line takes far less memory than a set of strings, and the search is cheap next to
-    hashing the password.
-    """
+    """The shipped list, case-folded, one password per line, with a newline at both ends: one
+    bytes value holds it in far less memory than a set of strings, read on first use."""
     source = files("breeze_mcp") / "data" / "common-passwords.txt.gz"
     text = gzip.decompress(source.read_bytes()).decode("utf-8").casefold()
     return b"\n" + text.encode("utf-8") + b"\n".join(w.encode() for w in _PRODUCT_WORDS) + b"\n"

@@ -69,8 +69,8 @@ class RateDecision:
 
 class RateLimiter:
     def __init__(self, redis_url: str | None = None, *, namespace: str = "breeze") -> None:
-        # Moving window: exact. (The sliding-window counter was tried for speed, but its
-        # weighted approximation lets an extra request through just after a window boundary.)
+        # Moving window: exact. The sliding-window counter's weighted approximation would let
+        # an extra request through just after a window boundary.
         self.storage: RedisStorage | MovingWindowMemory
         self._shared: MovingWindowRateLimiter | None = None
         self._local: InProcessMovingWindow | None = None
@@ -81,8 +81,8 @@ class RateLimiter:
         else:
             # In process, a synchronous storage: its calls never block (a dict and an
             # uncontended lock). Not limits' MemoryStorage, whose cost grows with the window
-            # (see window_storage); its asyncio flavour also starts an expiry task with a
-            # thread hop on nearly every hit under load.
+            # (see window_storage) and whose asyncio flavour starts an expiry task with a
+            # thread hop on a hit.
             self.storage = MovingWindowMemory()
             self._local = InProcessMovingWindow(self.storage)
         self._items: dict[str, RateLimitItem] = {}

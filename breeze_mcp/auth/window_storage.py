@@ -2,10 +2,8 @@
 
 ``limits``' own :class:`~limits.storage.MemoryStorage` keeps a key's window as a list with
 the newest entry first: every hit inserts at the front, moving the whole window in memory,
-and a timer thread is started every 10 ms to trim expired entries. With a generous limit the
-window is long (a key allowed 1,000,000 requests a minute at 1,000 requests a second holds
-60,000 entries) and the limiter cost more CPU than the rest of a call's checks (measured:
-6-8 % of a call's server CPU, see ``docs/benchmarks.md``).
+and a timer thread is started to trim expired entries. With a generous limit the window is
+long, and its cost grows with it (see docs/benchmarks.md, "Rate limiter").
 
 This storage keeps each window as a deque of timestamps, oldest first: a hit appends on the
 right, expired entries leave on the left (amortised O(1)), and keys that went quiet are swept

@@ -15,7 +15,7 @@ __all__ = ["ALLOWED_SECURITY_DEFINER", "COMMANDS", "isolation_problems"]
 COMMANDS = ("SELECT", "INSERT", "UPDATE", "DELETE")
 
 #: SECURITY DEFINER functions the runtime role may execute, by name, with the reason.
-#: Empty: none is needed today.
+#: Empty: none is needed.
 ALLOWED_SECURITY_DEFINER: dict[str, str] = {}
 
 _POLICY_CMD = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", "*": "ALL"}

@@ -5,13 +5,12 @@ transaction and sets the tenant and the actor with ``set_config(..., true)``
 (transaction-local), so a pooled connection carries nothing to its next user. With no tenant
 set, every tenant table reads as empty (row-level security).
 
-Round trips are what a call costs (each is ~0.1 ms of client CPU in psycopg and the event
-loop), so the pooled connections are in autocommit mode and a transaction is opened
-explicitly: ``BEGIN``, the ``set_config`` and, optionally, the caller's first statement (the
-credential lookup) travel as one simple-query message, bound client-side by psycopg
-(:class:`psycopg.AsyncClientCursor`, which quotes every value as a literal). Outside these
-helpers a statement on this engine autocommits on its own; nothing in the service runs one
-that way except the read-only start-up checks and the health probe.
+Round trips are what a call costs, so the pooled connections are in autocommit mode and a
+transaction is opened explicitly: ``BEGIN``, the ``set_config`` and, optionally, the caller's
+first statement (the credential lookup) travel as one simple-query message, bound client-side
+by psycopg (:class:`psycopg.AsyncClientCursor`, which quotes every value as a literal).
+Outside these helpers a statement on this engine autocommits on its own; nothing in the
+service runs one that way except the read-only start-up checks and the health probe.
 
 Between transactions the helpers keep their connections open (:class:`_Keeper`) rather
 than checking them in and out of SQLAlchemy's pool for every call.
@@ -61,11 +60,8 @@ _CHECKED_IN = "breeze_checked_in"
 
 
 def driver(conn: AsyncConnection) -> psycopg.AsyncConnection[Any]:
-    """The psycopg connection under ``conn``, in the same transaction.
-
-    Read through the synchronous proxies (``AsyncConnection.get_raw_connection`` would cost a
-    greenlet switch per call): an open connection always has its DBAPI connection.
-    """
+    """The psycopg connection under ``conn``, in the same transaction; read through the
+    synchronous proxies because ``get_raw_connection`` would cost a greenlet switch."""
     raw = conn.sync_connection.connection.driver_connection if conn.sync_connection else None
     if not isinstance(raw, psycopg.AsyncConnection):
         raise RuntimeError("the connection is closed")
@@ -77,14 +73,12 @@ _prepared: WeakKeyDictionary[psycopg.AsyncConnection[Any], set[str]] = WeakKeyDi
 
 
 async def executable(raw: psycopg.AsyncConnection[Any], statement: Statement) -> Statement:
-    """``statement`` as ``EXECUTE name(%s, ...)`` of a statement prepared on ``raw``.
+    """``statement`` as ``EXECUTE name(%s, ...)`` of a statement prepared (SQL ``PREPARE``,
+    once per connection) on ``raw``.
 
-    Statements sent in a simple-query message (several per round trip, bound client-side)
-    are not prepared by psycopg; PostgreSQL would parse and plan them on every call (the
-    credential lookup's join alone costs ~0.3 ms of its CPU). So each is prepared once per
-    connection, with SQL ``PREPARE`` (in a round trip of its own, the first time only;
-    prepared statements are session-level and survive a rollback), and executed by name.
-    The parameters stay client-side literals, typed by the prepared statement.
+    psycopg does not prepare statements sent several to a simple-query message, so PostgreSQL
+    would plan them on every call (see docs/benchmarks.md, "PostgreSQL's share"); a prepared
+    statement is session-level and survives a rollback.
     """
     sql, params = statement
     name, numbered, count = _prepare_text(sql)
@@ -133,8 +127,8 @@ def _install_health_checks(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _connected(dbapi_conn: Any, record: Any) -> None:
         # inet values are read as PostgreSQL's own text ("10.0.0.7", "10.0.0.0/24"): every
-        # reader formats them as strings anyway, and building ipaddress objects per row only
-        # to format them again cost ~2 % of a list call.
+        # reader formats them as strings anyway, so ipaddress objects would be built only to
+        # be formatted again.
         dbapi_conn.driver_connection.adapters.register_loader("inet", TextLoader)
 
     @event.listens_for(engine.sync_engine, "reset")
@@ -211,10 +205,9 @@ class _Keeper:
     """The runtime's connections, kept open as SQLAlchemy connections between transactions.
 
     Checking a connection out of SQLAlchemy's async pool and back in costs each call two
-    greenlets (each with a freshly mapped frame stack: an ``mmap`` and a ``munmap``), the
-    pool's events and a new ``Connection``: about 6 % of a tool call's instructions. So the
-    transaction helpers keep their connections instead, as already-open ``AsyncConnection``
-    objects, handed from one transaction to the next:
+    greenlets, the pool's events and a new ``Connection`` (see docs/benchmarks.md, "Kept
+    connections"). So the transaction helpers keep their connections instead, as already-open
+    ``AsyncConnection`` objects, handed from one transaction to the next:
 
     * at most ``size`` are in use at once (a semaphore); a caller beyond that waits up to
       ``timeout`` and then gets SQLAlchemy's own pool-timeout error (answered 503 upstream);
@@ -316,15 +309,9 @@ async def _pinged(conn: AsyncConnection) -> bool:
 
 
 async def _give_back(conn: AsyncConnection) -> None:
-    """Return ``conn`` to SQLAlchemy's pool.
-
-    A usable connection with no transaction open is checked in without any I/O (the "reset"
-    listener has nothing to roll back), so its ``close()`` runs to completion without ever
-    suspending, and a cancellation cannot cut it short. Any other connection (a transaction
-    left open, or closed, broken or invalidated) goes back through SQLAlchemy's ``async with``
-    exit, which finishes the return (rollback included) even if the caller is cancelled
-    meanwhile.
-    """
+    """Return ``conn`` to SQLAlchemy's pool so that no cancellation can cut the return short:
+    a clean one is checked in without I/O, any other through SQLAlchemy's ``async with`` exit,
+    which finishes its rollback even if the caller is cancelled."""
     if _clean(conn):
         await conn.close()
     else:
@@ -340,10 +327,9 @@ class Database:
     ) -> None:
         self.engine: AsyncEngine = create_async_engine(
             sqlalchemy_url(url),
-            # A fixed pool: connections are kept, none is opened beyond it. (With overflow,
-            # every request past the pool size made PostgreSQL fork a backend that was closed
-            # again on return: under a steady 16 concurrent calls that cost more CPU than the
-            # calls did.) A request waits up to ``pool_timeout`` for a free connection.
+            # A fixed pool: an overflow connection would make PostgreSQL fork a backend per
+            # request beyond the pool size (see docs/benchmarks.md, "The pool"). A request
+            # waits up to ``pool_timeout`` for a free connection.
             pool_size=pool_size,
             max_overflow=0,
             pool_timeout=pool_timeout,
@@ -411,13 +397,9 @@ class Database:
         self, conn: AsyncConnection, tenant_id: uuid.UUID, *, actor: str,
         user_id: uuid.UUID | None = None,
     ) -> None:
-        """Roll back whatever ``conn`` (checked out by :meth:`tenant_transaction` or
-        :meth:`tenant_lookup`) has open, and begin a new transaction of the tenant on it.
-
-        For a call whose transaction is lost or already committed but that still has to
-        write (its failure's audit entry): it reuses the connection the call holds, so it
-        never waits for a second one from the pool (which a full pool would not give).
-        """
+        """Roll back whatever ``conn`` has open and begin a new tenant transaction on it, for
+        a call that still has to write its audit entry: a full pool would not give a second
+        connection."""
         context = _context(tenant_id, actor, user_id)
         raw = driver(conn)
         if raw.info.transaction_status != TransactionStatus.IDLE:
@@ -432,11 +414,8 @@ class Database:
         actor: str,
         user_id: uuid.UUID | None = None,
     ) -> AsyncIterator[AsyncConnection]:
-        """A transaction scoped to one tenant; commits on success, rolls back on error.
-
-        After a commit inside the block (the call pipeline commits its own), the tenant
-        context is gone with the transaction: later statements see no tenant rows.
-        """
+        """A transaction scoped to one tenant; commits on success, rolls back on error. After
+        a commit inside the block the tenant is gone: later statements see no tenant rows."""
         async with self._transaction(tenant_id, actor, user_id, None) as (conn, _):
             yield conn
 
@@ -454,10 +433,7 @@ class Database:
     async def system_transaction(
         self, *, actor: str, user_id: uuid.UUID | None = None
     ) -> AsyncIterator[AsyncConnection]:
-        """A transaction with no tenant: tenant tables read as empty, global tables work.
-
-        For sign-in and registry work (tenants, users) before a tenant is known. With
-        ``user_id`` set, that user's own memberships are visible.
-        """
+        """A transaction with no tenant (tenant tables read as empty), for work before a
+        tenant is known; with ``user_id`` set, that user's own memberships are visible."""
         async with self._transaction(_SYSTEM, actor, user_id, None) as (conn, _):
             yield conn

@@ -78,11 +78,8 @@ def device_not_found(device_id: uuid.UUID) -> ToolError:
 async def load_device(
     ctx: ToolContext, device_id: uuid.UUID, *, for_update: bool = False
 ) -> sa.Row[Any]:
-    """The calling tenant's device, or ToolError('not_found').
-
-    Row-level security already hides other tenants' rows; the explicit tenant filter is
-    defense in depth.
-    """
+    """The calling tenant's device, or ToolError('not_found'); the tenant filter is defense
+    in depth beside row-level security."""
     query = sa.select(devices).where(
         devices.c.id == device_id, devices.c.tenant_id == ctx.tenant_id
     )

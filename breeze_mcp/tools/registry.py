@@ -65,13 +65,9 @@ class ToolContext:
     final_read: FinalRead | None = None
 
     async def last_read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        """Run the handler's **last** statement and return its rows.
-
-        For a read-only call the pipeline sends the call's audit entry and ``COMMIT`` in the
-        same round trip as this statement (one round trip fewer per call). So nothing may
-        fail after it: a handler calls it last and only shapes the rows afterwards (a
-        :class:`ToolError` must be decided before). Elsewhere it is a plain query.
-        """
+        """Run the handler's **last** statement and return its rows. For a read-only call the
+        audit entry and ``COMMIT`` travel with it, so nothing may fail afterwards: a
+        :class:`ToolError` is decided before, and only shaping of the rows follows."""
         if self.final_read is not None:
             return await self.final_read((sql, params))
         return await (await driver(self.conn).execute(sql, params)).fetchall()
