@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from breeze_mcp.auth import oauth
 from breeze_mcp.auth.client_ip import rate_limit_key
-from breeze_mcp.auth.oauth_clients import (
+from breeze_mcp.auth.oauth.registration import (
     RegistrationError,
     parse_registration_body,
     redirect_uri_matches,
