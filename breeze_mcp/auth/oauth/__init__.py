@@ -8,7 +8,7 @@
 ``tokens``         OAuth 2.1 §4.1.3 code exchange and §4.3 refresh rotation
 ``revocation``     grant revocation and RFC 7009 token revocation
 ``resource``       RFC 8707 resource normalisation and the RFC 6750 access-token lookup
-``errors``         the error hierarchy (RFC 6749 §5.2)
+``errors``         one error class per protocol error code (RFC 6749 §5.2, RFC 7591 §3.2.2)
 =================  ==========================================================================
 
 The names callers use are re-exported here: ``from breeze_mcp.auth import oauth``.
@@ -38,7 +38,15 @@ from breeze_mcp.auth.oauth.resource import (
     normalize_resource,
 )
 from breeze_mcp.auth.oauth.revocation import revoke_grant, revoke_token
-from breeze_mcp.auth.oauth.tokens import TokenResponse, exchange_code, refresh
+from breeze_mcp.auth.oauth.tokens import (
+    AuthorizationCodeRequest,
+    RefreshTokenRequest,
+    TokenRequest,
+    TokenResponse,
+    exchange_code,
+    parse_token_request,
+    refresh,
+)
 
 __all__ = [
     "ACCESS_PREFIX",
@@ -46,9 +54,12 @@ __all__ = [
     "CODE_PREFIX",
     "CODE_VERIFIER_PATTERN",
     "REFRESH_PREFIX",
+    "AuthorizationCodeRequest",
     "Client",
     "OAuthError",
+    "RefreshTokenRequest",
     "TokenRejected",
+    "TokenRequest",
     "TokenResponse",
     "access_lookup",
     "access_principal_from",
@@ -58,6 +69,7 @@ __all__ = [
     "get_client",
     "normalize_resource",
     "parse_scope",
+    "parse_token_request",
     "refresh",
     "register_client",
     "revoke_grant",

@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from breeze_mcp import audit
-from breeze_mcp.auth.oauth.errors import OAuthError
+from breeze_mcp.auth.oauth.errors import InvalidClient, TemporarilyUnavailable
 from breeze_mcp.auth.oauth.registration import ClientRegistration
 from breeze_mcp.auth.tokens import digest, mint
 from breeze_mcp.db import Database
@@ -85,8 +85,9 @@ async def register_client(
             .where(oauth_clients.c.expires_at.is_not(None))
         )).scalar_one()
         if pending >= max_pending:
-            raise OAuthError("temporarily_unavailable",
-                             "too many pending client registrations; try again later", 503)
+            raise TemporarilyUnavailable(
+                "too many pending client registrations; try again later",
+                headers={"Retry-After": "60"})
         row = (await conn.execute(
             oauth_clients.insert().values(
                 client_id=client_id,
@@ -156,19 +157,19 @@ def authenticate_client(
     client: Client | None, *, form_secret: str | None, basic: tuple[str, str] | None,
     form_client_id: str | None,
 ) -> Client:
-    """RFC 6749 §2.3 client authentication; ``invalid_client`` (401) on any failure."""
+    """RFC 6749 §2.3 client authentication; :class:`InvalidClient` on any failure."""
     if client is None:
-        raise OAuthError("invalid_client", "unknown client_id; register again", 401)
+        raise InvalidClient("unknown client_id; register again")
     if basic is not None and basic[0] != client.client_id:
-        raise OAuthError("invalid_client", "client_id mismatch", 401)
+        raise InvalidClient("client_id mismatch")
     if form_client_id is not None and form_client_id != client.client_id:
-        raise OAuthError("invalid_client", "client_id mismatch", 401)
+        raise InvalidClient("client_id mismatch")
     if client.token_endpoint_auth_method == "none":  # noqa: S105
         return client
     presented = basic[1] if basic is not None else form_secret
     if not presented or client.secret_digest is None or not hmac.compare_digest(
         digest(presented), client.secret_digest
     ):
-        raise OAuthError("invalid_client", "client authentication failed", 401)
+        raise InvalidClient("client authentication failed")
     return client
 

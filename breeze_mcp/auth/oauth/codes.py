@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from breeze_mcp import audit
 from breeze_mcp.auth.oauth.clients import Client
-from breeze_mcp.auth.oauth.errors import OAuthError
+from breeze_mcp.auth.oauth.errors import AccessDenied, InvalidScope
 from breeze_mcp.auth.oauth.grants import CODE_PREFIX, canonical_scopes, grant_audit
 from breeze_mcp.auth.principal import ROLE_SCOPES, RequestContext
 from breeze_mcp.auth.tokens import digest, mint_tenant_bound
@@ -71,10 +71,10 @@ async def create_authorization(
                 memberships.c.tenant_id == tenant_id, memberships.c.user_id == user_id)
         )).scalar_one_or_none()
         if role is None:
-            raise OAuthError("access_denied", "you are not a member of that tenant")
+            raise AccessDenied("you are not a member of that tenant")
         granted = canonical_scopes([s for s in scopes if s in ROLE_SCOPES[role]])
         if not granted:
-            raise OAuthError("invalid_scope", "no scope left to grant")
+            raise InvalidScope("no scope left to grant")
         grant_id = (await conn.execute(
             oauth_grants.insert().values(
                 tenant_id=tenant_id, client_id=client.client_id, user_id=user_id,

@@ -15,22 +15,32 @@ import datetime as dt
 import logging
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from breeze_mcp import audit
 from breeze_mcp.auth.oauth.clients import Client
 from breeze_mcp.auth.oauth.codes import verify_pkce
-from breeze_mcp.auth.oauth.errors import OAuthError
+from breeze_mcp.auth.oauth.errors import (
+    InvalidGrant,
+    InvalidRequest,
+    InvalidScope,
+    InvalidTarget,
+    OAuthError,
+    TemporarilyUnavailable,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+)
 from breeze_mcp.auth.oauth.grants import (
     ACCESS_PREFIX,
     CODE_PREFIX,
@@ -55,9 +65,67 @@ from breeze_mcp.db.models import (
     users,
 )
 
-__all__ = ["TokenResponse", "exchange_code", "refresh"]
+__all__ = [
+    "AuthorizationCodeRequest",
+    "RefreshTokenRequest",
+    "TokenRequest",
+    "TokenResponse",
+    "exchange_code",
+    "parse_token_request",
+    "refresh",
+]
 
 log = logging.getLogger(__name__)
+
+
+# Typed token requests --------------------------------------------------------------------
+
+
+class _Form(BaseModel):
+    # Unknown fields (client_id, client_secret, extensions) are ignored, as RFC 6749 §3.2 asks.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class AuthorizationCodeRequest(_Form):
+    """OAuth 2.1 §4.1.3: the code, with the PKCE verifier and the redirect URI it was
+    issued for (those two are judged against the code, so a missing one is checked there)."""
+
+    grant_type: Literal["authorization_code"]
+    code: str = Field(min_length=1)
+    code_verifier: str | None = None
+    redirect_uri: str | None = None
+    resource: str | None = None
+
+
+class RefreshTokenRequest(_Form):
+    """OAuth 2.1 §4.3.1: a refresh token, optionally narrowing the scope."""
+
+    grant_type: Literal["refresh_token"]
+    refresh_token: str = Field(min_length=1)
+    scope: str | None = None
+    resource: str | None = None
+
+
+TokenRequest = Annotated[AuthorizationCodeRequest | RefreshTokenRequest,
+                         Field(discriminator="grant_type")]
+_TOKEN_REQUEST: TypeAdapter[TokenRequest] = TypeAdapter(TokenRequest)
+
+
+def parse_token_request(form: Mapping[str, str]) -> TokenRequest:
+    """The ``/token`` form as a typed request: ``unsupported_grant_type`` for a grant we do
+    not serve, ``invalid_request`` naming the first missing field."""
+    try:
+        return _TOKEN_REQUEST.validate_python(dict(form))
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
+    if first["type"] == "union_tag_invalid" and form.get("grant_type"):
+        raise UnsupportedGrantType("use authorization_code or refresh_token")
+    name = str(first["loc"][-1]) if first["type"] not in (
+        "union_tag_invalid", "union_tag_not_found") else "grant_type"
+    raise InvalidRequest(f"{name} is required")
+
+
+# Rotation and exchange -------------------------------------------------------------------
 
 
 class _Sealer:
@@ -135,22 +203,24 @@ def _requested_scopes(scope: str | None, allowed: Sequence[str]) -> list[str]:
         return list(allowed)
     beyond = [s for s in asked if s not in allowed]
     if beyond:
-        raise OAuthError("invalid_scope", f"scope {beyond[0]!r} was not granted")
+        raise InvalidScope(f"scope {beyond[0]!r} was not granted")
     return canonical_scopes(asked) or list(allowed)
 
 
 def _check_resource(resource: str | None, bound: str) -> None:
     if resource is not None and normalize_resource(resource) != bound:
-        raise OAuthError("invalid_target", "resource does not match this grant's resource")
+        raise InvalidTarget("resource does not match this grant's resource")
 
 
 async def exchange_code(
-    db: Database, settings: Settings, client: Client, *, code: str, code_verifier: str | None,
-    redirect_uri: str | None, resource: str | None, request: RequestContext,
+    db: Database, settings: Settings, client: Client, token_request: AuthorizationCodeRequest,
+    *, request: RequestContext,
 ) -> TokenResponse:
+    code, code_verifier = token_request.code, token_request.code_verifier
+    redirect_uri, resource = token_request.redirect_uri, token_request.resource
     tenant_id = tenant_of(code, CODE_PREFIX)
     if tenant_id is None:
-        raise OAuthError("invalid_grant", "invalid authorization code")
+        raise InvalidGrant("invalid authorization code")
     replayed: uuid.UUID | None = None
     try:
         async with db.tenant_transaction(tenant_id, actor=f"oauth_client:{client.client_id}") \
@@ -167,20 +237,20 @@ async def exchange_code(
                 .with_for_update(of=oauth_codes)
             )).first()
             if row is None:
-                raise OAuthError("invalid_grant", "invalid authorization code")
+                raise InvalidGrant("invalid authorization code")
             if row.client_id != client.client_id:
-                raise OAuthError("invalid_grant", "the code was issued to another client")
+                raise InvalidGrant("the code was issued to another client")
             if row.used_at is not None:
                 replayed = row.grant_id  # RFC 6749 §10.5: revoke what the code produced
-                raise OAuthError("invalid_grant", "authorization code already used")
+                raise InvalidGrant("authorization code already used")
             if row.grant_revoked is not None or row.expired:
-                raise OAuthError("invalid_grant", "authorization code expired or revoked")
+                raise InvalidGrant("authorization code expired or revoked")
             if redirect_uri is None or redirect_uri != row.redirect_uri:
-                raise OAuthError("invalid_grant", "redirect_uri does not match the request")
+                raise InvalidGrant("redirect_uri does not match the request")
             if not code_verifier:
-                raise OAuthError("invalid_request", "code_verifier is required (PKCE)")
+                raise InvalidRequest("code_verifier is required (PKCE)")
             if not verify_pkce(code_verifier, row.code_challenge):
-                raise OAuthError("invalid_grant", "PKCE verification failed")
+                raise InvalidGrant("PKCE verification failed")
             _check_resource(resource, row.resource)
             await conn.execute(oauth_codes.update().where(oauth_codes.c.digest == row.digest)
                                .values(used_at=sa.func.now()))
@@ -208,22 +278,26 @@ async def exchange_code(
     return TokenResponse(access, settings.access_token_ttl, " ".join(scopes), refresh_token)
 
 
-def _storage_unavailable(what: str, exc: DBAPIError) -> OAuthError:
+def _storage_unavailable(what: str, exc: DBAPIError) -> TemporarilyUnavailable:
     """A storage error at the token endpoint: ``503 temporarily_unavailable``, never a
     revocation. Logged by class and SQLSTATE only: the server's message can quote row values
     (a unique violation names the key, here a token's digest)."""
     log.warning("%s storage error: %s (SQLSTATE %s)", what, type(exc.orig).__name__,
                 getattr(exc.orig, "sqlstate", None))
-    return OAuthError("temporarily_unavailable", "try again", 503)
+    return TemporarilyUnavailable("try again", headers={"Retry-After": "1"})
 
 
 async def refresh(
-    db: Database, settings: Settings, client: Client, *, refresh_token: str,
-    scope: str | None, resource: str | None, request: RequestContext,
+    db: Database, settings: Settings, client: Client, token_request: RefreshTokenRequest,
+    *, request: RequestContext,
 ) -> TokenResponse:
+    if "refresh_token" not in client.grant_types:
+        raise UnauthorizedClient("this client did not register the refresh_token grant")
+    refresh_token, scope, resource = (token_request.refresh_token, token_request.scope,
+                                      token_request.resource)
     tenant_id = tenant_of(refresh_token, REFRESH_PREFIX)
     if tenant_id is None:
-        raise OAuthError("invalid_grant", "invalid refresh token")
+        raise InvalidGrant("invalid refresh token")
     sealer = _Sealer(settings)
     theft: uuid.UUID | None = None
     try:
@@ -247,15 +321,15 @@ async def refresh(
                 .where(oauth_refresh_tokens.c.digest == digest(refresh_token))
             )).first()
             if row is None:
-                raise OAuthError("invalid_grant", "invalid refresh token")
+                raise InvalidGrant("invalid refresh token")
             if row.client_id != client.client_id:
-                raise OAuthError("invalid_grant", "the refresh token belongs to another client")
+                raise InvalidGrant("the refresh token belongs to another client")
             if row.grant_revoked is not None or row.revoked_at is not None:
-                raise OAuthError("invalid_grant", "the grant has been revoked")
+                raise InvalidGrant("the grant has been revoked")
             if row.expired:
-                raise OAuthError("invalid_grant", "the refresh token has expired")
+                raise InvalidGrant("the refresh token has expired")
             if row.tenant_status != "active" or row.role is None or row.disabled_at is not None:
-                raise OAuthError("invalid_grant", "the user no longer has access")
+                raise InvalidGrant("the user no longer has access")
             _check_resource(resource, row.resource)
             access_scopes = _requested_scopes(scope, row.scopes)
             aad = row.id.bytes
@@ -309,8 +383,7 @@ async def refresh(
                 try:
                     same = sealer.open(bytes(current.successor_sealed), aad)
                 except InvalidTag:  # sealed under an older session key: no retry, no theft
-                    raise OAuthError("invalid_grant",
-                                     "this refresh token was already used") from None
+                    raise InvalidGrant("this refresh token was already used") from None
                 access = await _issue_access(conn, settings, tenant_id, row.grant_id,
                                              access_scopes)
                 await audit.write(conn, grant_audit(
@@ -322,7 +395,7 @@ async def refresh(
                 return TokenResponse(access, settings.access_token_ttl,
                                      " ".join(access_scopes), same)
             theft = row.grant_id
-            raise OAuthError("invalid_grant", "refresh token reuse detected; grant revoked")
+            raise InvalidGrant("refresh token reuse detected; grant revoked")
     except OAuthError:
         if theft is not None:
             # 3. Theft: revoke the whole grant in its own committed transaction.
