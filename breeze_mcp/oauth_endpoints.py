@@ -28,8 +28,16 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from breeze_mcp.auth import oauth
 from breeze_mcp.auth.client_ip import rate_limit_key
-from breeze_mcp.auth.oauth_clients import (
-    RegistrationError,
+from breeze_mcp.auth.oauth.errors import (
+    InvalidClient,
+    InvalidClientMetadata,
+    InvalidRequest,
+    InvalidTarget,
+    OAuthError,
+    TemporarilyUnavailable,
+    UnsupportedResponseType,
+)
+from breeze_mcp.auth.oauth.registration import (
     parse_registration_body,
     redirect_uri_matches,
     validate_registration,
@@ -67,6 +75,8 @@ SCOPE_WORDS = {
     "ai:execute": "Run scripts, deploy patches, isolate and reboot devices (Tier 3).",
 }
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+# A refused body (413, 415) may be partly unread: the connection is not reused for another request.
+_CLOSE = {"Connection": "close"}
 AUTHORIZE_PARAMS = ("response_type", "client_id", "redirect_uri", "scope", "state",
                     "code_challenge", "code_challenge_method", "resource")
 
@@ -134,45 +144,30 @@ async def register(request: Request) -> Response:
     ctx = request_context(request, services)
     decision = await services.limiter.hit(
         f"dcr-ip:{rate_limit_key(ctx.client_ip or '')}", services.settings.dcr_rate_limit)
-    if not decision.allowed:
-        return _json({"error": "temporarily_unavailable",
-                      "error_description": "too many registrations from this address"},
-                     429, decision.headers())
-    global_decision = await services.limiter.hit("dcr-global",
-                                                 services.settings.dcr_global_rate_limit)
-    if not global_decision.allowed:
-        return _json({"error": "temporarily_unavailable",
-                      "error_description": "registration is busy; try again shortly"},
-                     429, global_decision.headers())
-    raw = await read_body(request, 64 * 1024)
     try:
+        if not decision.allowed:
+            raise TemporarilyUnavailable("too many registrations from this address",
+                                         status=429, headers=decision.headers())
+        global_decision = await services.limiter.hit("dcr-global",
+                                                     services.settings.dcr_global_rate_limit)
+        if not global_decision.allowed:
+            raise TemporarilyUnavailable("registration is busy; try again shortly",
+                                         status=429, headers=global_decision.headers())
+        raw = await read_body(request, 64 * 1024)
         if raw is None:
-            raise RegistrationError("invalid_client_metadata", "body exceeds 65536 bytes")
+            raise InvalidClientMetadata("body exceeds 65536 bytes")
         body = parse_registration_body(raw)
         reg = validate_registration(body, private_schemes=frozenset(
             services.settings.oauth_private_schemes))
-    except RegistrationError as exc:
-        return _json({"error": exc.error, "error_description": exc.description}, 400)
-    try:
         response, _ = await oauth.register_client(
             services.db, reg, client_ip=ctx.client_ip, request_id=ctx.request_id,
             max_pending=services.settings.dcr_max_pending)
-    except oauth.OAuthError as exc:
-        return _json(exc.body(), exc.status,
-                     {"Retry-After": "60"} if exc.status == 503 else None)
+    except OAuthError as exc:
+        return _error_response(exc, request)
     return _json(response, 201)
 
 
 # Authorization ------------------------------------------------------------------------------
-
-
-class _Redirectable(Exception):
-    """An error to send back to the client's redirect URI (RFC 6749 §4.1.2.1)."""
-
-    def __init__(self, error: str, description: str) -> None:
-        super().__init__(description)
-        self.error = error
-        self.description = description
 
 
 def _redirect(redirect_uri: str, params: dict[str, str]) -> RedirectResponse:
@@ -184,7 +179,7 @@ def _redirect(redirect_uri: str, params: dict[str, str]) -> RedirectResponse:
 def _single(params: Fields, name: str) -> str | None:
     values = params.getlist(name)
     if len(values) > 1:
-        raise _Redirectable("invalid_request", f"{name} must not be repeated")
+        raise InvalidRequest(f"{name} must not be repeated")
     return values[0] if values else None
 
 
@@ -249,7 +244,7 @@ async def authorize(request: Request) -> Response:
     # 2. Everything else before approval: see _refused_before_approval.
     try:
         checked = _check_request(services, params, client)
-    except _Redirectable as exc:
+    except OAuthError as exc:
         return await _refused_before_approval(request, services, client, redirect_uri,
                                               exc.error, exc.description, base)
 
@@ -301,7 +296,7 @@ async def authorize(request: Request) -> Response:
             redirect_uri=redirect_uri, code_challenge=checked["code_challenge"],
             request=ctx, requested_scopes=checked["scopes"],
         )
-    except oauth.OAuthError as exc:
+    except OAuthError as exc:
         return _redirect(redirect_uri, {"error": exc.error,
                                         "error_description": exc.description, **base})
     return _redirect(redirect_uri, {"code": code, **base})
@@ -310,23 +305,23 @@ async def authorize(request: Request) -> Response:
 def _check_request(services: Services, params: Fields, client: oauth.Client) -> dict[str, Any]:
     response_type = _single(params, "response_type")
     if not response_type:
-        raise _Redirectable("invalid_request", "response_type is required")
+        raise InvalidRequest("response_type is required")
     if response_type != "code":
-        raise _Redirectable("unsupported_response_type", "only response_type=code is supported")
+        raise UnsupportedResponseType("only response_type=code is supported")
     challenge = _single(params, "code_challenge")
     method = _single(params, "code_challenge_method")
     if not challenge:
-        raise _Redirectable("invalid_request", "code_challenge is required (PKCE)")
+        raise InvalidRequest("code_challenge is required (PKCE)")
     if method != "S256":
-        raise _Redirectable("invalid_request", "code_challenge_method must be S256")
+        raise InvalidRequest("code_challenge_method must be S256")
     if not oauth.CODE_CHALLENGE_PATTERN.match(challenge):
-        raise _Redirectable("invalid_request", "code_challenge must be 43 base64url characters")
+        raise InvalidRequest("code_challenge must be 43 base64url characters")
     resources = params.getlist("resource")
     if len(resources) > 1:
-        raise _Redirectable("invalid_target", "only one resource may be requested")
+        raise InvalidTarget("only one resource may be requested")
     bound = services.settings.mcp_url
     if resources and oauth.normalize_resource(resources[0]) != bound:
-        raise _Redirectable("invalid_target", f"unknown resource; this server is {bound}")
+        raise InvalidTarget(f"unknown resource; this server is {bound}")
     asked = [s for s in oauth.parse_scope(_single(params, "scope")) if s in ALL_SCOPES]
     if not asked:
         # Unknown scopes ("claudeai", "openid") are dropped; with nothing left, ask for
@@ -334,7 +329,7 @@ def _check_request(services: Services, params: Fields, client: oauth.Client) -> 
         asked = list(ALL_SCOPES)
     state = _single(params, "state")
     if state is not None and len(state) > 2000:
-        raise _Redirectable("invalid_request", "state is too long")
+        raise InvalidRequest("state is too long")
     return {"scopes": asked, "resource": bound, "code_challenge": challenge}
 
 
@@ -375,10 +370,10 @@ def _basic_credentials(request: Request) -> tuple[str, str] | None:
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode()
     except (binascii.Error, UnicodeDecodeError):
-        raise oauth.OAuthError("invalid_client", "malformed Basic credentials", 401) from None
+        raise InvalidClient("malformed Basic credentials") from None
     client_id, sep, secret = decoded.partition(":")
     if not sep:
-        raise oauth.OAuthError("invalid_client", "malformed Basic credentials", 401)
+        raise InvalidClient("malformed Basic credentials")
     return unquote(client_id), unquote(secret)  # RFC 6749 §2.3.1: form-urlencoded first
 
 
@@ -388,7 +383,7 @@ async def _client_from_form(request: Request, services: Services,
     form_client_id = form.get("client_id")
     client_id = basic[0] if basic else form_client_id
     if not client_id:
-        raise oauth.OAuthError("invalid_client", "client authentication is required", 401)
+        raise InvalidClient("client authentication is required")
     client = await oauth.get_client(services.db, client_id)
     return oauth.authenticate_client(client, basic=basic, form_secret=form.get("client_secret"),
                                      form_client_id=form_client_id)
@@ -400,22 +395,21 @@ async def _read_form(request: Request, services: Services) -> Fields:
     try:
         form = await read_form(request, services.settings)
     except FormError as exc:
-        raise oauth.OAuthError("invalid_request", exc.message, exc.status) from None
-    for key in form:
-        if len(form.getlist(key)) > 1:
-            raise oauth.OAuthError("invalid_request", f"{key} must not be repeated")
+        raise InvalidRequest(exc.message, status=exc.status,
+                             headers=_CLOSE if exc.status != 400 else None) from None
+    if len(form.multi_items()) != len(form):
+        repeated = next(key for key in form if len(form.getlist(key)) > 1)
+        raise InvalidRequest(f"{repeated} must not be repeated")
     return form
 
 
-def _oauth_error_response(exc: oauth.OAuthError, request: Request) -> JSONResponse:
-    headers: dict[str, str] = {}
-    if exc.status == 401 and request.headers.get("authorization", "").lower().startswith(
-            "basic"):
-        headers["WWW-Authenticate"] = 'Basic realm="breeze-mcp"'
-    if exc.status == 503:
-        headers["Retry-After"] = "1"
-    if exc.status in (413, 415):
-        headers["Connection"] = "close"
+def _error_response(exc: OAuthError, request: Request) -> JSONResponse:
+    """Any OAuth error as its JSON body and status, with the headers it carries; a failed
+    Basic authentication also gets its challenge (RFC 6749 §5.2)."""
+    headers = exc.headers
+    if isinstance(exc, InvalidClient) and request.headers.get(
+            "authorization", "").lower().startswith("basic"):
+        headers = {**headers, "WWW-Authenticate": 'Basic realm="breeze-mcp"'}
     return _json(exc.body(), exc.status, headers)
 
 
@@ -425,34 +419,15 @@ async def token(request: Request) -> Response:
     try:
         form = await _read_form(request, services)
         client = await _client_from_form(request, services, form)
-        grant_type = form.get("grant_type")
-        field = form.get
-
-        if grant_type == "authorization_code":
-            code = field("code")
-            if not code:
-                raise oauth.OAuthError("invalid_request", "code is required")
-            result = await oauth.exchange_code(
-                services.db, services.settings, client, code=code,
-                code_verifier=field("code_verifier"), redirect_uri=field("redirect_uri"),
-                resource=field("resource"), request=ctx)
-        elif grant_type == "refresh_token":
-            if "refresh_token" not in client.grant_types:
-                raise oauth.OAuthError("unauthorized_client",
-                                       "this client did not register the refresh_token grant")
-            refresh_token = field("refresh_token")
-            if not refresh_token:
-                raise oauth.OAuthError("invalid_request", "refresh_token is required")
-            result = await oauth.refresh(
-                services.db, services.settings, client, refresh_token=refresh_token,
-                scope=field("scope"), resource=field("resource"), request=ctx)
-        elif not grant_type:
-            raise oauth.OAuthError("invalid_request", "grant_type is required")
+        asked = oauth.parse_token_request(form)
+        if isinstance(asked, oauth.AuthorizationCodeRequest):
+            result = await oauth.exchange_code(services.db, services.settings, client, asked,
+                                               request=ctx)
         else:
-            raise oauth.OAuthError("unsupported_grant_type",
-                                   "use authorization_code or refresh_token")
-    except oauth.OAuthError as exc:
-        return _oauth_error_response(exc, request)
+            result = await oauth.refresh(services.db, services.settings, client, asked,
+                                         request=ctx)
+    except OAuthError as exc:
+        return _error_response(exc, request)
     return _json(result.body())
 
 
@@ -463,9 +438,9 @@ async def revoke(request: Request) -> Response:
         client = await _client_from_form(request, services, form)
         value = form.get("token")
         if not value:
-            raise oauth.OAuthError("invalid_request", "token is required")
+            raise InvalidRequest("token is required")
         await oauth.revoke_token(services.db, client, value, form.get("token_type_hint"),
                                  request_context(request, services))
-    except oauth.OAuthError as exc:
-        return _oauth_error_response(exc, request)
+    except OAuthError as exc:
+        return _error_response(exc, request)
     return Response(status_code=200, headers=NO_STORE)

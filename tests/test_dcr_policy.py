@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from breeze_mcp.auth.oauth_clients import (
+from breeze_mcp.auth.oauth.registration import (
     DEFAULT_PRIVATE_SCHEMES,
     MAX_BODY_BYTES,
     ClientRegistration,

@@ -40,6 +40,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn, cast, get_args
 
+from breeze_mcp.auth.oauth.errors import (
+    InvalidClientMetadata,
+    InvalidRedirectUri,
+    RegistrationError,
+    RegistrationErrorCode,
+)
+
 __all__ = [
     "DEFAULT_PRIVATE_SCHEMES",
     "KNOWN_SCOPES",
@@ -69,7 +76,6 @@ MAX_CONTACT_LENGTH = 254
 MAX_SHOWN_URI = 200  # how much of a refused URI an error description repeats
 
 TokenEndpointAuthMethod = Literal["none", "client_secret_post", "client_secret_basic"]
-RegistrationErrorCode = Literal["invalid_redirect_uri", "invalid_client_metadata"]
 
 _AUTH_METHODS: tuple[TokenEndpointAuthMethod, ...] = get_args(TokenEndpointAuthMethod)
 _GRANT_TYPES = ("authorization_code", "refresh_token")  # canonical order
@@ -84,19 +90,6 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
 _REG_NAME = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}")
 _PORT = re.compile(r"[0-9]{1,5}")
-
-
-class RegistrationError(Exception):
-    """A refused registration (RFC 7591 §3.2.2); ``description`` is safe to send the client."""
-
-    def __init__(self, error: RegistrationErrorCode, description: str) -> None:
-        super().__init__(f"{error}: {description}")
-        self.error: RegistrationErrorCode = error
-        self.description = description
-
-    def as_dict(self) -> dict[str, str]:
-        """The RFC 7591 §3.2.2 error body (answered with HTTP 400)."""
-        return {"error": self.error, "error_description": self.description}
 
 
 @dataclass(frozen=True)
@@ -127,22 +120,16 @@ def _reject_constant(name: str) -> NoReturn:
 def parse_registration_body(raw: bytes) -> dict[str, Any]:
     """The registration request body as a JSON object, at most ``MAX_BODY_BYTES`` bytes."""
     if len(raw) > MAX_BODY_BYTES:
-        raise RegistrationError(
-            "invalid_client_metadata", f"request body is larger than {MAX_BODY_BYTES} bytes"
-        )
+        raise InvalidClientMetadata(f"request body is larger than {MAX_BODY_BYTES} bytes")
     try:
         text = raw.decode("utf-8")
         value = json.loads(text, parse_constant=_reject_constant)
     except UnicodeDecodeError:
-        raise RegistrationError(
-            "invalid_client_metadata", "request body is not UTF-8 encoded"
-        ) from None
+        raise InvalidClientMetadata("request body is not UTF-8 encoded") from None
     except (ValueError, RecursionError):
-        raise RegistrationError(
-            "invalid_client_metadata", "request body is not valid JSON"
-        ) from None
+        raise InvalidClientMetadata("request body is not valid JSON") from None
     if not isinstance(value, dict):
-        raise RegistrationError("invalid_client_metadata", "request body must be a JSON object")
+        raise InvalidClientMetadata("request body must be a JSON object")
     return cast(dict[str, Any], value)
 
 
@@ -281,9 +268,7 @@ def validate_redirect_uri(uri: str, *, private_schemes: frozenset[str]) -> str:
     try:
         _check_redirect(uri, private_schemes)
     except _Refused as exc:
-        raise RegistrationError(
-            "invalid_redirect_uri", f"redirect URI {_shown(uri)} is not allowed: {exc}"
-        ) from None
+        raise InvalidRedirectUri(f"redirect URI {_shown(uri)} is not allowed: {exc}") from None
     return uri
 
 
@@ -331,8 +316,8 @@ def redirect_uri_matches(registered: Sequence[str], presented: str) -> bool:
 # Metadata
 
 
-def _metadata_error(description: str) -> RegistrationError:
-    return RegistrationError("invalid_client_metadata", description)
+def _metadata_error(description: str) -> InvalidClientMetadata:
+    return InvalidClientMetadata(description)
 
 
 def _get(body: Mapping[str, Any], name: str) -> Any:
@@ -341,8 +326,8 @@ def _get(body: Mapping[str, Any], name: str) -> Any:
 
 
 def _redirect_uris(value: Any, private_schemes: frozenset[str]) -> tuple[str, ...]:
-    def refuse(description: str) -> RegistrationError:
-        return RegistrationError("invalid_redirect_uri", description)
+    def refuse(description: str) -> InvalidRedirectUri:
+        return InvalidRedirectUri(description)
 
     if value is None:
         raise refuse("redirect_uris is required")

@@ -1,0 +1,79 @@
+"""The OAuth 2.1 authorization server's state, one module per specification.
+
+=================  ==========================================================================
+``registration``   RFC 7591 §2 client metadata policy and redirect-URI rules (pure)
+``clients``        RFC 7591 storage and RFC 6749 §2.3 client authentication
+``grants``         the grant (unit of consent, revocation, rate limit, audit); credential prefixes
+``codes``          RFC 6749 §4.1 authorization codes and RFC 7636 PKCE
+``tokens``         OAuth 2.1 §4.1.3 code exchange and §4.3 refresh rotation
+``revocation``     grant revocation and RFC 7009 token revocation
+``resource``       RFC 8707 resource normalisation and the RFC 6750 access-token lookup
+``errors``         one error class per protocol error code (RFC 6749 §5.2, RFC 7591 §3.2.2)
+=================  ==========================================================================
+
+The names callers use are re-exported here: ``from breeze_mcp.auth import oauth``.
+"""
+
+from __future__ import annotations
+
+from breeze_mcp.auth.oauth.clients import Client, authenticate_client, get_client, register_client
+from breeze_mcp.auth.oauth.codes import (
+    CODE_CHALLENGE_PATTERN,
+    CODE_VERIFIER_PATTERN,
+    create_authorization,
+    verify_pkce,
+)
+from breeze_mcp.auth.oauth.errors import OAuthError
+from breeze_mcp.auth.oauth.grants import (
+    ACCESS_PREFIX,
+    CODE_PREFIX,
+    REFRESH_PREFIX,
+    parse_scope,
+    user_has_live_grant,
+)
+from breeze_mcp.auth.oauth.resource import (
+    TokenRejected,
+    access_lookup,
+    access_principal_from,
+    normalize_resource,
+)
+from breeze_mcp.auth.oauth.revocation import revoke_grant, revoke_token
+from breeze_mcp.auth.oauth.tokens import (
+    AuthorizationCodeRequest,
+    RefreshTokenRequest,
+    TokenRequest,
+    TokenResponse,
+    exchange_code,
+    parse_token_request,
+    refresh,
+)
+
+__all__ = [
+    "ACCESS_PREFIX",
+    "CODE_CHALLENGE_PATTERN",
+    "CODE_PREFIX",
+    "CODE_VERIFIER_PATTERN",
+    "REFRESH_PREFIX",
+    "AuthorizationCodeRequest",
+    "Client",
+    "OAuthError",
+    "RefreshTokenRequest",
+    "TokenRejected",
+    "TokenRequest",
+    "TokenResponse",
+    "access_lookup",
+    "access_principal_from",
+    "authenticate_client",
+    "create_authorization",
+    "exchange_code",
+    "get_client",
+    "normalize_resource",
+    "parse_scope",
+    "parse_token_request",
+    "refresh",
+    "register_client",
+    "revoke_grant",
+    "revoke_token",
+    "user_has_live_grant",
+    "verify_pkce",
+]

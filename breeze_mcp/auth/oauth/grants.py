@@ -1,0 +1,81 @@
+"""Grants: the unit of consent, revocation, rate limiting and audit.
+
+A grant is one client acting for one user in one tenant with some scopes, bound to one
+resource (RFC 8707). Its codes (``bzc_``), refresh tokens (``bzr_``) and access tokens
+(``bza_``) are opaque, tenant-bound, 256-bit secrets stored as SHA-256 digests; each lookup
+runs inside its tenant's row-level-security transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from breeze_mcp import audit
+from breeze_mcp.auth.principal import ALL_SCOPES, RequestContext
+from breeze_mcp.db import Database
+from breeze_mcp.db.models import memberships, oauth_grants
+
+__all__ = [
+    "ACCESS_PREFIX",
+    "CODE_PREFIX",
+    "REFRESH_PREFIX",
+    "canonical_scopes",
+    "grant_audit",
+    "parse_scope",
+    "user_has_live_grant",
+]
+
+ACCESS_PREFIX = "bza"
+REFRESH_PREFIX = "bzr"
+CODE_PREFIX = "bzc"
+
+
+def parse_scope(value: str | None) -> list[str]:
+    return [s for s in (value or "").split() if s]
+
+
+def canonical_scopes(scopes: Sequence[str]) -> list[str]:
+    return [s for s in ALL_SCOPES if s in scopes]
+
+
+def grant_audit(
+    action: str, tenant_id: uuid.UUID, grant_id: uuid.UUID, client_id: str,
+    user_id: uuid.UUID | None, scopes: Sequence[str], request: RequestContext | None,
+    parameters: dict[str, Any], *, decision: audit.Decision = "allowed",
+    outcome: audit.Outcome = "success", actor_type: audit.ActorType = "user",
+    actor_id: str | None = None, auth_path: audit.AuthPath = "oauth",
+    deny_reason: str | None = None,
+) -> audit.AuditEntry:
+    """The audit entry of something that happened to a grant."""
+    return audit.AuditEntry(
+        actor_type=actor_type, actor_id=actor_id or (str(user_id) if user_id else None),
+        acting_user_id=user_id, auth_path=auth_path, credential_id=str(grant_id),
+        client_id=client_id, tenant_id=tenant_id, action=action, decision=decision,
+        outcome=outcome, scopes=list(scopes), parameters=parameters, deny_reason=deny_reason,
+        request_id=request.request_id if request else None,
+        client_ip=request.client_ip if request else None,
+        user_agent=request.user_agent if request else None,
+    )
+
+
+async def user_has_live_grant(db: Database, user_id: uuid.UUID, client_id: str) -> bool:
+    """Whether ``user_id`` holds an unrevoked grant for the client in one of their tenants."""
+    async with db.system_transaction(actor=f"user:{user_id}", user_id=user_id) as conn:
+        tenant_ids = (await conn.execute(
+            sa.select(memberships.c.tenant_id).where(memberships.c.user_id == user_id)
+        )).scalars().all()
+    for tenant_id in tenant_ids:
+        async with db.tenant_transaction(tenant_id, actor=f"user:{user_id}",
+                                         user_id=user_id) as conn:
+            found = (await conn.execute(
+                sa.select(oauth_grants.c.id).where(
+                    oauth_grants.c.client_id == client_id, oauth_grants.c.user_id == user_id,
+                    oauth_grants.c.revoked_at.is_(None)).limit(1)
+            )).first()
+        if found is not None:
+            return True
+    return False
