@@ -42,7 +42,7 @@ from breeze_mcp.auth.oauth.registration import (
     redirect_uri_matches,
     validate_registration,
 )
-from breeze_mcp.auth.principal import ALL_SCOPES, ROLE_SCOPES
+from breeze_mcp.auth.principal import ALL_SCOPES, effective_scopes
 from breeze_mcp.db.models import memberships, tenants
 from breeze_mcp.edge import read_body, request_context
 from breeze_mcp.forms import Fields, FormError, read_form, read_query
@@ -283,8 +283,8 @@ async def authorize(request: Request) -> Response:
         return error_page(request, "Bad request", "You are not a member of that organization.",
                           status=403)
     chosen = form.getlist("scope_choice")
-    granted = [s for s in ALL_SCOPES
-               if s in chosen and s in checked["scopes"] and s in ROLE_SCOPES[role]]
+    allowed = effective_scopes(role, checked["scopes"])
+    granted = [s for s in ALL_SCOPES if s in chosen and s in allowed]
     if not granted:
         return _redirect(redirect_uri, {"error": "access_denied",
                                         "error_description": "no scope was granted", **base})
@@ -349,7 +349,8 @@ def _consent_page(request: Request, client: oauth.Client, redirect_uri: str,
                   email: str, params: Fields) -> Response:
     tenant_id = choices[0]["id"]
     role = choices[0]["role"]
-    scopes = [{"name": s, "words": SCOPE_WORDS[s], "allowed": s in ROLE_SCOPES[role]}
+    allowed = effective_scopes(role, checked["scopes"])
+    scopes = [{"name": s, "words": SCOPE_WORDS[s], "allowed": s in allowed}
               for s in checked["scopes"]]
     hidden = [(k, v) for k in AUTHORIZE_PARAMS for v in params.getlist(k)]
     return render(request, "consent.html", {

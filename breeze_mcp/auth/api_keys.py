@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from breeze_mcp import audit
 from breeze_mcp.accounts import AccountError, Tenant
-from breeze_mcp.auth.principal import ALL_SCOPES, ROLE_SCOPES, Principal
+from breeze_mcp.auth.principal import ALL_SCOPES, Principal, effective_scopes
 from breeze_mcp.auth.tokens import digest, mint_tenant_bound
 from breeze_mcp.db import Database
 from breeze_mcp.db.engine import Statement, driver
@@ -172,7 +172,8 @@ async def create_api_key(
             raise AccountError(
                 f"{creator.email} is {creator.role}: only owners and admins create API keys"
             )
-        beyond = [s for s in wanted if s not in ROLE_SCOPES[creator.role]]
+        allowed = effective_scopes(creator.role, wanted)
+        beyond = [s for s in wanted if s not in allowed]
         if beyond:
             raise AccountError(f"{creator.email}'s role {creator.role} cannot grant {beyond[0]}")
         expires = (
@@ -313,7 +314,7 @@ async def principal_from(
         raise KeyRejected(f"tenant is {tenant_status}")
     if role is None or disabled_at is not None:
         raise KeyRejected("key creator no longer has access to the tenant")
-    scopes = frozenset(key_scopes) & ROLE_SCOPES[role]
+    scopes = effective_scopes(role, key_scopes)
     if not scopes:
         raise KeyRejected("key creator's role no longer allows any of the key's scopes")
     if touch:  # last-used time, at most once a minute per key

@@ -8,6 +8,7 @@ audit entry, which is how audit parity holds by construction.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = [
     "AuthPath",
     "Principal",
     "RequestContext",
+    "effective_scopes",
     "scope_for_tier",
 ]
 
@@ -38,6 +40,15 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
     "technician": frozenset(ALL_SCOPES),
     "readonly": frozenset({"ai:read"}),
 }
+
+
+def effective_scopes(role: str | None, requested: Iterable[str]) -> frozenset[str]:
+    """The scopes out of ``requested`` that a member of ``role`` may hold: the one place a role
+    narrows scopes (an API key at creation and on every request, consent, an access token).
+    No role, or one we do not know, holds none."""
+    if role is None:
+        return frozenset()
+    return frozenset(requested) & ROLE_SCOPES.get(role, frozenset())
 
 
 def scope_for_tier(tier: int) -> str | None:

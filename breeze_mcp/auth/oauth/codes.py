@@ -21,7 +21,7 @@ from breeze_mcp import audit
 from breeze_mcp.auth.oauth.clients import Client
 from breeze_mcp.auth.oauth.errors import AccessDenied, InvalidScope
 from breeze_mcp.auth.oauth.grants import CODE_PREFIX, canonical_scopes, grant_audit
-from breeze_mcp.auth.principal import ROLE_SCOPES, RequestContext
+from breeze_mcp.auth.principal import RequestContext, effective_scopes
 from breeze_mcp.auth.tokens import digest, mint_tenant_bound
 from breeze_mcp.config import Settings
 from breeze_mcp.db import Database
@@ -72,7 +72,7 @@ async def create_authorization(
         )).scalar_one_or_none()
         if role is None:
             raise AccessDenied("you are not a member of that tenant")
-        granted = canonical_scopes([s for s in scopes if s in ROLE_SCOPES[role]])
+        granted = canonical_scopes(list(effective_scopes(role, scopes)))
         if not granted:
             raise InvalidScope("no scope left to grant")
         grant_id = (await conn.execute(

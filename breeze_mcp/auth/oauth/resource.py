@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from breeze_mcp.auth.principal import ROLE_SCOPES, Principal
+from breeze_mcp.auth.principal import Principal, effective_scopes
 from breeze_mcp.auth.tokens import digest
 from breeze_mcp.config import Settings
 from breeze_mcp.db.engine import Statement, driver
@@ -102,7 +102,7 @@ async def access_principal_from(
         raise TokenRejected("token minted for another resource")
     if tenant_status != "active" or role is None or disabled_at is not None:
         raise TokenRejected("the user no longer has access to the tenant")
-    scopes = frozenset(token_scopes) & ROLE_SCOPES[role]
+    scopes = effective_scopes(role, token_scopes)
     if not scopes:
         raise TokenRejected("the user's role no longer allows any granted scope")
     if touch:
