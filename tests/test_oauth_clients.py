@@ -35,6 +35,7 @@ from breeze_mcp.db.engine import sqlalchemy_url
 from breeze_mcp.oauth_endpoints import SCOPE_WORDS
 from tests.oauth_support import (
     PASSWORD,
+    REDIRECT,
     HumanAgent,
     OAuthWorld,
     authorize_url,
@@ -48,7 +49,6 @@ from tests.oauth_support import (
 )
 from tests.support import ProvisionedDatabase
 
-REDIRECT = "http://127.0.0.1:7777/cb"
 ALL = "ai:read ai:write ai:execute"
 PRM_PATH = "/.well-known/oauth-protected-resource/mcp"
 
