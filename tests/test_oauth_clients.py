@@ -223,6 +223,14 @@ def admin_headers(env: Env) -> dict[str, str]:
     return {"Authorization": f"Bearer {env.world.admin_key}"}
 
 
+def admin_key_actor(env: Env) -> tuple[str, uuid.UUID]:
+    """The world's admin API key as audit entries name it: (its id, the user who created it)."""
+    rows = env.sql("SELECT id, created_by FROM api_keys WHERE digest = :d",
+                   d=digest(env.world.admin_key))
+    assert len(rows) == 1
+    return str(rows[0][0]), rows[0][1]
+
+
 # 1. The MCP SDK's own OAuth client -----------------------------------------------------------
 
 
@@ -642,12 +650,14 @@ def test_revocation_kills_every_token_and_code_of_the_grant_at_once(env: Env, pa
         again = httpx.delete(f"{world.url}/api/v1/oauth/grants/{victim.grant_id}",
                              headers=admin_headers(env), timeout=30)
         assert again.status_code == 404
-        expected = ("api_key", None, "api_key", "revoked_by_admin", None)
+        key_id, creator = admin_key_actor(env)
+        expected = ("api_key", key_id, "api_key", "revoked_by_admin", creator)
     else:
         r = httpx.delete(f"{world.url}/api/v1/oauth/clients/{victim.client_id}/grants",
                          headers=admin_headers(env), timeout=30)
         assert r.status_code == 200 and sorted(r.json()["revoked"]) == sorted(grants)
-        expected = ("api_key", None, "api_key", "client_revoked_by_admin", None)
+        key_id, creator = admin_key_actor(env)
+        expected = ("api_key", key_id, "api_key", "client_revoked_by_admin", creator)
 
     # The very next request with any token or code of the grant is refused.
     for token in accesses:
@@ -664,10 +674,10 @@ def test_revocation_kills_every_token_and_code_of_the_grant_at_once(env: Env, pa
         assert len(entries) == 1, entries
         entry = entries[0]
         assert (entry.actor_type, entry.auth_path) == (actor_type, auth_path)
-        assert actor_id is None or entry.actor_id == actor_id
+        assert entry.actor_id == actor_id
         assert entry.client_id == victim.client_id and entry.tenant_id == world.tenant.id
         assert entry.parameters["reason"] == reason and entry.outcome == "success"
-        assert acting is None or entry.acting_user_id == acting
+        assert entry.acting_user_id == acting
         row = env.sql("SELECT revoked_at, revoked_reason FROM oauth_grants WHERE id = :g",
                       g=uuid.UUID(grant_id))[0]
         assert row.revoked_at is not None and row.revoked_reason == reason
