@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -317,9 +318,10 @@ def sdk_provider(env: Env, browser: HeadlessBrowser, storage: MemoryTokenStorage
                                callback_handler=browser.callback)
 
 
+@pytest.mark.anyio
 @pytest.mark.req("OAUTH-SDK-CLIENT", "SEED-OAUTH-DCR", "SEED-OAUTH-CONSENT", "SEED-OAUTH-ROTATE",
                  "SEED-REVOKE-IMMEDIATE")
-def test_mcp_sdk_oauth_client_provider_full_flow(env: Env) -> None:
+async def test_mcp_sdk_oauth_client_provider_full_flow(env: Env) -> None:
     import httpx2
 
     world = env.world
@@ -367,7 +369,8 @@ def test_mcp_sdk_oauth_client_provider_full_flow(env: Env) -> None:
         except* ReauthorizationRefused as group:
             seen["refused"] = group.exceptions
 
-    asyncio.run(asyncio.wait_for(run(), 60))
+    with anyio.fail_after(60):
+        await run()
 
     # initialize, tools/list and tools/call worked with the SDK's token.
     assert seen["init"].server_info.name == "breeze-mcp"
@@ -426,8 +429,9 @@ def test_mcp_sdk_oauth_client_provider_full_flow(env: Env) -> None:
     assert_refresh_dead(env, client_id, t2.refresh_token)
 
 
+@pytest.mark.anyio
 @pytest.mark.req("OAUTH-SDK-CLIENT", "OAUTH-STEP-UP")
-def test_mcp_sdk_steps_up_on_insufficient_scope(env: Env) -> None:
+async def test_mcp_sdk_steps_up_on_insufficient_scope(env: Env) -> None:
     """The human first grants only ai:read; a Tier 3 call answers 403 insufficient_scope,
     the SDK asks for more (SEP-2350 union), the human approves, the call goes through."""
     storage = MemoryTokenStorage()
@@ -445,7 +449,8 @@ def test_mcp_sdk_steps_up_on_insufficient_scope(env: Env) -> None:
                 "script": "uptime", "timeout_seconds": 30})
             seen["scope2"] = storage.tokens.scope
 
-    asyncio.run(asyncio.wait_for(run(), 60))
+    with anyio.fail_after(60):
+        await run()
     assert seen["scope1"] == "ai:read"
     assert "run_script" not in seen["tools"] and "list_devices" in seen["tools"]
     assert len(browser.urls) == 2
