@@ -32,7 +32,14 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["ConfigError", "Settings", "default_state_dir", "load_settings"]
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "default_state_dir",
+    "load_settings",
+    "proxy_range_problem",
+    "takes_in_public_addresses",
+]
 
 
 class ConfigError(Exception):

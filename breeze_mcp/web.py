@@ -31,10 +31,14 @@ from breeze_mcp.services import Services
 
 __all__ = [
     "StrictTransportSecurity",
+    "check_csrf",
     "connections_page",
     "current_user",
     "disconnect",
+    "error_page",
     "form_error_page",
+    "form_target_for",
+    "login_form",
     "login_page",
     "login_submit",
     "logout",

@@ -54,6 +54,16 @@ def test_db(admin_url: str) -> Iterator[ProvisionedDatabase]:
 
 
 @pytest.fixture
+def scratch(admin_url: str) -> Iterator[ProvisionedDatabase]:
+    """A database of its own for one test that migrates, breaks or drops what it holds."""
+    db = create_test_database(admin_url)
+    try:
+        yield db
+    finally:
+        drop_test_database(db)
+
+
+@pytest.fixture
 def settings(tmp_path: Path, test_db: ProvisionedDatabase) -> Settings:
     return load_settings(
         state_dir=tmp_path / "state",

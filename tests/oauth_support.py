@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
 from breeze_mcp.accounts import Tenant, create_tenant, create_user
@@ -34,6 +35,8 @@ from tests.support import LiveServer, ProvisionedDatabase, free_port
 
 PASSWORD = "a-Strong-passphrase-42"
 ACCEPT = "application/json, text/event-stream"
+REDIRECT = "http://127.0.0.1:7777/cb"  # the redirect URI ``register`` registers by default
+AI_SCOPES = ["ai:read", "ai:write", "ai:execute"]
 
 
 @dataclass
@@ -99,6 +102,13 @@ def oauth_world(test_db: ProvisionedDatabase, state_dir: Path, *, scheme: str = 
         yield OAuthWorld(server.url, settings, test_db, tenant, tech, reader, key)
 
 
+def module_world(test_db: ProvisionedDatabase, factory: pytest.TempPathFactory,
+                 **overrides: Any) -> Iterator[OAuthWorld]:
+    """``oauth_world`` in a fresh state directory, for a module-scoped fixture to yield from."""
+    with oauth_world(test_db, Path(factory.mktemp("state")), **overrides) as world:
+        yield world
+
+
 def pkce_pair() -> tuple[str, str]:
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(
@@ -107,7 +117,7 @@ def pkce_pair() -> tuple[str, str]:
 
 
 def register(world: OAuthWorld, **body: Any) -> dict[str, Any]:
-    payload = {"client_name": "Test client", "redirect_uris": ["http://127.0.0.1:7777/cb"],
+    payload = {"client_name": "Test client", "redirect_uris": [REDIRECT],
                "token_endpoint_auth_method": "none",
                "grant_types": ["authorization_code", "refresh_token"], **body}
     r = httpx.post(f"{world.url}/register", json=payload, timeout=30)
@@ -158,14 +168,17 @@ class HumanAgent:
         return self.http.post("/authorize", data=fields)
 
 
-def authorize_url(world: OAuthWorld, client_id: str, challenge: str, *,
-                  redirect_uri: str = "http://127.0.0.1:7777/cb", state: str = "st-1",
-                  scope: str = "ai:read ai:write ai:execute", resource: str | None = None,
-                  **extra: str) -> str:
-    params = {"response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri,
-              "code_challenge": challenge, "code_challenge_method": "S256", "state": state,
-              "scope": scope, "resource": resource or world.mcp_url, **extra}
-    return str(httpx.URL(f"{world.url}/authorize", params=params))
+def authorize_url(world: OAuthWorld, client_id: str | None, challenge: str | None,
+                  **params: str | None) -> str:
+    """An /authorize URL for ``client_id`` with every parameter a good request carries;
+    ``params`` override them, and a parameter given as None is left out."""
+    query: dict[str, str | None] = {
+        "response_type": "code", "client_id": client_id, "redirect_uri": REDIRECT,
+        "code_challenge": challenge, "code_challenge_method": "S256", "state": "st-1",
+        "scope": " ".join(AI_SCOPES), "resource": world.mcp_url, **params,
+    }
+    kept = {k: v for k, v in query.items() if v is not None}
+    return str(httpx.URL(f"{world.url}/authorize", params=kept))
 
 
 def code_from(response: httpx.Response) -> str:
@@ -175,18 +188,35 @@ def code_from(response: httpx.Response) -> str:
     return location.params["code"]
 
 
+def no_store(r: httpx.Response) -> httpx.Response:
+    """Every /token (and /register) answer, success or error, must not be cached."""
+    assert "no-store" in r.headers.get("cache-control", ""), (r.status_code, r.headers)
+    return r
+
+
+def oauth_error(r: httpx.Response, status: int, error: str) -> dict[str, Any]:
+    """An OAuth error answer (RFC 6749 5.2): the status, the code and a description."""
+    assert r.status_code == status, (r.status_code, r.text)
+    body: dict[str, Any] = r.json()
+    assert body["error"] == error, body
+    assert isinstance(body.get("error_description"), str), body
+    return body
+
+
 def exchange(world: OAuthWorld, client_id: str, code: str, verifier: str, *,
-             redirect_uri: str = "http://127.0.0.1:7777/cb", **extra: str) -> httpx.Response:
-    return httpx.post(f"{world.url}/token", data={
+             redirect_uri: str = REDIRECT, **extra: str) -> httpx.Response:
+    """POST /token with ``grant_type=authorization_code``; the answer is checked uncacheable."""
+    return no_store(httpx.post(f"{world.url}/token", data={
         "grant_type": "authorization_code", "code": code, "code_verifier": verifier,
-        "redirect_uri": redirect_uri, "client_id": client_id, **extra}, timeout=30)
+        "redirect_uri": redirect_uri, "client_id": client_id, **extra}, timeout=30))
 
 
 def refresh(world: OAuthWorld, client_id: str, refresh_token: str,
             **extra: str) -> httpx.Response:
-    return httpx.post(f"{world.url}/token", data={
+    """POST /token with ``grant_type=refresh_token``; the answer is checked uncacheable."""
+    return no_store(httpx.post(f"{world.url}/token", data={
         "grant_type": "refresh_token", "refresh_token": refresh_token,
-        "client_id": client_id, **extra}, timeout=30)
+        "client_id": client_id, **extra}, timeout=30))
 
 
 def connect(world: OAuthWorld, email: str | None = None,

@@ -6,7 +6,6 @@ The edge skips a separate ``set_config`` for the actor, so the lookup's own must
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,7 +79,8 @@ def world(test_db: ProvisionedDatabase, tmp_path_factory: pytest.TempPathFactory
         yield w
 
 
-def test_access_token_lookup_sets_the_principals_actor(world: OAuthWorld) -> None:
+@pytest.mark.anyio
+async def test_access_token_lookup_sets_the_principals_actor(world: OAuthWorld) -> None:
     client_id, body = connect(world)
     token = body["access_token"]
 
@@ -105,4 +105,4 @@ def test_access_token_lookup_sets_the_principals_actor(world: OAuthWorld) -> Non
         finally:
             await db.dispose()
 
-    asyncio.run(check())
+    await check()

@@ -579,8 +579,9 @@ def test_rest_errors_and_openapi(world: World) -> None:
             assert schema["type"] == "object"
 
 
+@pytest.mark.anyio
 @pytest.mark.req("TOOLS-MCP", "TOOLS-SDK-CLIENT")
-def test_official_sdk_client_with_api_key(world: World) -> None:
+async def test_official_sdk_client_with_api_key(world: World) -> None:
     import httpx2
     from mcp.client.session import ClientSession
     from mcp.client.streamable_http import streamable_http_client
@@ -600,7 +601,7 @@ def test_official_sdk_client_with_api_key(world: World) -> None:
                 return ([t.name for t in tools.tools], result.structured_content or {},
                         denied.is_error)
 
-    names, device, denied = asyncio.run(run())
+    names, device, denied = await run()
     assert "add_note" in names and "run_script" not in names
     assert device["id"] == world.a.device_ids[0]
     assert device["hostname"]

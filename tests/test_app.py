@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,8 +17,6 @@ from breeze_mcp.db.setup import DatabaseSetupError
 from tests.support import (
     LiveServer,
     ProvisionedDatabase,
-    create_test_database,
-    drop_test_database,
     run_cli,
 )
 
@@ -58,15 +55,6 @@ async def test_refuses_superuser(test_db: ProvisionedDatabase) -> None:
             await verify_database(db)
     finally:
         await db.dispose()
-
-
-@pytest.fixture
-def scratch(admin_url: str) -> Iterator[ProvisionedDatabase]:
-    db = create_test_database(admin_url)
-    try:
-        yield db
-    finally:
-        drop_test_database(db)
 
 
 @pytest.mark.req("RLS-SERVE-REFUSES")

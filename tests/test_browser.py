@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,16 +16,15 @@ import pytest
 
 from tests.oauth_support import (
     PASSWORD,
+    REDIRECT,
     OAuthWorld,
     authorize_url,
     exchange,
-    oauth_world,
+    module_world,
     pkce_pair,
     register,
 )
 from tests.support import ProvisionedDatabase
-
-CALLBACK = "http://127.0.0.1:7777/cb"
 
 
 def _chromium() -> str | None:
@@ -65,13 +63,12 @@ def browser() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def world(test_db: ProvisionedDatabase, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[OAuthWorld]:
-    with oauth_world(test_db, Path(tmp_path_factory.mktemp("state"))) as w:
-        yield w
+    yield from module_world(test_db, tmp_path_factory)
 
 
 @pytest.mark.req("SEED-OAUTH-CONSENT", "OAUTH-CONSENT-SCOPES", "OAUTH-AUTHZ-RESPONSE")
 def test_sign_in_and_consent_in_a_browser(world: OAuthWorld, browser: Any) -> None:
-    client = register(world, client_name="Browser Test App", redirect_uris=[CALLBACK])
+    client = register(world, client_name="Browser Test App", redirect_uris=[REDIRECT])
     verifier, challenge = pkce_pair()
     context = browser.new_context()
     page = context.new_page()
@@ -113,7 +110,7 @@ def test_sign_in_and_consent_in_a_browser(world: OAuthWorld, browser: Any) -> No
         assert got.params["state"] == "s p&a=c/é"
         assert got.params["iss"] == world.settings.issuer
         r = exchange(world, client["client_id"], got.params["code"], verifier,
-                     redirect_uri=CALLBACK)
+                     redirect_uri=REDIRECT)
         assert r.status_code == 200, r.text
         assert r.json()["scope"] == "ai:read ai:write"
     finally:

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,18 +20,9 @@ from breeze_mcp.cli import _first_run_demo
 from breeze_mcp.config import load_settings
 from breeze_mcp.db import Database
 from breeze_mcp.db.engine import sqlalchemy_url
-from tests.support import REPO, ProvisionedDatabase, create_test_database, drop_test_database
+from tests.support import REPO, ProvisionedDatabase
 
 README_MARKER = "<!-- tests/test_first_hour.py runs the next block -->"
-
-
-@pytest.fixture
-def fresh(admin_url: str) -> Iterator[ProvisionedDatabase]:
-    db = create_test_database(admin_url)
-    try:
-        yield db
-    finally:
-        drop_test_database(db)
 
 
 def readme_commands() -> str:
@@ -42,12 +32,12 @@ def readme_commands() -> str:
 
 
 @pytest.mark.req("FH-README-CLI")
-def test_readme_cli_examples_work_as_printed(fresh: ProvisionedDatabase, tmp_path: Path) -> None:
-    env = fresh.env(tmp_path / "state")
+def test_readme_cli_examples_work_as_printed(scratch: ProvisionedDatabase, tmp_path: Path) -> None:
+    env = scratch.env(tmp_path / "state")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
 
     async def first_run() -> None:  # what `make run` leaves behind: the demo tenant
-        db = Database(fresh.runtime_url, pool_size=1)
+        db = Database(scratch.runtime_url, pool_size=1)
         try:
             settings = load_settings(state_dir=tmp_path / "state")
             assert await _first_run_demo(db, settings)
@@ -66,7 +56,8 @@ def test_readme_cli_examples_work_as_printed(fresh: ProvisionedDatabase, tmp_pat
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and "error" not in proc.stderr
 
-    engine = sa.create_engine(make_url(sqlalchemy_url(fresh.admin_url)).set(database=fresh.name))
+    engine = sa.create_engine(
+        make_url(sqlalchemy_url(scratch.admin_url)).set(database=scratch.name))
     try:
         with engine.connect() as conn:
             slugs = set(conn.execute(sa.text("SELECT slug FROM tenants")).scalars())

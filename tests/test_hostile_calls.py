@@ -322,12 +322,13 @@ def test_hostile_headers_are_stored_escaped(world: World) -> None:
     head = (b"Authorization: Bearer " + key.encode() + b"\r\nContent-Type: application/json"
             b"\r\nAccept: application/json\r\nUser-Agent: " + agent
             + b"\r\nX-Request-Id: id\x1b\x85\r\n")
-    for path, body in (("/mcp", _call('"wipe_device"', "{}").encode()),
-                       ("/api/v1/tools/wipe_device", b"{}")):
+    # A refused tool call is a JSON-RPC error inside a 200 over MCP, a 403 over REST.
+    for path, body, refused in (("/mcp", _call('"wipe_device"', "{}").encode(), 200),
+                                ("/api/v1/tools/wipe_device", b"{}", 403)):
         before = len(_rows(world, credential))
         status, _ = _raw_post(world, path, head, body)
         rows = _rows(world, credential)
-        assert status == 403 or status == 200, status
+        assert status == refused, (path, status)
         assert len(rows) == before + 1
         assert rows[-1].user_agent == "bot\\u001b[31m\\u007f café \\u0085"
         assert audit.unescape(rows[-1].user_agent) == agent.decode("latin-1")

@@ -28,7 +28,8 @@ from tests.oauth_support import (
     authorize_url,
     code_from,
     exchange,
-    oauth_world,
+    module_world,
+    oauth_error,
     pkce_pair,
     refresh,
     register,
@@ -44,16 +45,13 @@ EVIL = "https://evil.example/cb"
 @pytest.fixture(scope="module")
 def world(test_db: ProvisionedDatabase, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[OAuthWorld]:
-    with oauth_world(test_db, Path(tmp_path_factory.mktemp("state")),
-                     dcr_rate_limit="1000/minute") as w:
-        yield w
+    yield from module_world(test_db, tmp_path_factory, dcr_rate_limit="1000/minute")
 
 
 @pytest.fixture(scope="module")
 def https_world(test_db: ProvisionedDatabase, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[OAuthWorld]:
-    with oauth_world(test_db, Path(tmp_path_factory.mktemp("state")), scheme="https") as w:
-        yield w
+    yield from module_world(test_db, tmp_path_factory, scheme="https")
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +86,6 @@ def is_page(r: httpx.Response, status: int) -> None:
     assert r.status_code == status, (r.status_code, r.text[:300])
     assert r.headers["content-type"].startswith("text/html"), r.headers
     assert "location" not in r.headers
-
-
-def is_oauth_error(r: httpx.Response, status: int, error: str) -> None:
-    assert r.status_code == status, (r.status_code, r.text[:300])
-    assert r.json()["error"] == error, r.text
 
 
 # Bounded bodies -----------------------------------------------------------------------------
@@ -145,7 +138,7 @@ def test_a_form_over_the_cap_is_413_in_the_endpoints_shape(world: OAuthWorld, hu
     assert r.status_code == 413, (r.status_code, r.text[:300])
     assert r.headers["connection"] == "close"
     if path in ("/token", "/revoke"):
-        is_oauth_error(r, 413, "invalid_request")
+        oauth_error(r, 413, "invalid_request")
     else:
         is_page(r, 413)
 
@@ -200,7 +193,7 @@ def test_other_media_types_are_415(world: OAuthWorld) -> None:
         is_page(r, 415)
         r = httpx.post(f"{world.url}/revoke", content="token=a", timeout=30,
                        headers={"Content-Type": ctype})
-        is_oauth_error(r, 415, "invalid_request")
+        oauth_error(r, 415, "invalid_request")
 
 
 # Junk characters ----------------------------------------------------------------------------
@@ -220,17 +213,17 @@ def test_junk_in_form_fields_is_the_endpoints_own_error(
         data[field] = "bz" + junk
         r = httpx.post(f"{world.url}/token", timeout=30, headers=FORM,
                        content="&".join(f"{k}={v}" for k, v in data.items()))
-        is_oauth_error(r, 400, "invalid_request")
+        oauth_error(r, 400, "invalid_request")
     for field, value in (("refresh_token", tokens["refresh_token"]), ("scope", "ai:read"),
                          ("resource", world.mcp_url)):
         body = f"grant_type=refresh_token&client_id={client_id}&{field}={value}{junk}"
         if field != "refresh_token":
             body += f"&refresh_token={tokens['refresh_token']}"
         r = httpx.post(f"{world.url}/token", content=body, headers=FORM, timeout=30)
-        is_oauth_error(r, 400, "invalid_request")
+        oauth_error(r, 400, "invalid_request")
     r = httpx.post(f"{world.url}/revoke", content=f"client_id={client_id}&token=bzr_{junk}",
                    headers=FORM, timeout=30)
-    is_oauth_error(r, 400, "invalid_request")
+    oauth_error(r, 400, "invalid_request")
     for field in ("email", "password", "next", "csrf_token"):
         agent = HumanAgent(world, world.reader_email)
         try:
@@ -273,7 +266,7 @@ def test_a_nul_in_basic_client_credentials_is_invalid_client(world: OAuthWorld) 
         basic = base64.b64encode(f"{user}:secret".encode()).decode()
         r = httpx.post(f"{world.url}/revoke", content="token=bzr_x", headers={
             **FORM, "Authorization": f"Basic {basic}"}, timeout=30)
-        is_oauth_error(r, 401, "invalid_client")
+        oauth_error(r, 401, "invalid_client")
 
 
 @pytest.mark.req("HARD-NO-5XX")
@@ -283,11 +276,11 @@ def test_a_malformed_resource_is_invalid_target(world: OAuthWorld, human: HumanA
                                                 approved: tuple[str, dict[str, Any]],
                                                 resource: str) -> None:
     client_id, tokens = approved
-    is_oauth_error(refresh(world, client_id, tokens["refresh_token"], resource=resource), 400,
+    oauth_error(refresh(world, client_id, tokens["refresh_token"], resource=resource), 400,
                    "invalid_target")
     verifier, challenge = pkce_pair()
     code = code_from(human.authorize(authorize_url(world, client_id, challenge)))
-    is_oauth_error(exchange(world, client_id, code, verifier, resource=resource), 400,
+    oauth_error(exchange(world, client_id, code, verifier, resource=resource), 400,
                    "invalid_target")
     # At /authorize, for a client this human approved: back to the client, as invalid_target.
     r = human.http.get(authorize_url(world, client_id, challenge, resource=resource))

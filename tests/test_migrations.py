@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -15,16 +14,7 @@ from alembic.migration import MigrationContext
 from breeze_mcp.db.engine import sqlalchemy_url
 from breeze_mcp.db.models import metadata
 from breeze_mcp.db.setup import downgrade, ensure_current, head_revision, migrate
-from tests.support import ProvisionedDatabase, create_test_database, drop_test_database
-
-
-@pytest.fixture
-def scratch(admin_url: str) -> Iterator[ProvisionedDatabase]:
-    db = create_test_database(admin_url)
-    try:
-        yield db
-    finally:
-        drop_test_database(db)
+from tests.support import ProvisionedDatabase
 
 
 def public_tables(url: str) -> set[str]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -35,6 +36,7 @@ from breeze_mcp.db.engine import sqlalchemy_url
 from breeze_mcp.oauth_endpoints import SCOPE_WORDS
 from tests.oauth_support import (
     PASSWORD,
+    REDIRECT,
     HumanAgent,
     OAuthWorld,
     authorize_url,
@@ -48,7 +50,6 @@ from tests.oauth_support import (
 )
 from tests.support import ProvisionedDatabase
 
-REDIRECT = "http://127.0.0.1:7777/cb"
 ALL = "ai:read ai:write ai:execute"
 PRM_PATH = "/.well-known/oauth-protected-resource/mcp"
 
@@ -223,6 +224,14 @@ def admin_headers(env: Env) -> dict[str, str]:
     return {"Authorization": f"Bearer {env.world.admin_key}"}
 
 
+def admin_key_actor(env: Env) -> tuple[str, uuid.UUID]:
+    """The world's admin API key as audit entries name it: (its id, the user who created it)."""
+    rows = env.sql("SELECT id, created_by FROM api_keys WHERE digest = :d",
+                   d=digest(env.world.admin_key))
+    assert len(rows) == 1
+    return str(rows[0][0]), rows[0][1]
+
+
 # 1. The MCP SDK's own OAuth client -----------------------------------------------------------
 
 
@@ -309,9 +318,10 @@ def sdk_provider(env: Env, browser: HeadlessBrowser, storage: MemoryTokenStorage
                                callback_handler=browser.callback)
 
 
+@pytest.mark.anyio
 @pytest.mark.req("OAUTH-SDK-CLIENT", "SEED-OAUTH-DCR", "SEED-OAUTH-CONSENT", "SEED-OAUTH-ROTATE",
                  "SEED-REVOKE-IMMEDIATE")
-def test_mcp_sdk_oauth_client_provider_full_flow(env: Env) -> None:
+async def test_mcp_sdk_oauth_client_provider_full_flow(env: Env) -> None:
     import httpx2
 
     world = env.world
@@ -359,7 +369,8 @@ def test_mcp_sdk_oauth_client_provider_full_flow(env: Env) -> None:
         except* ReauthorizationRefused as group:
             seen["refused"] = group.exceptions
 
-    asyncio.run(asyncio.wait_for(run(), 60))
+    with anyio.fail_after(60):
+        await run()
 
     # initialize, tools/list and tools/call worked with the SDK's token.
     assert seen["init"].server_info.name == "breeze-mcp"
@@ -418,8 +429,9 @@ def test_mcp_sdk_oauth_client_provider_full_flow(env: Env) -> None:
     assert_refresh_dead(env, client_id, t2.refresh_token)
 
 
+@pytest.mark.anyio
 @pytest.mark.req("OAUTH-SDK-CLIENT", "OAUTH-STEP-UP")
-def test_mcp_sdk_steps_up_on_insufficient_scope(env: Env) -> None:
+async def test_mcp_sdk_steps_up_on_insufficient_scope(env: Env) -> None:
     """The human first grants only ai:read; a Tier 3 call answers 403 insufficient_scope,
     the SDK asks for more (SEP-2350 union), the human approves, the call goes through."""
     storage = MemoryTokenStorage()
@@ -437,7 +449,8 @@ def test_mcp_sdk_steps_up_on_insufficient_scope(env: Env) -> None:
                 "script": "uptime", "timeout_seconds": 30})
             seen["scope2"] = storage.tokens.scope
 
-    asyncio.run(asyncio.wait_for(run(), 60))
+    with anyio.fail_after(60):
+        await run()
     assert seen["scope1"] == "ai:read"
     assert "run_script" not in seen["tools"] and "list_devices" in seen["tools"]
     assert len(browser.urls) == 2
@@ -642,12 +655,14 @@ def test_revocation_kills_every_token_and_code_of_the_grant_at_once(env: Env, pa
         again = httpx.delete(f"{world.url}/api/v1/oauth/grants/{victim.grant_id}",
                              headers=admin_headers(env), timeout=30)
         assert again.status_code == 404
-        expected = ("api_key", None, "api_key", "revoked_by_admin", None)
+        key_id, creator = admin_key_actor(env)
+        expected = ("api_key", key_id, "api_key", "revoked_by_admin", creator)
     else:
         r = httpx.delete(f"{world.url}/api/v1/oauth/clients/{victim.client_id}/grants",
                          headers=admin_headers(env), timeout=30)
         assert r.status_code == 200 and sorted(r.json()["revoked"]) == sorted(grants)
-        expected = ("api_key", None, "api_key", "client_revoked_by_admin", None)
+        key_id, creator = admin_key_actor(env)
+        expected = ("api_key", key_id, "api_key", "client_revoked_by_admin", creator)
 
     # The very next request with any token or code of the grant is refused.
     for token in accesses:
@@ -664,10 +679,10 @@ def test_revocation_kills_every_token_and_code_of_the_grant_at_once(env: Env, pa
         assert len(entries) == 1, entries
         entry = entries[0]
         assert (entry.actor_type, entry.auth_path) == (actor_type, auth_path)
-        assert actor_id is None or entry.actor_id == actor_id
+        assert entry.actor_id == actor_id
         assert entry.client_id == victim.client_id and entry.tenant_id == world.tenant.id
         assert entry.parameters["reason"] == reason and entry.outcome == "success"
-        assert acting is None or entry.acting_user_id == acting
+        assert entry.acting_user_id == acting
         row = env.sql("SELECT revoked_at, revoked_reason FROM oauth_grants WHERE id = :g",
                       g=uuid.UUID(grant_id))[0]
         assert row.revoked_at is not None and row.revoked_reason == reason

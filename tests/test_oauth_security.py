@@ -30,19 +30,22 @@ from breeze_mcp.auth.tokens import digest
 from breeze_mcp.config import load_settings
 from breeze_mcp.tools import default_registry
 from tests.oauth_support import (
+    AI_SCOPES,
+    REDIRECT,
     HumanAgent,
     OAuthWorld,
+    authorize_url,
     exchange,
     mcp_call,
-    oauth_world,
+    module_world,
+    no_store,
+    oauth_error,
     pkce_pair,
     refresh,
     register,
 )
 from tests.support import ProvisionedDatabase
 
-REDIRECT = "http://127.0.0.1:7777/cb"
-AI_SCOPES = ["ai:read", "ai:write", "ai:execute"]
 CLAUDE_AI = "https://claude.ai/api/mcp/auth_callback"
 CLAUDE_COM = "https://claude.com/api/mcp/auth_callback"
 CURSOR_URIS = [
@@ -56,18 +59,12 @@ BOTH_GRANTS = ["authorization_code", "refresh_token"]
 # Worlds -------------------------------------------------------------------------------------
 
 
-def _world(test_db: ProvisionedDatabase, factory: pytest.TempPathFactory,
-           **overrides: Any) -> Iterator[OAuthWorld]:
-    with oauth_world(test_db, Path(factory.mktemp("state")), **overrides) as w:
-        yield w
-
-
 @pytest.fixture(scope="module")
 def world(test_db: ProvisionedDatabase, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[OAuthWorld]:
     # Many registrations from one address in this module: lift the per-source limit here (the
     # limit itself is tested in its own world).
-    yield from _world(test_db, tmp_path_factory, dcr_rate_limit="1000/minute")
+    yield from module_world(test_db, tmp_path_factory, dcr_rate_limit="1000/minute")
 
 
 @pytest.fixture(scope="module")
@@ -83,61 +80,26 @@ def human(world: OAuthWorld) -> Iterator[HumanAgent]:
 @pytest.fixture(scope="module")
 def limited_world(test_db: ProvisionedDatabase, tmp_path_factory: pytest.TempPathFactory
                   ) -> Iterator[OAuthWorld]:
-    yield from _world(test_db, tmp_path_factory, dcr_rate_limit="3/minute")
+    yield from module_world(test_db, tmp_path_factory, dcr_rate_limit="3/minute")
 
 
 @pytest.fixture(scope="module")
 def capped_world(test_db: ProvisionedDatabase, tmp_path_factory: pytest.TempPathFactory
                  ) -> Iterator[OAuthWorld]:
-    yield from _world(test_db, tmp_path_factory, dcr_max_pending=10)
+    yield from module_world(test_db, tmp_path_factory, dcr_max_pending=10)
 
 
 @pytest.fixture(scope="module")
 def short_grace_world(test_db: ProvisionedDatabase, tmp_path_factory: pytest.TempPathFactory
                       ) -> Iterator[OAuthWorld]:
-    yield from _world(test_db, tmp_path_factory, refresh_grace=1)
+    yield from module_world(test_db, tmp_path_factory, refresh_grace=1)
 
 
 # Helpers ------------------------------------------------------------------------------------
 
 
-def no_store(r: httpx.Response) -> httpx.Response:
-    """Every /token (and /register) answer, success or error, must not be cached."""
-    assert "no-store" in r.headers.get("cache-control", ""), (r.status_code, r.headers)
-    return r
-
-
 def token_post(world: OAuthWorld, data: dict[str, str], **kw: Any) -> httpx.Response:
     return no_store(httpx.post(f"{world.url}/token", data=data, timeout=30, **kw))
-
-
-def do_exchange(world: OAuthWorld, client_id: str, code: str, verifier: str,
-                **extra: str) -> httpx.Response:
-    return no_store(exchange(world, client_id, code, verifier, **extra))
-
-
-def do_refresh(world: OAuthWorld, client_id: str, token: str, **extra: str) -> httpx.Response:
-    return no_store(refresh(world, client_id, token, **extra))
-
-
-def oauth_error(r: httpx.Response, status: int, error: str) -> dict[str, Any]:
-    assert r.status_code == status, (r.status_code, r.text)
-    body: dict[str, Any] = r.json()
-    assert body["error"] == error, body
-    assert isinstance(body.get("error_description"), str), body
-    return body
-
-
-def authz_url(world: OAuthWorld, client_id: str | None, challenge: str | None,
-              **params: str | None) -> str:
-    """An /authorize URL; a parameter given as None is left out."""
-    query: dict[str, str | None] = {
-        "response_type": "code", "client_id": client_id, "redirect_uri": REDIRECT,
-        "code_challenge": challenge, "code_challenge_method": "S256", "state": "st-1",
-        "scope": " ".join(AI_SCOPES), "resource": world.mcp_url, **params,
-    }
-    kept = {k: v for k, v in query.items() if v is not None}
-    return str(httpx.URL(f"{world.url}/authorize", params=kept))
 
 
 def redirect_params(r: httpx.Response, redirect_uri: str = REDIRECT) -> dict[str, str]:
@@ -162,7 +124,7 @@ def approve(world: OAuthWorld, human: HumanAgent, client_id: str, *,
             **params: str | None) -> tuple[str, str, dict[str, str]]:
     """The human approves; returns (code, verifier, all response parameters)."""
     verifier, challenge = pkce_pair()
-    r = human.authorize(authz_url(world, client_id, challenge, redirect_uri=redirect_uri,
+    r = human.authorize(authorize_url(world, client_id, challenge, redirect_uri=redirect_uri,
                                   **params), scopes=scopes)
     got = redirect_params(r, redirect_uri)
     assert "code" in got, got
@@ -174,7 +136,7 @@ def connected(world: OAuthWorld, human: HumanAgent, *, scopes: list[str] | None 
     """Register a public client and complete the flow: (client_id, token response)."""
     client_id = register(world, **body)["client_id"]
     code, verifier, _ = approve(world, human, client_id, scopes=scopes)
-    r = do_exchange(world, client_id, code, verifier)
+    r = exchange(world, client_id, code, verifier)
     assert r.status_code == 200, r.text
     return client_id, r.json()
 
@@ -238,7 +200,7 @@ def assert_grant_dead(world: OAuthWorld, client_id: str, grant_id: uuid.UUID,
         assert r.status_code == 401, r.text
         assert challenge_params(r)["error"] == "invalid_token"
     for token in refresh_tokens:
-        oauth_error(do_refresh(world, client_id, token), 400, "invalid_grant")
+        oauth_error(refresh(world, client_id, token), 400, "invalid_grant")
 
 
 # 1. Discovery -------------------------------------------------------------------------------
@@ -406,18 +368,18 @@ def test_client_secret_post_client_authenticates_with_its_secret(
     client_id, secret = client["client_id"], client["client_secret"]
     code, verifier, _ = approve(world, human, client_id, redirect_uri=CLAUDE_COM)
 
-    oauth_error(do_exchange(world, client_id, code, verifier, redirect_uri=CLAUDE_COM),
+    oauth_error(exchange(world, client_id, code, verifier, redirect_uri=CLAUDE_COM),
                 401, "invalid_client")  # no secret
-    oauth_error(do_exchange(world, client_id, code, verifier, redirect_uri=CLAUDE_COM,
+    oauth_error(exchange(world, client_id, code, verifier, redirect_uri=CLAUDE_COM,
                             client_secret=secret + "x"), 401, "invalid_client")
-    r = do_exchange(world, client_id, code, verifier, redirect_uri=CLAUDE_COM,
+    r = exchange(world, client_id, code, verifier, redirect_uri=CLAUDE_COM,
                     client_secret=secret)
     assert r.status_code == 200, r.text
     tokens = r.json()
 
-    oauth_error(do_refresh(world, client_id, tokens["refresh_token"],
+    oauth_error(refresh(world, client_id, tokens["refresh_token"],
                            client_secret="bzx_wrong"), 401, "invalid_client")
-    r = do_refresh(world, client_id, tokens["refresh_token"], client_secret=secret)
+    r = refresh(world, client_id, tokens["refresh_token"], client_secret=secret)
     assert r.status_code == 200, r.text
     assert mcp_status(world, r.json()["access_token"]) == 200
 
@@ -533,7 +495,7 @@ def test_unused_registration_expires(world: OAuthWorld) -> None:
                     "WHERE client_id = :c", c=client_id)
 
     _, challenge = pkce_pair()
-    assert_error_page(httpx.get(authz_url(world, client_id, challenge), timeout=30))
+    assert_error_page(httpx.get(authorize_url(world, client_id, challenge), timeout=30))
     oauth_error(token_post(world, {"grant_type": "authorization_code", "client_id": client_id,
                                    "code": "bzc_x", "code_verifier": "v" * 43,
                                    "redirect_uri": REDIRECT}), 401, "invalid_client")
@@ -568,7 +530,7 @@ def test_authorize_requires_pkce_s256(world: OAuthWorld, human: HumanAgent,
     if params.get("code_challenge_method") == "plain":
         challenge = verifier
     state = "pkce state/1"
-    r = human.http.get(authz_url(world, client_id, challenge, state=state, **params))
+    r = human.http.get(authorize_url(world, client_id, challenge, state=state, **params))
     got = redirect_params(r)
     assert got["error"] == "invalid_request", got
     assert got["state"] == state
@@ -581,7 +543,7 @@ def test_token_requires_the_right_verifier(world: OAuthWorld, human: HumanAgent)
     client_id = register(world)["client_id"]
     code, _, _ = approve(world, human, client_id)
     wrong, _ = pkce_pair()
-    oauth_error(do_exchange(world, client_id, code, wrong), 400, "invalid_grant")
+    oauth_error(exchange(world, client_id, code, wrong), 400, "invalid_grant")
 
     code, verifier, _ = approve(world, human, client_id)
     r = no_store(httpx.post(f"{world.url}/token", timeout=30, data={
@@ -590,7 +552,7 @@ def test_token_requires_the_right_verifier(world: OAuthWorld, human: HumanAgent)
     oauth_error(r, 400, "invalid_request")
 
     code, verifier, _ = approve(world, human, client_id)
-    r = do_exchange(world, client_id, code, verifier)
+    r = exchange(world, client_id, code, verifier)
     assert r.status_code == 200, r.text
 
 
@@ -614,11 +576,11 @@ def test_bad_redirect_uri_is_an_error_page_never_a_redirect(
     client_id = register(world, redirect_uris=[REDIRECT, "https://app.example.com/cb"]
                           )["client_id"]
     _, challenge = pkce_pair()
-    url = authz_url(world, client_id, challenge, redirect_uri=presented)
+    url = authorize_url(world, client_id, challenge, redirect_uri=presented)
     assert_error_page(httpx.get(url, timeout=30))  # not signed in
     assert_error_page(human.open_authorize(url))  # signed in
     # Even when everything else is wrong too (an error that would otherwise be redirected).
-    assert_error_page(httpx.get(authz_url(world, client_id, None, redirect_uri=presented,
+    assert_error_page(httpx.get(authorize_url(world, client_id, None, redirect_uri=presented,
                                           resource="https://evil.example/mcp"), timeout=30))
 
 
@@ -627,7 +589,7 @@ def test_bad_redirect_uri_is_an_error_page_never_a_redirect(
 def test_unknown_client_is_an_error_page(world: OAuthWorld, human: HumanAgent,
                                          client_id: str | None) -> None:
     _, challenge = pkce_pair()
-    url = authz_url(world, client_id, challenge)
+    url = authorize_url(world, client_id, challenge)
     assert_error_page(httpx.get(url, timeout=30))
     assert_error_page(human.open_authorize(url))
 
@@ -637,16 +599,16 @@ def test_loopback_redirect_matches_any_port(world: OAuthWorld, human: HumanAgent
     client_id = register(world, redirect_uris=[REDIRECT])["client_id"]
     ephemeral = "http://127.0.0.1:61234/cb"
     code, verifier, _ = approve(world, human, client_id, redirect_uri=ephemeral)
-    r = do_exchange(world, client_id, code, verifier, redirect_uri=ephemeral)
+    r = exchange(world, client_id, code, verifier, redirect_uri=ephemeral)
     assert r.status_code == 200, r.text
 
     # At /token the redirect_uri must be the one of the authorization request, exactly.
     code, verifier, _ = approve(world, human, client_id, redirect_uri=ephemeral)
-    oauth_error(do_exchange(world, client_id, code, verifier, redirect_uri=REDIRECT),
+    oauth_error(exchange(world, client_id, code, verifier, redirect_uri=REDIRECT),
                 400, "invalid_grant")
-    oauth_error(do_exchange(world, client_id, code, verifier,
+    oauth_error(exchange(world, client_id, code, verifier,
                             redirect_uri="http://127.0.0.1:61235/cb"), 400, "invalid_grant")
-    r = do_exchange(world, client_id, code, verifier, redirect_uri=ephemeral)
+    r = exchange(world, client_id, code, verifier, redirect_uri=ephemeral)
     assert r.status_code == 200, r.text
 
 
@@ -656,7 +618,7 @@ def test_token_redirect_uri_must_match_the_request(world: OAuthWorld,
     client_id = register(world, redirect_uris=[REDIRECT, "https://app.example.com/cb"]
                          )["client_id"]
     code, verifier, _ = approve(world, human, client_id)
-    oauth_error(do_exchange(world, client_id, code, verifier,
+    oauth_error(exchange(world, client_id, code, verifier,
                             redirect_uri="https://app.example.com/cb"), 400, "invalid_grant")
     r = no_store(httpx.post(f"{world.url}/token", timeout=30, data={
         "grant_type": "authorization_code", "code": code, "code_verifier": verifier,
@@ -689,10 +651,10 @@ def test_state_survives_the_sign_in(world: OAuthWorld) -> None:
     try:
         client_id = register(world)["client_id"]
         verifier, challenge = pkce_pair()
-        r = reader.authorize(authz_url(world, client_id, challenge, state=ODD_STATE))
+        r = reader.authorize(authorize_url(world, client_id, challenge, state=ODD_STATE))
         got = redirect_params(r)
         assert got["state"] == ODD_STATE and got["iss"] == world.settings.issuer
-        r = do_exchange(world, client_id, got["code"], verifier)
+        r = exchange(world, client_id, got["code"], verifier)
         assert r.status_code == 200, r.text
         assert r.json()["scope"] == "ai:read"  # never more than the role allows
     finally:
@@ -706,7 +668,7 @@ def test_long_state_within_the_limit_survives_the_sign_in(world: OAuthWorld) -> 
         client_id = register(world)["client_id"]
         _, challenge = pkce_pair()
         state = "ü" * 700  # 700 characters: accepted by /authorize
-        got = redirect_params(reader.authorize(authz_url(world, client_id, challenge,
+        got = redirect_params(reader.authorize(authorize_url(world, client_id, challenge,
                                                          state=state)))
         assert got["state"] == state
     finally:
@@ -717,13 +679,13 @@ def test_long_state_within_the_limit_survives_the_sign_in(world: OAuthWorld) -> 
 def test_error_responses_carry_state_and_iss(world: OAuthWorld, human: HumanAgent) -> None:
     client_id = register(world)["client_id"]
     _, challenge = pkce_pair()
-    r = human.authorize(authz_url(world, client_id, challenge, state=ODD_STATE),
+    r = human.authorize(authorize_url(world, client_id, challenge, state=ODD_STATE),
                         decision="deny")
     got = redirect_params(r)
     assert got["error"] == "access_denied"
     assert got["state"] == ODD_STATE and got["iss"] == world.settings.issuer
 
-    r = human.http.get(authz_url(world, approved_client(world, human), challenge,
+    r = human.http.get(authorize_url(world, approved_client(world, human), challenge,
                                  state=ODD_STATE, response_type="token"))
     got = redirect_params(r)
     assert got["error"] == "unsupported_response_type"
@@ -737,18 +699,18 @@ def test_error_responses_carry_state_and_iss(world: OAuthWorld, human: HumanAgen
 def test_code_replay_revokes_the_grant(world: OAuthWorld, human: HumanAgent) -> None:
     client_id = register(world)["client_id"]
     code, verifier, _ = approve(world, human, client_id)
-    first = do_exchange(world, client_id, code, verifier)
+    first = exchange(world, client_id, code, verifier)
     assert first.status_code == 200, first.text
     tokens = first.json()
     grant_id = grant_of(world, tokens["access_token"])
     assert mcp_status(world, tokens["access_token"]) == 200
 
-    oauth_error(do_exchange(world, client_id, code, verifier), 400, "invalid_grant")
+    oauth_error(exchange(world, client_id, code, verifier), 400, "invalid_grant")
     assert_grant_dead(world, client_id, grant_id, [tokens["access_token"]],
                       [tokens["refresh_token"]])
     assert "oauth.code_replay_detected" in audit_actions(world, grant_id)
     # A third try is still refused (and harmless).
-    oauth_error(do_exchange(world, client_id, code, verifier), 400, "invalid_grant")
+    oauth_error(exchange(world, client_id, code, verifier), 400, "invalid_grant")
 
 
 @pytest.mark.req("OAUTH-CODE-REPLAY")
@@ -756,8 +718,8 @@ def test_code_of_another_client_is_refused(world: OAuthWorld, human: HumanAgent)
     client_id = register(world)["client_id"]
     other = register(world)["client_id"]
     code, verifier, _ = approve(world, human, client_id)
-    oauth_error(do_exchange(world, other, code, verifier), 400, "invalid_grant")
-    assert do_exchange(world, client_id, code, verifier).status_code == 200
+    oauth_error(exchange(world, other, code, verifier), 400, "invalid_grant")
+    assert exchange(world, client_id, code, verifier).status_code == 200
 
 
 @pytest.mark.req("OAUTH-CODE-REPLAY")
@@ -802,7 +764,7 @@ def test_foreign_resource_at_authorize_is_invalid_target(world: OAuthWorld, huma
                                                          resource: str) -> None:
     client_id = approved_client(world, human)
     _, challenge = pkce_pair()
-    r = human.http.get(authz_url(world, client_id, challenge, state="s",
+    r = human.http.get(authorize_url(world, client_id, challenge, state="s",
                                  resource=resource.format(origin=world.url)))
     got = redirect_params(r)
     assert got["error"] == "invalid_target", got
@@ -819,7 +781,7 @@ def test_resource_aliases_are_normalised_everywhere(world: OAuthWorld,
                                                     human: HumanAgent) -> None:
     client_id = register(world)["client_id"]
     code, verifier, _ = approve(world, human, client_id, resource=_alias(world))
-    r = do_exchange(world, client_id, code, verifier, resource=_alias(world, slash=False))
+    r = exchange(world, client_id, code, verifier, resource=_alias(world, slash=False))
     assert r.status_code == 200, r.text
     tokens = r.json()
     grant_id = grant_of(world, tokens["access_token"])
@@ -831,7 +793,7 @@ def test_resource_aliases_are_normalised_everywhere(world: OAuthWorld,
     # never read as reuse.
     current = tokens["refresh_token"]
     for alias in (_alias(world), world.mcp_url + "/", _alias(world, slash=False)):
-        r = do_refresh(world, client_id, current, resource=alias)
+        r = refresh(world, client_id, current, resource=alias)
         assert r.status_code == 200, r.text
         current = r.json()["refresh_token"]
         assert mcp_status(world, r.json()["access_token"]) == 200
@@ -845,19 +807,19 @@ def test_wrong_resource_at_token_is_invalid_target_without_revocation(
     evil = "https://evil.example/mcp"
     client_id = register(world)["client_id"]
     code, verifier, _ = approve(world, human, client_id)
-    oauth_error(do_exchange(world, client_id, code, verifier, resource=evil),
+    oauth_error(exchange(world, client_id, code, verifier, resource=evil),
                 400, "invalid_target")
-    r = do_exchange(world, client_id, code, verifier, resource=world.mcp_url)
+    r = exchange(world, client_id, code, verifier, resource=world.mcp_url)
     assert r.status_code == 200, r.text
     tokens = r.json()
     grant_id = grant_of(world, tokens["access_token"])
 
-    oauth_error(do_refresh(world, client_id, tokens["refresh_token"], resource=evil),
+    oauth_error(refresh(world, client_id, tokens["refresh_token"], resource=evil),
                 400, "invalid_target")
     assert not grant_revoked(world, grant_id)
     assert mcp_status(world, tokens["access_token"]) == 200
     # The refused refresh did not consume the token: the retry is not "reuse".
-    r = do_refresh(world, client_id, tokens["refresh_token"], resource=world.mcp_url)
+    r = refresh(world, client_id, tokens["refresh_token"], resource=world.mcp_url)
     assert r.status_code == 200, r.text
     assert not grant_revoked(world, grant_id)
 
@@ -879,7 +841,7 @@ def test_token_for_another_resource_is_refused_at_mcp(world: OAuthWorld,
 def test_resource_with_fragment_is_invalid_target(world: OAuthWorld, human: HumanAgent) -> None:
     client_id = approved_client(world, human)
     _, challenge = pkce_pair()
-    r = human.http.get(authz_url(world, client_id, challenge,
+    r = human.http.get(authorize_url(world, client_id, challenge,
                                  resource=world.mcp_url + "#frag"))
     got = redirect_params(r)  # today: the sign-in page (200), i.e. accepted
     assert got["error"] == "invalid_target"
@@ -913,7 +875,7 @@ def test_unknown_client_at_token_is_invalid_client(world: OAuthWorld,
 @pytest.mark.req("OAUTH-INVALID-CLIENT")
 def test_every_token_response_is_no_store(world: OAuthWorld, human: HumanAgent) -> None:
     client_id, tokens = connected(world, human)  # success (checked in do_exchange)
-    assert no_store(do_refresh(world, client_id, tokens["refresh_token"])).status_code == 200
+    assert no_store(refresh(world, client_id, tokens["refresh_token"])).status_code == 200
     for data in ({"grant_type": "password", "client_id": client_id},
                  {"client_id": client_id},
                  {"grant_type": "refresh_token", "client_id": client_id,
@@ -955,7 +917,7 @@ def test_fifty_concurrent_refreshes_leave_one_lineage(world: OAuthWorld,
     for r in (responses[0], responses[-1]):
         assert mcp_status(world, r.json()["access_token"]) == 200
 
-    r = do_refresh(world, client_id, successor)
+    r = refresh(world, client_id, successor)
     assert r.status_code == 200, r.text
     assert not grant_revoked(world, grant_id)
     assert live_refresh_digests(world, grant_id) == [digest(r.json()["refresh_token"])]
@@ -967,12 +929,12 @@ def test_predecessor_within_grace_gets_the_same_successor(world: OAuthWorld,
     client_id, tokens = connected(world, human)
     grant_id = grant_of(world, tokens["access_token"])
     t0 = tokens["refresh_token"]
-    r1 = do_refresh(world, client_id, t0)
+    r1 = refresh(world, client_id, t0)
     assert r1.status_code == 200, r1.text
     t1 = r1.json()["refresh_token"]
     rows = refresh_rows(world, grant_id)
 
-    again = do_refresh(world, client_id, t0)  # the first response was "lost"
+    again = refresh(world, client_id, t0)  # the first response was "lost"
     assert again.status_code == 200, again.text
     assert again.json()["refresh_token"] == t1
     assert again.json()["access_token"] != r1.json()["access_token"]
@@ -981,7 +943,7 @@ def test_predecessor_within_grace_gets_the_same_successor(world: OAuthWorld,
     assert mcp_status(world, again.json()["access_token"]) == 200
     assert not grant_revoked(world, grant_id)
 
-    r2 = do_refresh(world, client_id, t1)
+    r2 = refresh(world, client_id, t1)
     assert r2.status_code == 200, r2.text
     assert live_refresh_digests(world, grant_id) == [digest(r2.json()["refresh_token"])]
 
@@ -991,13 +953,13 @@ def test_grandparent_replay_revokes_the_grant(world: OAuthWorld, human: HumanAge
     client_id, tokens = connected(world, human)
     grant_id = grant_of(world, tokens["access_token"])
     t0 = tokens["refresh_token"]
-    r1 = do_refresh(world, client_id, t0)
+    r1 = refresh(world, client_id, t0)
     t1 = r1.json()["refresh_token"]
-    r2 = do_refresh(world, client_id, t1)
+    r2 = refresh(world, client_id, t1)
     assert r2.status_code == 200, r2.text
     t2 = r2.json()["refresh_token"]
 
-    oauth_error(do_refresh(world, client_id, t0), 400, "invalid_grant")
+    oauth_error(refresh(world, client_id, t0), 400, "invalid_grant")
     assert_grant_dead(world, client_id, grant_id,
                       [tokens["access_token"], r1.json()["access_token"],
                        r2.json()["access_token"]], [t2, t1])
@@ -1011,11 +973,11 @@ def test_grace_retry_ends_once_the_successor_is_used(world: OAuthWorld,
     client_id, tokens = connected(world, human)
     grant_id = grant_of(world, tokens["access_token"])
     t0 = tokens["refresh_token"]
-    t1 = do_refresh(world, client_id, t0).json()["refresh_token"]
-    assert do_refresh(world, client_id, t0).json()["refresh_token"] == t1  # lost response
-    r2 = do_refresh(world, client_id, t1)  # the successor is used: t0 is now an ancestor
+    t1 = refresh(world, client_id, t0).json()["refresh_token"]
+    assert refresh(world, client_id, t0).json()["refresh_token"] == t1  # lost response
+    r2 = refresh(world, client_id, t1)  # the successor is used: t0 is now an ancestor
     assert r2.status_code == 200, r2.text
-    oauth_error(do_refresh(world, client_id, t0), 400, "invalid_grant")
+    oauth_error(refresh(world, client_id, t0), 400, "invalid_grant")
     assert_grant_dead(world, client_id, grant_id, [r2.json()["access_token"]],
                       [r2.json()["refresh_token"]])
 
@@ -1029,11 +991,11 @@ def test_replay_after_the_grace_revokes_the_grant(short_grace_world: OAuthWorld)
     finally:
         agent.close()
     grant_id = grant_of(w, tokens["access_token"])
-    r1 = do_refresh(w, client_id, tokens["refresh_token"])
+    r1 = refresh(w, client_id, tokens["refresh_token"])
     assert r1.status_code == 200, r1.text
     t1 = r1.json()["refresh_token"]
     time.sleep(1.5)  # refresh_grace=1
-    oauth_error(do_refresh(w, client_id, tokens["refresh_token"]), 400, "invalid_grant")
+    oauth_error(refresh(w, client_id, tokens["refresh_token"]), 400, "invalid_grant")
     assert_grant_dead(w, client_id, grant_id,
                       [tokens["access_token"], r1.json()["access_token"]], [t1])
     assert "oauth.refresh_reuse_detected" in audit_actions(w, grant_id)
@@ -1047,7 +1009,7 @@ def test_refresh_may_narrow_scope_but_never_widen(world: OAuthWorld, human: Huma
     wide = {t["name"] for t in
             mcp_call(world, tokens["access_token"], "tools/list").json()["result"]["tools"]}
 
-    r = do_refresh(world, client_id, tokens["refresh_token"], scope="ai:read")
+    r = refresh(world, client_id, tokens["refresh_token"], scope="ai:read")
     assert r.status_code == 200, r.text
     narrowed = r.json()
     assert narrowed["scope"] == "ai:read"
@@ -1059,10 +1021,10 @@ def test_refresh_may_narrow_scope_but_never_widen(world: OAuthWorld, human: Huma
 
     current = narrowed["refresh_token"]
     for beyond in ("ai:read ai:execute", "ai:execute"):
-        oauth_error(do_refresh(world, client_id, current, scope=beyond), 400, "invalid_scope")
+        oauth_error(refresh(world, client_id, current, scope=beyond), 400, "invalid_scope")
     assert not grant_revoked(world, grant_id)
     # The refused request consumed nothing; without scope the grant's scopes come back.
-    r = do_refresh(world, client_id, current)
+    r = refresh(world, client_id, current)
     assert r.status_code == 200, r.text
     assert r.json()["scope"] == "ai:read ai:write"
 
@@ -1077,7 +1039,7 @@ def test_storage_error_is_503_never_a_revocation(world: OAuthWorld, human: Human
     # Fail the rotation half-way: the compare-and-swap succeeds, the successor's INSERT fails.
     world.owner_sql(f"REVOKE INSERT ON oauth_refresh_tokens FROM {role}")
     try:
-        r = do_refresh(world, client_id, tokens["refresh_token"])
+        r = refresh(world, client_id, tokens["refresh_token"])
     finally:
         world.owner_sql(f"GRANT INSERT ON oauth_refresh_tokens TO {role}")
     oauth_error(r, 503, "temporarily_unavailable")
@@ -1088,7 +1050,7 @@ def test_storage_error_is_503_never_a_revocation(world: OAuthWorld, human: Human
     assert not grant_revoked(world, grant_id)
     assert mcp_status(world, tokens["access_token"]) == 200
     # Nothing was half-done: the same token rotates normally, and that is not "reuse".
-    r = do_refresh(world, client_id, tokens["refresh_token"])
+    r = refresh(world, client_id, tokens["refresh_token"])
     assert r.status_code == 200, r.text
     assert not grant_revoked(world, grant_id)
     assert live_refresh_digests(world, grant_id) == [digest(r.json()["refresh_token"])]
@@ -1100,9 +1062,9 @@ def test_refresh_token_of_another_client_is_invalid_grant(world: OAuthWorld,
     client_id, tokens = connected(world, human)
     grant_id = grant_of(world, tokens["access_token"])
     thief = register(world)["client_id"]
-    oauth_error(do_refresh(world, thief, tokens["refresh_token"]), 400, "invalid_grant")
+    oauth_error(refresh(world, thief, tokens["refresh_token"]), 400, "invalid_grant")
     assert not grant_revoked(world, grant_id)
-    r = do_refresh(world, client_id, tokens["refresh_token"])
+    r = refresh(world, client_id, tokens["refresh_token"])
     assert r.status_code == 200, r.text
 
 
@@ -1121,7 +1083,7 @@ def test_expired_access_token_is_refused(world: OAuthWorld, human: HumanAgent) -
     assert r.status_code == 401
     assert challenge_params(r)["error"] == "invalid_token"
     # The grant lives on: the refresh token still works.
-    r = do_refresh(world, client_id, tokens["refresh_token"])
+    r = refresh(world, client_id, tokens["refresh_token"])
     assert r.status_code == 200, r.text
     assert mcp_status(world, r.json()["access_token"]) == 200
 
@@ -1133,13 +1095,13 @@ def test_expired_code_and_refresh_token_are_invalid_grant(world: OAuthWorld,
     code, verifier, _ = approve(world, human, client_id)
     world.owner_sql("UPDATE oauth_codes SET expires_at = now() - interval '1 second' "
                     "WHERE digest = :d", d=digest(code))
-    oauth_error(do_exchange(world, client_id, code, verifier), 400, "invalid_grant")
+    oauth_error(exchange(world, client_id, code, verifier), 400, "invalid_grant")
 
     client_id, tokens = connected(world, human)
     grant_id = grant_of(world, tokens["access_token"])
     world.owner_sql("UPDATE oauth_refresh_tokens SET expires_at = now() - interval '1 second' "
                     "WHERE digest = :d", d=digest(tokens["refresh_token"]))
-    oauth_error(do_refresh(world, client_id, tokens["refresh_token"]), 400, "invalid_grant")
+    oauth_error(refresh(world, client_id, tokens["refresh_token"]), 400, "invalid_grant")
     assert not grant_revoked(world, grant_id)  # expiry is not theft
 
 

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.oauth_support import OAuthWorld, connect, mcp_call, oauth_world, refresh
+from tests.oauth_support import OAuthWorld, connect, mcp_call, module_world, refresh
 from tests.support import ProvisionedDatabase
 
 
 @pytest.fixture(scope="module")
 def world(test_db: ProvisionedDatabase, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[OAuthWorld]:
-    with oauth_world(test_db, Path(tmp_path_factory.mktemp("state"))) as w:
-        yield w
+    yield from module_world(test_db, tmp_path_factory)
 
 
 @pytest.mark.req("SEED-OAUTH-DCR", "SEED-OAUTH-CONSENT", "SEED-OAUTH-ROTATE")

@@ -109,7 +109,8 @@ def _audit_rows(scratch: Scratch, request_id: str) -> int:
                                 {"r": request_id}).scalar_one())
 
 
-def test_a_burst_waits_for_the_pool_instead_of_opening_connections(
+@pytest.mark.anyio
+async def test_a_burst_waits_for_the_pool_instead_of_opening_connections(
     scratch: Scratch, tmp_path: Path
 ) -> None:
     started = time.time()
@@ -121,7 +122,7 @@ def test_a_burst_waits_for_the_pool_instead_of_opening_connections(
                     for _ in range(24)])
 
         for _ in range(3):
-            responses = asyncio.run(burst())
+            responses = await burst()
             assert [r.status_code for r in responses] == [200] * 24
             assert all(len(r.json()["result"]["structuredContent"]["devices"]) == 2
                        for r in responses)

@@ -163,9 +163,16 @@ def test_every_tool_is_described_with_an_object_schema(tool: ToolSpec) -> None:
 
 
 @pytest.mark.req("TOOLS-RMM")
-@pytest.mark.parametrize("tool", ALL_TOOLS, ids=lambda t: t.name)
-def test_only_tier4_tools_lack_a_handler(tool: ToolSpec) -> None:
-    assert (tool.handler is None) == (tool.base_tier == BLOCKED_TIER)
+@pytest.mark.parametrize(("tier", "has_handler"), [(1, False), (2, False), (3, False),
+                                                   (BLOCKED_TIER, True)])
+def test_a_tool_has_a_handler_exactly_when_it_is_not_tier4(tier: int, has_handler: bool) -> None:
+    """The registry refuses to build a Tier 4 tool that could run, or another without a
+    handler, so the rule holds for any tool anyone adds, not only for today's list."""
+    listed = spec("list_devices")
+    with pytest.raises(ValueError, match="Tier 4 tools have no handler"):
+        ToolSpec(name="odd_tool", description="a tool against the rule",
+                 input_model=listed.input_model, base_tier=tier,
+                 handler=listed.handler if has_handler else None)
 
 
 @pytest.mark.req("TOOLS-RMM")
@@ -355,6 +362,8 @@ def test_health_of_a_failing_device() -> None:
     assert points["3 service(s) down"] == 20  # capped
     assert points["3 active critical alert(s)."] == 30  # capped
     assert points["4 active warning alert(s)."] == 15  # capped
+    # Every rule at its cap, offline and a long uptime: 150 points, and the score floors at 0.
+    assert sum(d.points for d in result.deductions) == 20 + 15 + 25 + 10 + 20 + 30 + 15 + 5 + 10
     assert (result.score, result.verdict) == (0, "critical")
     assert any("offline" in f for f in result.findings)
     assert any("83 days" in f for f in result.findings)
@@ -386,7 +395,9 @@ def test_health_deductions(
 ) -> None:
     result = assess_health({**GOOD, **changes}, **kwargs)
     assert (result.score, result.verdict) == (score, verdict)
-    assert 100 - sum(d.points for d in result.deductions) == score or score == 0
+    # No row scores 0 (where the floor would hide points): the deductions are the whole loss.
+    assert score > 0
+    assert sum(d.points for d in result.deductions) == 100 - score
     assert all(f.endswith(f"(-{d.points})") for f, d in zip(result.findings, result.deductions,
                                                              strict=False))
 

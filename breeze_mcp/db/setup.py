@@ -44,6 +44,7 @@ __all__ = [
     "check_runtime_role",
     "database_target",
     "describe_url",
+    "downgrade",
     "ensure_current",
     "head_revision",
     "migrate",

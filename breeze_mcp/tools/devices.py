@@ -46,6 +46,7 @@ __all__ = [
     "GET_DEVICE_HEALTH",
     "LIST_DEVICES",
     "MAX_OFFSET",
+    "Deduction",
     "DeviceIdInput",
     "HealthAssessment",
     "ListDevicesInput",
