@@ -49,8 +49,6 @@ EXEMPT: dict[str, dict[str, str]] = {
 
 #: Modules left out whole, each with why.
 SKIPPED = {
-    # Being split into one module per RFC (issue 10); pin the new modules once they land.
-    "breeze_mcp.auth.oauth": "being split",
     # Running it is the command line itself (argparse exits on import).
     "breeze_mcp.__main__": "runs on import",
 }
