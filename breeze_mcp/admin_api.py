@@ -135,17 +135,10 @@ async def revoke_client_grants(request: Request) -> Response:
     client_id = request.path_params["client_id"]
     if not _plausible_client_id(client_id):  # could name no client; the database cannot hold it
         return _refused("not_found", "no such client", 404)
-    async with services.db.tenant_transaction(principal.tenant_id, actor=principal.actor) as conn:
-        ids = list((await conn.execute(
-            sa.select(oauth_grants.c.id).where(
-                oauth_grants.c.tenant_id == principal.tenant_id,
-                oauth_grants.c.client_id == client_id, oauth_grants.c.revoked_at.is_(None))
-        )).scalars())
-    ctx = request_context(request, services)
-    for grant_id in ids:
-        await oauth.revoke_grant(
-            services.db, principal.tenant_id, grant_id, reason="client_revoked_by_admin",
-            actor_type=principal.actor_type, actor_id=principal.actor_id, request=ctx,
-            auth_path=principal.auth_path, acting_user_id=principal.acting_user_id,
-        )
+    ids = await oauth.revoke_client_grants(
+        services.db, principal.tenant_id, client_id, reason="client_revoked_by_admin",
+        actor_type=principal.actor_type, actor_id=principal.actor_id,
+        request=request_context(request, services), auth_path=principal.auth_path,
+        acting_user_id=principal.acting_user_id,
+    )
     return JSONResponse({"revoked": [str(g) for g in ids]})

@@ -686,6 +686,13 @@ def test_revocation_kills_every_token_and_code_of_the_grant_at_once(env: Env, pa
         row = env.sql("SELECT revoked_at, revoked_reason FROM oauth_grants WHERE id = :g",
                       g=uuid.UUID(grant_id))[0]
         assert row.revoked_at is not None and row.revoked_reason == reason
+    if path == "admin_revoke_client":
+        # All the client's grants in one transaction, all or none: now() is the transaction's
+        # start, so every grant carries the same revocation time.
+        times = {r.revoked_at for r in env.sql(
+            "SELECT revoked_at FROM oauth_grants WHERE id = ANY(:g)",
+            g=[uuid.UUID(g) for g in grants])}
+        assert len(grants) > 1 and len(times) == 1, times
 
     # The same user's grant to another client is untouched.
     assert call(env, sibling.access).status_code == 200

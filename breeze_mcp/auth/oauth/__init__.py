@@ -37,7 +37,7 @@ from breeze_mcp.auth.oauth.resource import (
     access_principal_from,
     normalize_resource,
 )
-from breeze_mcp.auth.oauth.revocation import revoke_grant, revoke_token
+from breeze_mcp.auth.oauth.revocation import revoke_client_grants, revoke_grant, revoke_token
 from breeze_mcp.auth.oauth.tokens import (
     AuthorizationCodeRequest,
     RefreshTokenRequest,
@@ -72,6 +72,7 @@ __all__ = [
     "parse_token_request",
     "refresh",
     "register_client",
+    "revoke_client_grants",
     "revoke_grant",
     "revoke_token",
     "user_has_live_grant",

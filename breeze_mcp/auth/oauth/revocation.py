@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from breeze_mcp import audit
 from breeze_mcp.auth.oauth.clients import Client
@@ -24,7 +25,7 @@ from breeze_mcp.db.models import (
     oauth_refresh_tokens,
 )
 
-__all__ = ["revoke_grant", "revoke_token"]
+__all__ = ["revoke_client_grants", "revoke_grant", "revoke_token"]
 
 
 async def revoke_grant(
@@ -37,43 +38,76 @@ async def revoke_grant(
     transaction; the very next request with any of them fails. Returns False if there was no
     live grant with that id in the tenant."""
     async with db.tenant_transaction(tenant_id, actor=actor_id) as conn:
-        row = (await conn.execute(
-            oauth_grants.update()
-            .where(oauth_grants.c.id == grant_id, oauth_grants.c.tenant_id == tenant_id,
+        return await _revoke_in(conn, tenant_id, grant_id, reason=reason, actor_type=actor_type,
+                                actor_id=actor_id, request=request, action=action,
+                                auth_path=auth_path, acting_user_id=acting_user_id)
+
+
+async def revoke_client_grants(
+    db: Database, tenant_id: uuid.UUID, client_id: str, *, reason: str,
+    actor_type: audit.ActorType, actor_id: str, request: RequestContext | None,
+    auth_path: audit.AuthPath = "oauth", acting_user_id: uuid.UUID | None = None,
+) -> list[uuid.UUID]:
+    """Revoke every live grant of one client in the tenant, all or none, in one transaction
+    (each audited as its own ``oauth.grant_revoked``); the ids revoked."""
+    async with db.tenant_transaction(tenant_id, actor=actor_id) as conn:
+        ids = list((await conn.execute(
+            sa.select(oauth_grants.c.id)
+            .where(oauth_grants.c.tenant_id == tenant_id, oauth_grants.c.client_id == client_id,
                    oauth_grants.c.revoked_at.is_(None))
-            .values(revoked_at=sa.func.now(), revoked_reason=reason)
-            .returning(oauth_grants.c.client_id, oauth_grants.c.user_id, oauth_grants.c.scopes)
-        )).first()
-        if row is None:
-            return False
-        tokens = (await conn.execute(
-            oauth_access_tokens.update()
-            .where(oauth_access_tokens.c.grant_id == grant_id,
-                   oauth_access_tokens.c.revoked_at.is_(None))
-            .values(revoked_at=sa.func.now())
-        )).rowcount
-        refreshes = (await conn.execute(
-            oauth_refresh_tokens.update()
-            .where(oauth_refresh_tokens.c.grant_id == grant_id,
-                   oauth_refresh_tokens.c.revoked_at.is_(None))
-            .values(revoked_at=sa.func.now(), successor_sealed=None)
-        )).rowcount
-        codes = (await conn.execute(
-            oauth_codes.update()
-            .where(oauth_codes.c.grant_id == grant_id, oauth_codes.c.used_at.is_(None))
-            .values(used_at=sa.func.now())
-        )).rowcount
-        await audit.write(conn, grant_audit(
-            action, tenant_id, grant_id, row.client_id, acting_user_id or row.user_id,
-            row.scopes, request,
-            # (key names avoid "token": the audit redactor hides such keys' values)
-            {"reason": reason, "access_revoked": tokens, "refresh_revoked": refreshes,
-             "codes_revoked": codes, "grant_id": str(grant_id)},
-            actor_type=actor_type, actor_id=actor_id, auth_path=auth_path,
-            decision="denied" if action.endswith("_detected") else "allowed",
-            outcome="blocked" if action.endswith("_detected") else "success",
-            deny_reason=reason if action.endswith("_detected") else None,
-        ))
+            .order_by(oauth_grants.c.created_at)
+            .with_for_update()
+        )).scalars())
+        for grant_id in ids:
+            await _revoke_in(conn, tenant_id, grant_id, reason=reason, actor_type=actor_type,
+                             actor_id=actor_id, request=request, action="oauth.grant_revoked",
+                             auth_path=auth_path, acting_user_id=acting_user_id)
+    return ids
+
+
+async def _revoke_in(
+    conn: AsyncConnection, tenant_id: uuid.UUID, grant_id: uuid.UUID, *, reason: str,
+    actor_type: audit.ActorType, actor_id: str, request: RequestContext | None, action: str,
+    auth_path: audit.AuthPath, acting_user_id: uuid.UUID | None,
+) -> bool:
+    row = (await conn.execute(
+        oauth_grants.update()
+        .where(oauth_grants.c.id == grant_id, oauth_grants.c.tenant_id == tenant_id,
+               oauth_grants.c.revoked_at.is_(None))
+        .values(revoked_at=sa.func.now(), revoked_reason=reason)
+        .returning(oauth_grants.c.client_id, oauth_grants.c.user_id, oauth_grants.c.scopes)
+    )).first()
+    if row is None:
+        return False
+    tokens = (await conn.execute(
+        oauth_access_tokens.update()
+        .where(oauth_access_tokens.c.grant_id == grant_id,
+               oauth_access_tokens.c.revoked_at.is_(None))
+        .values(revoked_at=sa.func.now())
+    )).rowcount
+    refreshes = (await conn.execute(
+        oauth_refresh_tokens.update()
+        .where(oauth_refresh_tokens.c.grant_id == grant_id,
+               oauth_refresh_tokens.c.revoked_at.is_(None))
+        .values(revoked_at=sa.func.now(), successor_sealed=None)
+    )).rowcount
+    codes = (await conn.execute(
+        oauth_codes.update()
+        .where(oauth_codes.c.grant_id == grant_id, oauth_codes.c.used_at.is_(None))
+        .values(used_at=sa.func.now())
+    )).rowcount
+    detected = action.endswith("_detected")
+    await audit.write(conn, grant_audit(
+        action, tenant_id, grant_id, row.client_id, acting_user_id or row.user_id,
+        row.scopes, request,
+        # (key names avoid "token": the audit redactor hides such keys' values)
+        {"reason": reason, "access_revoked": tokens, "refresh_revoked": refreshes,
+         "codes_revoked": codes, "grant_id": str(grant_id)},
+        actor_type=actor_type, actor_id=actor_id, auth_path=auth_path,
+        decision="denied" if detected else "allowed",
+        outcome="blocked" if detected else "success",
+        deny_reason=reason if detected else None,
+    ))
     return True
 
 
