@@ -357,21 +357,12 @@ async def disconnect(request: Request) -> Response:
         return error_page(request, "Form expired", "Reload the page and try again.", status=403)
     try:
         grant_id = uuid.UUID(request.path_params["grant_id"])
-        tenant_id = uuid.UUID(form.get("tenant_id") or "")
     except ValueError:
         return error_page(request, "Not found", "No such connection.", status=404)
-    async with services.db.tenant_transaction(tenant_id, actor=f"user:{user.user_id}",
-                                              user_id=user.user_id) as conn:
-        owner = (await conn.execute(
-            sa.select(oauth_grants.c.user_id).where(oauth_grants.c.id == grant_id)
-        )).scalar_one_or_none()
-    if owner != user.user_id:
+    # The tenant comes from the person's memberships, never from the form.
+    if not await oauth.revoke_own_grant(services.db, user.user_id, grant_id,
+                                        request=request_context(request, services)):
         return error_page(request, "Not found", "No such connection.", status=404)
-    await oauth.revoke_grant(
-        services.db, tenant_id, grant_id, reason="disconnected_by_user", actor_type="user",
-        actor_id=str(user.user_id), request=request_context(request, services),
-        auth_path="session", acting_user_id=user.user_id,
-    )
     return RedirectResponse("/account/connections?done=disconnected", status_code=303)
 
 

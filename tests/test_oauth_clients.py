@@ -629,19 +629,22 @@ def test_revocation_kills_every_token_and_code_of_the_grant_at_once(env: Env, pa
         agent = env.agent("tech")
         # Neither without the CSRF token nor by another user: both leave the grant alive.
         form = disconnect_form(agent, victim.grant_id)
+        assert "tenant_id" not in form  # the tenant comes from the person, never the form
         r = agent.http.post(f"/account/connections/{victim.grant_id}/disconnect",
-                            data={"tenant_id": form["tenant_id"]})
+                            data={"tenant_id": str(world.tenant.id)})
         assert r.status_code == 403
         reader = env.agent("reader")
         sign_in(reader)
         reader_page = reader.http.get("/account/connections")
         r = reader.http.post(f"/account/connections/{victim.grant_id}/disconnect", data={
             "csrf_token": hidden_fields(reader_page.text)["csrf_token"],
-            "tenant_id": form["tenant_id"]})
+            "tenant_id": str(world.tenant.id)})
         assert r.status_code == 404
         assert call(env, accesses[1]).status_code == 200
         for grant_id in sorted(grants):
             form = disconnect_form(agent, grant_id)
+            # A tenant id slipped into the form changes nothing.
+            form["tenant_id"] = str(uuid.uuid4())
             r = agent.http.post(f"/account/connections/{grant_id}/disconnect", data=form)
             assert r.status_code == 303
             assert r.headers["location"].startswith("/account/connections")

@@ -37,7 +37,12 @@ from breeze_mcp.auth.oauth.resource import (
     access_principal_from,
     normalize_resource,
 )
-from breeze_mcp.auth.oauth.revocation import revoke_client_grants, revoke_grant, revoke_token
+from breeze_mcp.auth.oauth.revocation import (
+    revoke_client_grants,
+    revoke_grant,
+    revoke_own_grant,
+    revoke_token,
+)
 from breeze_mcp.auth.oauth.tokens import (
     AuthorizationCodeRequest,
     RefreshTokenRequest,
@@ -74,6 +79,7 @@ __all__ = [
     "register_client",
     "revoke_client_grants",
     "revoke_grant",
+    "revoke_own_grant",
     "revoke_token",
     "user_has_live_grant",
     "verify_pkce",

@@ -19,13 +19,14 @@ from breeze_mcp.auth.principal import RequestContext
 from breeze_mcp.auth.tokens import digest, tenant_of
 from breeze_mcp.db import Database
 from breeze_mcp.db.models import (
+    memberships,
     oauth_access_tokens,
     oauth_codes,
     oauth_grants,
     oauth_refresh_tokens,
 )
 
-__all__ = ["revoke_client_grants", "revoke_grant", "revoke_token"]
+__all__ = ["revoke_client_grants", "revoke_grant", "revoke_own_grant", "revoke_token"]
 
 
 async def revoke_grant(
@@ -65,15 +66,39 @@ async def revoke_client_grants(
     return ids
 
 
+async def revoke_own_grant(
+    db: Database, user_id: uuid.UUID, grant_id: uuid.UUID, *, request: RequestContext | None,
+) -> bool:
+    """A person's "disconnect": revoke ``grant_id`` only if ``user_id`` made it. The tenant is
+    found from the person's own memberships, never from the request; ownership is checked by
+    the revoking statement itself, so check and act are one. False when no live grant of
+    theirs has that id."""
+    async with db.system_transaction(actor=f"user:{user_id}", user_id=user_id) as conn:
+        tenant_ids = list((await conn.execute(
+            sa.select(memberships.c.tenant_id).where(memberships.c.user_id == user_id)
+        )).scalars())
+    for tenant_id in tenant_ids:
+        async with db.tenant_transaction(tenant_id, actor=f"user:{user_id}",
+                                         user_id=user_id) as conn:
+            if await _revoke_in(conn, tenant_id, grant_id, reason="disconnected_by_user",
+                                actor_type="user", actor_id=str(user_id), request=request,
+                                action="oauth.grant_revoked", auth_path="session",
+                                acting_user_id=user_id, owner=user_id):
+                return True
+    return False
+
+
 async def _revoke_in(
     conn: AsyncConnection, tenant_id: uuid.UUID, grant_id: uuid.UUID, *, reason: str,
     actor_type: audit.ActorType, actor_id: str, request: RequestContext | None, action: str,
-    auth_path: audit.AuthPath, acting_user_id: uuid.UUID | None,
+    auth_path: audit.AuthPath, acting_user_id: uuid.UUID | None, owner: uuid.UUID | None = None,
 ) -> bool:
+    """Revoke one live grant (and, with ``owner``, only if that user made it) in ``conn``."""
+    mine = oauth_grants.c.user_id == owner if owner is not None else sa.true()
     row = (await conn.execute(
         oauth_grants.update()
         .where(oauth_grants.c.id == grant_id, oauth_grants.c.tenant_id == tenant_id,
-               oauth_grants.c.revoked_at.is_(None))
+               oauth_grants.c.revoked_at.is_(None), mine)
         .values(revoked_at=sa.func.now(), revoked_reason=reason)
         .returning(oauth_grants.c.client_id, oauth_grants.c.user_id, oauth_grants.c.scopes)
     )).first()
