@@ -31,7 +31,6 @@ from breeze_mcp.services import Services
 __all__ = ["list_grants", "revoke_client_grants", "revoke_one_grant"]
 
 ADMIN_ROLES = ("owner", "admin")
-MAX_CLIENT_ID = 2048
 
 
 def _refused(code: str, message: str, status: int,
@@ -68,11 +67,6 @@ async def _admin(request: Request, action: str, *, mutate: bool = False) -> Prin
     if role not in ADMIN_ROLES:
         return _refused("forbidden", "only owners and admins manage OAuth grants", 403)
     return principal
-
-
-def _plausible_client_id(client_id: str) -> bool:
-    """Printable text of a sane length (a client id is ours, or a metadata document URL)."""
-    return 0 < len(client_id) <= MAX_CLIENT_ID and client_id.isprintable()
 
 
 def _grant_json(row: Any) -> dict[str, Any]:
@@ -133,7 +127,7 @@ async def revoke_client_grants(request: Request) -> Response:
         return principal
     services: Services = request.app.state.services
     client_id = request.path_params["client_id"]
-    if not _plausible_client_id(client_id):  # could name no client; the database cannot hold it
+    if not oauth.plausible_client_id(client_id):  # no client could have it
         return _refused("not_found", "no such client", 404)
     ids = await oauth.revoke_client_grants(
         services.db, principal.tenant_id, client_id, reason="client_revoked_by_admin",

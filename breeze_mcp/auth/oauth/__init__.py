@@ -16,7 +16,13 @@ The names callers use are re-exported here: ``from breeze_mcp.auth import oauth`
 
 from __future__ import annotations
 
-from breeze_mcp.auth.oauth.clients import Client, authenticate_client, get_client, register_client
+from breeze_mcp.auth.oauth.clients import (
+    Client,
+    authenticate_client,
+    get_client,
+    plausible_client_id,
+    register_client,
+)
 from breeze_mcp.auth.oauth.codes import (
     CODE_CHALLENGE_PATTERN,
     CODE_VERIFIER_PATTERN,
@@ -75,6 +81,7 @@ __all__ = [
     "normalize_resource",
     "parse_scope",
     "parse_token_request",
+    "plausible_client_id",
     "refresh",
     "register_client",
     "revoke_client_grants",

@@ -24,10 +24,12 @@ from breeze_mcp.db.models import oauth_clients
 __all__ = [
     "CLIENT_ID_PREFIX",
     "CLIENT_SECRET_PREFIX",
+    "MAX_CLIENT_ID",
     "UNUSED_CLIENT_TTL",
     "Client",
     "authenticate_client",
     "get_client",
+    "plausible_client_id",
     "register_client",
 ]
 
@@ -134,12 +136,21 @@ async def register_client(
     return body, _client(row)
 
 
+#: Longest client id worth looking up (ours are short; room for a metadata document URL).
+MAX_CLIENT_ID = 2048
+
+
+def plausible_client_id(client_id: str) -> bool:
+    """Whether ``client_id`` could name a client at all: printable ASCII of a sane length.
+    Anything else (a NUL from a Basic header, junk in a path) is unknown before it reaches
+    the database driver."""
+    return 0 < len(client_id) <= MAX_CLIENT_ID and client_id.isascii() \
+        and client_id.isprintable()
+
+
 async def get_client(db: Database, client_id: str) -> Client | None:
     """A registered client; an unused registration past its expiry is unknown."""
-    # Ids we mint are printable ASCII; anything else (a NUL from a Basic header) is unknown
-    # here rather than an error in the database driver.
-    if not client_id or len(client_id) > 200 or not client_id.isascii() \
-            or not client_id.isprintable():
+    if not plausible_client_id(client_id):
         return None
     async with db.system_transaction(actor="system:oauth") as conn:
         row = (await conn.execute(
