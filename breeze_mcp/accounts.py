@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+from psycopg.errors import IntegrityError
 
 from breeze_mcp import audit
 from breeze_mcp.auth.passwords import check_strength, hash_password
@@ -58,9 +58,7 @@ class User:
 
 
 def _constraint(exc: IntegrityError) -> str | None:
-    diag = getattr(exc.orig, "diag", None)
-    name = getattr(diag, "constraint_name", None)
-    return name if isinstance(name, str) else None
+    return exc.diag.constraint_name
 
 
 def slugify(name: str) -> str:
@@ -94,7 +92,7 @@ async def create_tenant(
         raise AccountError(f"invalid slug {slug!r}: lowercase letters, digits and '-'")
     tenant_id = uuid.uuid4()
     try:
-        async with db.tenant_transaction(tenant_id, actor=actor) as conn:
+        async with db.tenant(tenant_id) as conn:
             await conn.execute(
                 tenants.insert().values(
                     id=tenant_id,
@@ -104,14 +102,11 @@ async def create_tenant(
                     activated_at=sa.func.now() if status == "active" else None,
                 )
             )
-            await audit.write(
-                conn,
-                audit.operator_entry(
+            await conn.finish(audit.operator_entry(
                     actor, "tenant.create",
                     tenant_id=tenant_id,
                     parameters={"name": name, "slug": slug, "status": status},
-                ),
-            )
+                ))
     except IntegrityError as exc:
         if _constraint(exc) != "tenants_slug_key":
             raise
@@ -127,7 +122,7 @@ async def find_tenant(db: Database, ref: str) -> Tenant:
         tid = None
     query = sa.select(tenants.c.id, tenants.c.slug, tenants.c.name, tenants.c.status)
     query = query.where(tenants.c.id == tid) if tid else query.where(tenants.c.slug == ref)
-    async with db.system_transaction(actor="system:cli") as conn:
+    async with db.system() as conn:
         row = (await conn.execute(query)).first()
     if row is None:
         raise AccountError(f"unknown tenant {ref!r}")
@@ -155,7 +150,7 @@ async def create_user(
     password_hash = hash_password(password)
     user_id = uuid.uuid4()
     try:
-        async with db.tenant_transaction(tenant.id, actor=actor) as conn:
+        async with db.tenant(tenant.id) as conn:
             await conn.execute(
                 users.insert().values(
                     id=user_id,
@@ -168,15 +163,12 @@ async def create_user(
             await conn.execute(
                 memberships.insert().values(tenant_id=tenant.id, user_id=user_id, role=role)
             )
-            await audit.write(
-                conn,
-                audit.operator_entry(
+            await conn.finish(audit.operator_entry(
                     actor, "user.create",
                     tenant_id=tenant.id,
                     acting_user_id=None,
                     parameters={"email": email, "role": role, "user_id": str(user_id)},
-                ),
-            )
+                ))
     except IntegrityError as exc:
         if _constraint(exc) != "users_email_lower_key":
             raise
@@ -190,7 +182,7 @@ async def set_password(db: Database, email: str, password: str) -> uuid.UUID:
         check_strength(password, email=email)
     except ValueError as exc:
         raise AccountError(str(exc)) from None
-    async with db.system_transaction(actor="system:cli") as conn:
+    async with db.system() as conn:
         user_id: uuid.UUID | None = (
             await conn.execute(
                 users.update()
@@ -201,9 +193,7 @@ async def set_password(db: Database, email: str, password: str) -> uuid.UUID:
         ).scalar_one_or_none()
         if user_id is None:
             raise AccountError(f"no user with email {email!r}")
-        await audit.write(
-            conn,
-            audit.AuditEntry(
+        await conn.finish(audit.AuditEntry(
                 actor_type="system",
                 actor_id="system:cli",
                 auth_path="cli",
@@ -211,6 +201,5 @@ async def set_password(db: Database, email: str, password: str) -> uuid.UUID:
                 decision="allowed",
                 outcome="success",
                 parameters={"user_id": str(user_id)},
-            ),
-        )
+            ))
     return user_id

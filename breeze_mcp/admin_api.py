@@ -10,19 +10,19 @@ request, and is audited. Every request counts against the key's rate limit.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from breeze_mcp.auth import oauth
 from breeze_mcp.auth.principal import Principal
-from breeze_mcp.db.models import memberships, oauth_clients, oauth_grants, users
+from breeze_mcp.db.engine import Transaction
 from breeze_mcp.edge import (
     AuthFailure,
-    authenticate_bearer,
     bearer_challenge,
+    bearer_transaction,
     meter,
     request_context,
 )
@@ -39,34 +39,34 @@ def _refused(code: str, message: str, status: int,
                         headers=headers)
 
 
-async def _admin(request: Request, action: str, *, mutate: bool = False) -> Principal | Response:
+Work = Callable[[Principal, Transaction], Awaitable[Response]]
+
+
+async def _admin(request: Request, action: str, work: Work, *, mutate: bool = False) -> Response:
+    """Authenticate, meter and authorize an admin request, then run ``work`` in the
+    request's one tenant transaction (the credential lookup's), which ``work`` finishes."""
     services: Services = request.app.state.services
-    principal = await authenticate_bearer(request, services)
-    if isinstance(principal, AuthFailure):
-        if principal.rate is not None:  # the source failed too often
-            return _refused("rate_limited", principal.description, 429,
-                            principal.rate.headers())
-        return _refused(
-            principal.error or "unauthorized", principal.description, 401,
-            {"WWW-Authenticate": bearer_challenge(services, error=principal.error)})
-    rate = await meter(request, services, principal, action)
-    if rate is not None and not rate.allowed:
-        return _refused("rate_limited", rate.message, 429, rate.headers())
-    if principal.auth_path != "api_key":
-        return _refused("forbidden", "grant management needs an API key created by an owner "
-                        "or admin", 403)
-    if mutate and "ai:write" not in principal.scopes:
-        return _refused("insufficient_scope", "revoking grants needs a key with ai:write", 403,
-                        required_scope="ai:write")
-    async with services.db.tenant_transaction(principal.tenant_id, actor=principal.actor) as conn:
-        role = (await conn.execute(
-            sa.select(memberships.c.role).where(
-                memberships.c.tenant_id == principal.tenant_id,
-                memberships.c.user_id == principal.acting_user_id)
-        )).scalar_one_or_none()
-    if role not in ADMIN_ROLES:
-        return _refused("forbidden", "only owners and admins manage OAuth grants", 403)
-    return principal
+    async with bearer_transaction(request, services) as authenticated:
+        if isinstance(authenticated, AuthFailure):
+            if authenticated.rate is not None:  # the source failed too often
+                return _refused("rate_limited", authenticated.description, 429,
+                                authenticated.rate.headers())
+            return _refused(
+                authenticated.error or "unauthorized", authenticated.description, 401,
+                {"WWW-Authenticate": bearer_challenge(services, error=authenticated.error)})
+        principal, tx = authenticated
+        rate = await meter(request, services, principal, action, tx)
+        if rate is not None and not rate.allowed:
+            return _refused("rate_limited", rate.message, 429, rate.headers())
+        if principal.auth_path != "api_key":
+            return _refused("forbidden", "grant management needs an API key created by an "
+                            "owner or admin", 403)
+        if mutate and "ai:write" not in principal.scopes:
+            return _refused("insufficient_scope", "revoking grants needs a key with ai:write",
+                            403, required_scope="ai:write")
+        if principal.role not in ADMIN_ROLES:
+            return _refused("forbidden", "only owners and admins manage OAuth grants", 403)
+        return await work(principal, tx)
 
 
 def _grant_json(row: Any) -> dict[str, Any]:
@@ -81,58 +81,53 @@ def _grant_json(row: Any) -> dict[str, Any]:
 
 
 async def list_grants(request: Request) -> Response:
-    principal = await _admin(request, "admin.list_grants")
-    if isinstance(principal, Response):
-        return principal
-    services: Services = request.app.state.services
     include_revoked = request.query_params.get("include_revoked") == "true"
-    query = (
-        sa.select(oauth_grants, oauth_clients.c.client_name, users.c.email)
-        .join(oauth_clients, oauth_clients.c.client_id == oauth_grants.c.client_id)
-        .join(users, users.c.id == oauth_grants.c.user_id)
-        .where(oauth_grants.c.tenant_id == principal.tenant_id)
-        .order_by(oauth_grants.c.created_at.desc())
-    )
-    if not include_revoked:
-        query = query.where(oauth_grants.c.revoked_at.is_(None))
-    async with services.db.tenant_transaction(principal.tenant_id, actor=principal.actor) as conn:
-        rows = (await conn.execute(query)).all()
-    return JSONResponse({"grants": [_grant_json(r) for r in rows]})
+
+    async def work(principal: Principal, tx: Transaction) -> Response:
+        rows = await oauth.list_tenant_grants(tx, principal.tenant_id,
+                                              include_revoked=include_revoked)
+        await tx.finish(None)  # a read: metered, not an action
+        return JSONResponse({"grants": [_grant_json(r) for r in rows]})
+
+    return await _admin(request, "admin.list_grants", work)
 
 
 async def revoke_one_grant(request: Request) -> Response:
-    principal = await _admin(request, "admin.revoke_grant", mutate=True)
-    if isinstance(principal, Response):
-        return principal
     services: Services = request.app.state.services
-    try:
-        grant_id = uuid.UUID(request.path_params["grant_id"])
-    except ValueError:  # not a UUID (NUL, too long, junk): no grant has that id
-        return _refused("not_found", "no such grant", 404)
-    revoked = await oauth.revoke_grant(
-        services.db, principal.tenant_id, grant_id, reason="revoked_by_admin",
-        actor_type=principal.actor_type, actor_id=principal.actor_id,
-        request=request_context(request, services), auth_path=principal.auth_path,
-        acting_user_id=principal.acting_user_id,
-    )
-    if not revoked:
-        return JSONResponse({"error": "not_found", "message": "no live grant with that id"},
-                            status_code=404)
-    return JSONResponse({"revoked": [str(grant_id)]})
+
+    async def work(principal: Principal, tx: Transaction) -> Response:
+        try:
+            grant_id = uuid.UUID(request.path_params["grant_id"])
+        except ValueError:  # not a UUID (NUL, too long, junk): no grant has that id
+            return _refused("not_found", "no such grant", 404)
+        revoked = await oauth.revoke_grant(
+            tx, principal.tenant_id, grant_id, reason="revoked_by_admin",
+            actor_type=principal.actor_type, actor_id=principal.actor_id,
+            request=request_context(request, services), auth_path=principal.auth_path,
+            acting_user_id=principal.acting_user_id,
+        )
+        if not revoked:
+            return _refused("not_found", "no live grant with that id", 404)
+        await tx.finish(None)  # the revocation carries its own entry
+        return JSONResponse({"revoked": [str(grant_id)]})
+
+    return await _admin(request, "admin.revoke_grant", work, mutate=True)
 
 
 async def revoke_client_grants(request: Request) -> Response:
-    principal = await _admin(request, "admin.revoke_client_grants", mutate=True)
-    if isinstance(principal, Response):
-        return principal
     services: Services = request.app.state.services
-    client_id = request.path_params["client_id"]
-    if not oauth.plausible_client_id(client_id):  # no client could have it
-        return _refused("not_found", "no such client", 404)
-    ids = await oauth.revoke_client_grants(
-        services.db, principal.tenant_id, client_id, reason="client_revoked_by_admin",
-        actor_type=principal.actor_type, actor_id=principal.actor_id,
-        request=request_context(request, services), auth_path=principal.auth_path,
-        acting_user_id=principal.acting_user_id,
-    )
-    return JSONResponse({"revoked": [str(g) for g in ids]})
+
+    async def work(principal: Principal, tx: Transaction) -> Response:
+        client_id = request.path_params["client_id"]
+        if not oauth.plausible_client_id(client_id):  # no client could have it
+            return _refused("not_found", "no such client", 404)
+        ids = await oauth.revoke_client_grants(
+            tx, principal.tenant_id, client_id, reason="client_revoked_by_admin",
+            actor_type=principal.actor_type, actor_id=principal.actor_id,
+            request=request_context(request, services), auth_path=principal.auth_path,
+            acting_user_id=principal.acting_user_id,
+        )
+        await tx.finish(None)  # each revocation carries its own entry
+        return JSONResponse({"revoked": [str(g) for g in ids]})
+
+    return await _admin(request, "admin.revoke_client_grants", work, mutate=True)

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import psycopg
 import sqlalchemy as sa
-from sqlalchemy import exc as sa_exc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -23,7 +23,7 @@ from starlette.types import ASGIApp
 
 from breeze_mcp import __version__, admin_api, oauth_endpoints, rest, web
 from breeze_mcp.config import Settings
-from breeze_mcp.db import Database
+from breeze_mcp.db import Database, sqlalchemy_url
 from breeze_mcp.db.catalog import isolation_problems
 from breeze_mcp.db.setup import DatabaseSetupError, check_runtime_role, schema_is_current
 from breeze_mcp.errors import (
@@ -40,22 +40,33 @@ __all__ = ["RETRY_AFTER_SECONDS", "create_app", "verify_database"]
 log = logging.getLogger(__name__)
 
 
-async def verify_database(db: Database) -> None:
-    """Refuse a role that skips RLS, an old schema, and a broken tenant-isolation invariant."""
-    async with db.engine.connect() as conn:
-        await conn.run_sync(check_runtime_role)
-        current, head = await conn.run_sync(schema_is_current)
-        if current != head:
-            raise DatabaseSetupError(
-                f"database schema is at revision {current or 'none'} but this build needs "
-                f"{head}: run `breeze-mcp migrate`"
-            )
-        role = (await conn.execute(sa.text("SELECT current_user"))).scalar_one()
-        problems = await conn.run_sync(lambda sync: isolation_problems(sync, role))
+def _isolation_check(database_url: str) -> None:
+    """Refuse a role that skips RLS, an old schema, and a broken tenant-isolation invariant
+    (synchronous: start-up work, on a connection of its own, with SQLAlchemy's inspection of
+    the catalog and Alembic's revision)."""
+    engine = sa.create_engine(sqlalchemy_url(database_url), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            check_runtime_role(conn)
+            current, head = schema_is_current(conn)
+            if current != head:
+                raise DatabaseSetupError(
+                    f"database schema is at revision {current or 'none'} but this build needs "
+                    f"{head}: run `breeze-mcp migrate`"
+                )
+            role = conn.execute(sa.text("SELECT current_user")).scalar_one()
+            problems = isolation_problems(conn, role)
+    finally:
+        engine.dispose()
     if problems:
         raise DatabaseSetupError(
             "refusing to serve, tenant isolation is broken: " + "; ".join(problems)
         )
+
+
+async def verify_database(database_url: str) -> None:
+    """:func:`_isolation_check`, off the event loop."""
+    await anyio.to_thread.run_sync(_isolation_check, database_url)
 
 
 class _App(Starlette):
@@ -79,7 +90,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         db = Database(database_url, pool_size=settings.db_pool_size,
                       pool_timeout=settings.db_pool_timeout)
         try:
-            await verify_database(db)
+            await verify_database(database_url)
             app.state.db = db
             app.state.settings = settings
             app.state.services = build_services(settings, db)
@@ -147,9 +158,6 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         lifespan=lifespan,
         exception_handlers={
             HTTPException: http_error,
-            sa_exc.TimeoutError: database_unavailable,
-            sa_exc.OperationalError: database_unavailable,
-            sa_exc.DisconnectionError: database_unavailable,
             psycopg.OperationalError: database_unavailable,
             # Anything else an endpoint let escape: a 500 in the surface's own shape.
             Exception: unexpected_error,

@@ -17,12 +17,12 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from psycopg import AsyncClientCursor
-from sqlalchemy.ext.asyncio import AsyncConnection
+from breeze_mcp.db.statements import Prepared, prepared
 
-from breeze_mcp.db.engine import Statement, driver, executable, execute_then_commit
+if TYPE_CHECKING:
+    from breeze_mcp.db.engine import Transaction
 
 __all__ = [
     "MAX_PARAMETERS_BYTES",
@@ -32,6 +32,7 @@ __all__ = [
     "Decision",
     "Outcome",
     "escape",
+    "insert_statement",
     "operator",
     "operator_entry",
     "redact",
@@ -40,7 +41,6 @@ __all__ = [
     "stored_text",
     "unescape",
     "write",
-    "write_after_read",
 ]
 
 ActorType = Literal["user", "oauth_client", "api_key", "system"]
@@ -249,7 +249,7 @@ def _insert(duration: str) -> str:
     # which a pre-tenant event (tenant_id NULL) does not). The entry travels as one JSON
     # document that PostgreSQL turns into an audit_log row (jsonb_populate_record types each
     # field by its column): one parameter instead of 19, which matters where the statement is
-    # bound client-side (``write(..., commit=True)``, ``write_after_read``).
+    # bound client-side (``Transaction.finish``).
     columns = ", ".join(_COLUMNS)
     values = ", ".join(f"entry.{c}" for c in _COLUMNS[:-1])
     return (
@@ -258,13 +258,13 @@ def _insert(duration: str) -> str:
     )
 
 
-_INSERT = _insert("entry.duration_ms")
+_INSERT = prepared(_insert("entry.duration_ms"))
 # After a read in the same message: the database time of that read is added to the
 # duration measured before it was sent (statement_timestamp() is the message's arrival).
-_INSERT_AFTER_READ = _insert(
+_INSERT_AFTER_READ = prepared(_insert(
     "round(entry.duration_ms::numeric"
     " + 1000 * extract(epoch FROM clock_timestamp() - statement_timestamp()), 3)::float8"
-)
+))
 
 
 def _params(entry: AuditEntry) -> tuple[str]:
@@ -288,25 +288,14 @@ def _params(entry: AuditEntry) -> tuple[str]:
     return (json.dumps(document, default=str),)
 
 
-async def write_after_read(
-    conn: AsyncConnection, read: Statement, entry: AuditEntry
-) -> list[tuple[Any, ...]]:
-    """Run ``read``, insert ``entry`` and commit, in one round trip; the read's rows. If the
-    read fails, nothing is committed, so a success entry never stands for a failed read."""
-    raw = driver(conn)
-    read_sql, read_params = await executable(raw, read)
-    insert_sql, insert_params = await executable(raw, (_INSERT_AFTER_READ, _params(entry)))
-    cursor = AsyncClientCursor(raw)
-    await cursor.execute(f"{read_sql}; {insert_sql}; COMMIT", (*read_params, *insert_params))
-    return await cursor.fetchall()  # the first result: the read's
+def insert_statement(entry: AuditEntry, *, after_read: bool = False
+                     ) -> tuple[Prepared, tuple[str]]:
+    """The prepared insert of ``entry`` and its parameter; ``after_read``: sent after a read
+    in the same message, whose database time is added to the entry's duration."""
+    return (_INSERT_AFTER_READ if after_read else _INSERT), _params(entry)
 
 
-async def write(conn: AsyncConnection, entry: AuditEntry, *, commit: bool = False) -> None:
-    """Insert ``entry`` on ``conn`` (inside the caller's transaction); with ``commit``, commit
-    that transaction in the same round trip (if the insert fails, nothing is committed and
-    the error is raised)."""
-    params = _params(entry)
-    if commit:
-        await execute_then_commit(conn, (_INSERT, params))
-    else:
-        await driver(conn).execute(_INSERT, params)
+async def write(tx: Transaction, entry: AuditEntry) -> None:
+    """Insert ``entry`` in ``tx`` (committed with it; :meth:`Transaction.finish` is how a
+    transaction's one entry is usually written)."""
+    await tx.execute(*insert_statement(entry))

@@ -166,12 +166,12 @@ def cmd_tenant_list(settings: Settings, args: argparse.Namespace) -> None:
     from breeze_mcp.db.models import tenants
 
     async def work(db: Database) -> list[dict[str, str]]:
-        async with db.system_transaction(actor="system:cli") as conn:
+        async with db.system() as conn:
             rows = await conn.execute(
                 sa.select(tenants.c.id, tenants.c.slug, tenants.c.name, tenants.c.status)
                 .order_by(tenants.c.slug)
             )
-            return [{k: str(v) for k, v in row._mapping.items()} for row in rows]
+            return [{k: str(v) for k, v in row._asdict().items()} for row in rows]
 
     rows = _with_db(settings, work)
     _emit(
@@ -306,7 +306,7 @@ async def _first_run_demo(db: Database, settings: Settings) -> list[str] | None:
     from breeze_mcp.db.models import tenants
     from breeze_mcp.demo import seed_demo_data
 
-    async with db.system_transaction(actor="system:serve") as conn:
+    async with db.system() as conn:
         if (await conn.execute(sa.select(sa.func.count()).select_from(tenants))).scalar_one():
             return None
     tenant = await create_tenant(db, "Demo MSP", slug=DEMO_TENANT, actor="system:serve")
@@ -402,14 +402,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
         else:
             banner = None
 
-        async def verify() -> None:
-            db = Database(target.runtime_url, pool_size=1)
-            try:
-                await verify_database(db)
-            finally:
-                await db.dispose()
-
-        asyncio.run(verify())
+        asyncio.run(verify_database(target.runtime_url))
         if target.embedded is not None:
             if banner:
                 print("\n".join(banner), flush=True)

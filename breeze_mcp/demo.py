@@ -77,7 +77,7 @@ async def seed_demo_data(db: Database, tenant_id: uuid.UUID, *, seed: int = 7) -
     rng = random.Random(seed)  # noqa: S311 - sample data, not security
     created = 0
     alerts_created = 0
-    async with db.tenant_transaction(tenant_id, actor="system:demo") as conn:
+    async with db.tenant(tenant_id) as conn:
         ids: dict[str, uuid.UUID] = {}
         for i, (hostname, site, family, version, tags) in enumerate(_DEVICES):
             row = (
@@ -126,9 +126,7 @@ async def seed_demo_data(db: Database, tenant_id: uuid.UUID, *, seed: int = 7) -
                     body="Primary domain controller. Schedule maintenance after 19:00 only.",
                 )
             )
-        await audit.write(
-            conn,
-            audit.AuditEntry(
+        await conn.finish(audit.AuditEntry(
                 actor_type="system",
                 actor_id="system:demo",
                 auth_path="cli",
@@ -137,6 +135,5 @@ async def seed_demo_data(db: Database, tenant_id: uuid.UUID, *, seed: int = 7) -
                 outcome="success",
                 tenant_id=tenant_id,
                 parameters={"devices": created, "alerts": alerts_created},
-            ),
-        )
+            ))
     return DemoResult(devices_created=created, alerts_created=alerts_created)

@@ -12,15 +12,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 
-from breeze_mcp import audit
 from breeze_mcp.auth import api_keys, auth_failures, oauth
 from breeze_mcp.auth.client_ip import resolve_client_ip
+from breeze_mcp.auth.credentials import CredentialRejected, Reason
 from breeze_mcp.auth.principal import ALL_SCOPES, AuthPath, Principal, RequestContext
 from breeze_mcp.auth.rate_limit import RateDecision
 from breeze_mcp.auth.tokens import tenant_of
+from breeze_mcp.db.engine import Transaction
 from breeze_mcp.services import Services
 
 __all__ = [
@@ -111,12 +111,6 @@ _REFUSED = {
 }
 
 
-class _Rejected(Exception):
-    def __init__(self, failure: AuthFailure, reason: str) -> None:
-        self.failure = failure
-        self.reason = reason
-
-
 def _door(request: Request, prefix: str | None) -> AuthPath:
     """The credential's kind by its prefix, else the door's usual one (OAuth for ``/mcp``)."""
     if prefix == api_keys.PREFIX:
@@ -127,7 +121,7 @@ def _door(request: Request, prefix: str | None) -> AuthPath:
 
 
 async def _failed(
-    request: Request, services: Services, failure: AuthFailure, reason: auth_failures.Reason,
+    request: Request, services: Services, failure: AuthFailure, reason: Reason,
     token: str | None, *, context: RequestContext | None = None, detail: str | None = None,
 ) -> AuthFailure:
     """Count and audit a failed authentication; the answer (a 429 once the source has failed
@@ -154,7 +148,7 @@ def _throttled(refusal: RateDecision) -> AuthFailure:
 @asynccontextmanager
 async def bearer_transaction(
     request: Request, services: Services
-) -> AsyncIterator[tuple[Principal, AsyncConnection] | AuthFailure]:
+) -> AsyncIterator[tuple[Principal, Transaction] | AuthFailure]:
     """The one place a bearer credential is read and checked.
 
     Only ``Authorization: Bearer`` counts (never the query string). The credential's prefix
@@ -188,28 +182,24 @@ async def bearer_transaction(
         return
     statement = (api_keys.lookup(token, tenant_id) if prefix == api_keys.PREFIX
                  else oauth.access_lookup(token, tenant_id))
-    try:
-        async with services.db.tenant_lookup(tenant_id, actor="system:auth",
-                                             first=statement) as (conn, row):
-            try:
-                if prefix == api_keys.PREFIX:
-                    principal = await api_keys.principal_from(
-                        conn, tenant_id, row,
-                        default_rate_limit=services.settings.api_key_rate_limit)
-                else:
-                    principal = await oauth.access_principal_from(
-                        conn, services.settings, tenant_id, row)
-            except (api_keys.KeyRejected, oauth.TokenRejected) as exc:
-                # rolls back, the lookup's actor with it
-                raise _Rejected(AuthFailure("invalid_token", _REFUSED[prefix]),
-                                exc.reason) from None
-            yield principal, conn
+    rejected: CredentialRejected | None = None
+    async with services.db.tenant_lookup(tenant_id, statement) as (tx, row):
+        try:
+            if prefix == api_keys.PREFIX:
+                principal = await api_keys.principal_from(
+                    tx, tenant_id, row, default_rate_limit=services.settings.api_key_rate_limit)
+            else:
+                principal = await oauth.access_principal_from(tx, services.settings, tenant_id,
+                                                              row)
+        except CredentialRejected as exc:
+            rejected = exc  # rolled back; audited once the connection is back in the pool
+        else:
+            yield principal, tx
             return
-    except _Rejected as rejected:  # audited once the connection is back in the pool
-        failure, rejection = rejected.failure, rejected.reason
-    reason = auth_failures.reason_of(rejection)
-    yield await _failed(request, services, failure, reason, token,
-                        detail=rejection if reason == "no_access" else None)
+    assert rejected is not None
+    yield await _failed(request, services, AuthFailure("invalid_token", _REFUSED[prefix]),
+                        rejected.reason, token,
+                        detail=rejected.detail if rejected.reason == "no_access" else None)
 
 
 async def authenticate_bearer(request: Request, services: Services) -> Principal | AuthFailure:
@@ -221,26 +211,26 @@ async def authenticate_bearer(request: Request, services: Services) -> Principal
 
 async def meter(
     request: Request, services: Services, principal: Principal, action: str,
-    conn: AsyncConnection | None = None, parameters: Mapping[str, Any] | None = None,
+    tx: Transaction | None = None, parameters: Mapping[str, Any] | None = None,
 ) -> RateDecision | None:
     """Count an authenticated request that is not a tools call against the caller's own
     buckets (``Principal.rate_limits``, the ones ``call_tool`` draws from; one request, one
-    unit). A refusal is audited like a refused tools call, in ``conn`` (the request's
-    transaction, committed with it) or a tenant transaction of its own, and returned for the
-    429; otherwise the tightest allowance, for the RateLimit headers."""
+    unit). A refusal is audited like a refused tools call, finishing ``tx`` (the request's
+    transaction) or a tenant transaction of its own, and returned for the 429; otherwise the
+    tightest allowance (for the RateLimit headers), and ``tx`` stays open for the request.
+    """
     decision = await services.limiter.hit_all(principal.rate_limits)
     if decision is None or decision.allowed:
         return decision
     entry = principal.audit_entry(
         request_context(request, services), action=action, parameters=parameters or {},
         decision="denied", outcome="rate_limited", deny_reason=f"rate_limit:{decision.bucket}")
-    if conn is not None:
-        await audit.write(conn, entry, commit=True)
+    if tx is not None:
+        await tx.finish(entry)
     else:
-        async with services.db.tenant_transaction(
-            principal.tenant_id, actor=principal.actor, user_id=principal.acting_user_id
-        ) as own:
-            await audit.write(own, entry)
+        async with services.db.tenant(principal.tenant_id,
+                                      user_id=principal.acting_user_id) as own:
+            await own.finish(entry)
     return decision
 
 

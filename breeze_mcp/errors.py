@@ -14,7 +14,7 @@ import html
 import logging
 from typing import Literal
 
-from sqlalchemy import exc as sa_exc
+from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -104,7 +104,7 @@ async def database_unavailable(request: Request, exc: Exception) -> Response:
     that escaped an endpoint: ``503`` with ``Retry-After``, in the surface's shape. The
     request's transaction was rolled back, so nothing of it was committed. Failures inside a
     tool call are the call's own errors (audited by the pipeline) and never get here."""
-    busy = isinstance(exc, sa_exc.TimeoutError)
+    busy = isinstance(exc, PoolTimeout)
     # The server answered with an error (not a lost connection: class 08, or 57P01-57P03
     # when it shut the session down).
     state = getattr(getattr(exc, "orig", exc), "sqlstate", None) or ""

@@ -17,12 +17,12 @@ from urllib.parse import urlsplit
 
 import mcp_types as types
 from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from breeze_mcp import __version__
 from breeze_mcp.auth.principal import Principal
+from breeze_mcp.db.engine import Transaction
 from breeze_mcp.edge import (
     AuthFailure,
     bearer_challenge,
@@ -151,7 +151,7 @@ async def handle_mcp(request: Request) -> Response:
 
 async def _authenticated(
     request: Request, services: Services, raw: bytes | None, principal: Principal,
-    conn: AsyncConnection,
+    tx: Transaction,
 ) -> Response:
     accept = request.headers.get("accept", "*/*").lower()
     if not any(a in accept for a in ("application/json", "*/*", "application/*")):
@@ -216,10 +216,10 @@ async def _authenticated(
         if refusal is not None:
             code, text, status = refusal
             if method == "tools/call":  # refused before it was a call, audited all the same
-                return await _refused_call(request, services, principal, conn, id_, params,
+                return await _refused_call(request, services, principal, tx, id_, params,
                                            code, text, status)
             return _rpc_error(id_, code, text, status=status)
-        return await _dispatch(request, services, principal, conn, id_, method, params)
+        return await _dispatch(request, services, principal, tx, id_, method, params)
     except Exception:
         log.exception("MCP %s failed", shown(method))
         return _rpc_error(id_, INTERNAL_ERROR, "Internal error")
@@ -244,29 +244,30 @@ def _call_target(params: Any) -> tuple[str, dict[str, Any]]:
 
 
 async def _refused_call(
-    request: Request, services: Services, principal: Principal, conn: AsyncConnection,
+    request: Request, services: Services, principal: Principal, tx: Transaction,
     id_: Any, params: Any, code: int, message: str, status: int = 200,
 ) -> Response:
     name, arguments = _call_target(params)
     outcome = await call_tool(services, principal, name, arguments,
-                              request_context(request, services), conn, refused=message)
+                              request_context(request, services), tx, refused=message)
     if outcome.status == "rate_limited":
         return _call_response(services, id_, outcome)
     return _rpc_error(id_, code, message, status=status)
 
 
 async def _dispatch(
-    request: Request, services: Services, principal: Principal, conn: AsyncConnection, id_: Any,
+    request: Request, services: Services, principal: Principal, tx: Transaction, id_: Any,
     method: str, params: dict[str, Any],
 ) -> Response:
     rate = None
     if method != "tools/call":  # a tools call is metered by the pipeline, with its tool's limit
         known = method in ("initialize", "ping", "tools/list")
         rate = await meter(request, services, principal, f"mcp.{method}" if known else
-                           "mcp.unknown_method", conn, None if known else {"method": method})
+                           "mcp.unknown_method", tx, None if known else {"method": method})
         if rate is not None and not rate.allowed:
             return _rpc_error(id_, RATE_LIMITED, rate.message, data={"error": "rate_limited"},
                               status=429, headers=rate.headers())
+        await tx.finish(None)  # not an action: no entry; the credential's last use is kept
     headers = rate.headers() if rate is not None else None
     if method == "initialize":
         asked = params.get("protocolVersion")
@@ -288,15 +289,15 @@ async def _dispatch(
         name = params.get("name")
         arguments = params.get("arguments", {})
         if not isinstance(name, str) or not name:
-            return await _refused_call(request, services, principal, conn, id_, params,
+            return await _refused_call(request, services, principal, tx, id_, params,
                                        INVALID_PARAMS, "tools/call needs a tool name")
         if arguments is None:
             arguments = {}
         if not isinstance(arguments, dict):
-            return await _refused_call(request, services, principal, conn, id_, params,
+            return await _refused_call(request, services, principal, tx, id_, params,
                                        INVALID_PARAMS, "arguments must be an object")
         outcome = await call_tool(services, principal, name, arguments,
-                                  request_context(request, services), conn)
+                                  request_context(request, services), tx)
         return _call_response(services, id_, outcome)
     return _rpc_error(id_, METHOD_NOT_FOUND, f"Method not found: {shown(method)}",
                       headers=headers)

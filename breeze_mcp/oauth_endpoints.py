@@ -22,7 +22,6 @@ import uuid
 from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit
 
-import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
@@ -43,7 +42,6 @@ from breeze_mcp.auth.oauth.registration import (
     validate_registration,
 )
 from breeze_mcp.auth.principal import ALL_SCOPES, effective_scopes
-from breeze_mcp.db.models import memberships, tenants
 from breeze_mcp.edge import read_body, request_context
 from breeze_mcp.forms import Fields, FormError, read_form, read_query
 from breeze_mcp.services import Services
@@ -334,13 +332,7 @@ def _check_request(services: Services, params: Fields, client: oauth.Client) -> 
 
 
 async def _tenant_choices(services: Services, user_id: uuid.UUID) -> list[dict[str, str]]:
-    async with services.db.system_transaction(actor=f"user:{user_id}", user_id=user_id) as conn:
-        rows = (await conn.execute(
-            sa.select(tenants.c.id, tenants.c.name, memberships.c.role)
-            .join(tenants, tenants.c.id == memberships.c.tenant_id)
-            .where(memberships.c.user_id == user_id, tenants.c.status == "active")
-            .order_by(tenants.c.name)
-        )).all()
+    rows = await oauth.consentable_tenants(services.db, user_id)
     return [{"id": str(r.id), "name": r.name, "role": r.role} for r in rows]
 
 

@@ -17,10 +17,13 @@ it could be a call — writes exactly one audit entry too, so nothing is ever si
 whatever bytes the caller sent are stored escaped (:func:`breeze_mcp.audit.escape`). This is
 the only place the tier decision is made.
 
-The transaction is the one the edge authenticated the caller in (``conn``, see
+The transaction is the one the edge authenticated the caller in (``tx``, see
 :func:`breeze_mcp.edge.bearer_transaction`), or without one, a tenant transaction of its own.
-The pipeline commits it. A failing tool's changes are rolled back to a savepoint taken just
-before it ran, and its audit entry is written in their place.
+The pipeline alone finishes it, with the call's one audit entry
+(:meth:`breeze_mcp.db.engine.Transaction.finish`). A tool that can write runs after a
+savepoint, and a failure undoes its work before the entry is written; a read-only tool
+returns its last statement (:class:`~breeze_mcp.tools.registry.FinalRead`), which travels
+with the entry and the ``COMMIT``.
 """
 
 from __future__ import annotations
@@ -28,20 +31,18 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from psycopg.pq import TransactionStatus
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from breeze_mcp import audit
 from breeze_mcp.auth.principal import Principal, RequestContext, scope_for_tier
 from breeze_mcp.auth.rate_limit import RateDecision
-from breeze_mcp.db.engine import Statement, driver
+from breeze_mcp.db.engine import Transaction
 from breeze_mcp.services import Services
-from breeze_mcp.tools.registry import BLOCKED_TIER, ToolContext, ToolError
+from breeze_mcp.tools.registry import BLOCKED_TIER, FinalRead, ToolContext, ToolError
 
 __all__ = ["CallResult", "Status", "call_tool", "format_validation_error", "shown"]
 
@@ -125,72 +126,27 @@ def shown(text: str, limit: int = 200) -> str:
     return audit.escape(text if len(text) <= limit else text[:limit] + "…")
 
 
-async def _audit_alone(services: Services, conn: AsyncConnection, entry: audit.AuditEntry,
-                       principal: Principal) -> None:
-    """Write ``entry`` in a transaction of its own, when the call's own is lost (rolled back)
-    or already committed: on the call's connection if it still works (a full pool could not
-    give a second one), else on a fresh one."""
-    try:
-        await services.db.restart_tenant_transaction(
-            conn, principal.tenant_id, actor=principal.actor, user_id=principal.acting_user_id)
-        await audit.write(conn, entry, commit=True)
-        return
-    except Exception:
-        if not driver(conn).closed:
-            raise
-        log.warning("the call's connection is gone; audit entry for %s on a new one",
-                    entry.action)
-    async with services.db.tenant_transaction(
-        principal.tenant_id, actor=principal.actor, user_id=principal.acting_user_id
-    ) as fresh:
-        await audit.write(fresh, entry)
-
-
 async def call_tool(
     services: Services,
     principal: Principal,
     name: str,
     arguments: Mapping[str, Any] | None,
     request: RequestContext,
-    conn: AsyncConnection | None = None,
+    tx: Transaction | None = None,
     *,
     refused: str | None = None,
 ) -> CallResult:
-    """Run one call; ``conn``: the caller's tenant transaction (the pipeline commits it).
+    """Run one call; ``tx``: the caller's tenant transaction (the pipeline finishes it).
 
     ``refused``: the edge could not make a call of the request (no JSON-RPC id, a body that
     is not a JSON object, ...) and says why; the call is rate-limited and audited as denied
     (``deny_reason`` ``invalid_request``) like any other, and never run."""
-    if conn is None:
-        async with services.db.tenant_transaction(
-            principal.tenant_id, actor=principal.actor, user_id=principal.acting_user_id
-        ) as own:
+    if tx is None:
+        async with services.db.tenant(principal.tenant_id,
+                                      user_id=principal.acting_user_id) as own:
             return await _call_tool(services, principal, name, arguments, request, own,
                                     refused)
-    return await _call_tool(services, principal, name, arguments, request, conn, refused)
-
-
-async def _commit_entry(services: Services, conn: AsyncConnection, entry: audit.AuditEntry,
-                        principal: Principal, *, after_savepoint: bool = False) -> None:
-    """Write ``entry`` in the call's transaction and commit it (after rolling the tool's
-    changes back to the savepoint, if it ran); if that transaction is lost, in a new one."""
-    if driver(conn).info.transaction_status == TransactionStatus.INERROR:
-        # Aborted (a failed statement that was not behind the savepoint, e.g. a last read):
-        # nothing more can run in it.
-        await _audit_alone(services, conn, entry, principal)
-        return
-    try:
-        if after_savepoint:
-            await driver(conn).execute(_ROLLBACK_TOOL)
-        await audit.write(conn, entry, commit=True)
-    except Exception:
-        log.warning("audit entry for %s moved to a transaction of its own", entry.action,
-                    exc_info=True)
-        await _audit_alone(services, conn, entry, principal)
-
-
-_SAVEPOINT = "SAVEPOINT breeze_tool"
-_ROLLBACK_TOOL = "ROLLBACK TO SAVEPOINT breeze_tool"
+    return await _call_tool(services, principal, name, arguments, request, tx, refused)
 
 
 async def _call_tool(
@@ -199,7 +155,7 @@ async def _call_tool(
     name: str,
     arguments: Mapping[str, Any] | None,
     request: RequestContext,
-    conn: AsyncConnection,
+    tx: Transaction,
     refused: str | None = None,
 ) -> CallResult:
     started = time.perf_counter()
@@ -216,9 +172,8 @@ async def _call_tool(
         decision = await services.limiter.hit_all(buckets)
         if decision is None or decision.allowed:
             return decision
-        await _commit_entry(services, conn, entry(decision="denied", outcome="rate_limited",
-                                                  deny_reason=f"rate_limit:{decision.bucket}"),
-                            principal)
+        await tx.finish(entry(decision="denied", outcome="rate_limited",
+                              deny_reason=f"rate_limit:{decision.bucket}"))
         return CallResult(
             "rate_limited", name, tier if spec else None,
             decision.message,
@@ -230,21 +185,18 @@ async def _call_tool(
     if isinstance(rate, CallResult):
         return rate
     if refused is not None:
-        await _commit_entry(services, conn, entry(decision="denied", outcome="error",
-                                                  deny_reason="invalid_request", error=refused),
-                            principal)
+        await tx.finish(entry(decision="denied", outcome="error",
+                              deny_reason="invalid_request", error=refused))
         return CallResult("invalid_request", name, tier if spec else None, refused, rate=rate)
 
     # 3. Gate. ---------------------------------------------------------------------------------
     if spec is None:
-        await _commit_entry(services, conn, entry(decision="denied", outcome="blocked",
-                                                  deny_reason="unknown_tool"), principal)
+        await tx.finish(entry(decision="denied", outcome="blocked", deny_reason="unknown_tool"))
         return CallResult("unknown_tool", name, None, f"Unknown tool: {shown(name)}",
                           rate=rate)
     if tier >= BLOCKED_TIER:
         reason = "tier4_tool" if spec.base_tier >= BLOCKED_TIER else "unknown_or_tier4_action"
-        await _commit_entry(services, conn, entry(decision="denied", outcome="blocked",
-                                                  deny_reason=reason), principal)
+        await tx.finish(entry(decision="denied", outcome="blocked", deny_reason=reason))
         action = arguments.get("action")
         what = f"tool {name!r}" if spec.base_tier >= BLOCKED_TIER else (
             f"action '{shown(action)}' of tool {name!r}" if isinstance(action, str) else
@@ -256,8 +208,8 @@ async def _call_tool(
         )
     if tier > principal.tier_ceiling:
         needed = scope_for_tier(tier)
-        await _commit_entry(services, conn, entry(decision="denied", outcome="blocked",
-                                                  deny_reason="insufficient_scope"), principal)
+        await tx.finish(entry(decision="denied", outcome="blocked",
+                              deny_reason="insufficient_scope"))
         return CallResult(
             "insufficient_scope", name, tier,
             f"{name} is a Tier {tier} call and needs the {needed} scope "
@@ -283,76 +235,60 @@ async def _call_tool(
                         "must not contain NUL characters or lone surrogates"}]
             message = (f"invalid arguments: {bad}: must not contain NUL characters or lone "
                        "surrogates")
-            await _commit_entry(services, conn, entry(decision="allowed", outcome="error",
-                                                      error=message), principal)
+            await tx.finish(entry(decision="allowed", outcome="error", error=message))
             return CallResult("invalid_arguments", name, tier, message, rate=rate,
                               details=details)
         args = spec.input_model.model_validate(arguments)
     except ValidationError as exc:
         message, details = format_validation_error(exc)
-        await _commit_entry(services, conn, entry(decision="allowed", outcome="error",
-                                                  error=message), principal)
+        await tx.finish(entry(decision="allowed", outcome="error", error=message))
         return CallResult("invalid_arguments", name, tier, message, rate=rate, details=details)
 
-    # 5. Run and audit in the tenant transaction. -------------------------------------------
+    # 5. Run, and finish the transaction with the call's one entry. -------------------------
     assert spec.handler is not None  # Tier 1-3 only: Tier 4 has no handler and never gets here
-    # Tier 1 tools only read (MCP readOnlyHint): there is nothing of theirs to roll back, so
-    # they skip the savepoint round trip, and their last statement carries the audit entry
-    # and the COMMIT (ToolContext.last_read). Anything that can write runs after a savepoint.
+    # A tool that can write runs after a savepoint, so that a failure undoes its work and
+    # still commits the entry. A read-only (Tier 1) tool has nothing to undo.
     writes = spec.max_tier > 1
-    committed = False
-
-    async def final_read(statement: Statement) -> list[tuple[Any, ...]]:
-        nonlocal committed
-        if committed:  # the transaction (and its tenant) is gone: fail, never read without
-            raise RuntimeError(f"{name}: last_read called twice")
-        rows = await audit.write_after_read(
-            conn, statement, entry(decision="allowed", outcome="success"))
-        committed = True
-        return rows
-
     try:
         if writes:
-            await driver(conn).execute(_SAVEPOINT)
-        result = await spec.handler(
-            ToolContext(conn, principal.tenant_id, principal.actor,
-                        final_read=None if writes else final_read), args)
-        if not committed:
-            await audit.write(conn, entry(decision="allowed", outcome="success"), commit=True)
+            await tx.savepoint()
+        outcome = await spec.handler(ToolContext(tx, principal.tenant_id, principal.actor),
+                                     args)
+        success = entry(decision="allowed", outcome="success")
+        if isinstance(outcome, FinalRead):
+            rows = await tx.finish(success, final=(outcome.statement, outcome.params))
+        else:
+            await tx.finish(success)
     except ToolError as exc:
-        if committed:  # a handler bug: ToolErrors are decided before the last read
-            return await _failed_after_commit(services, conn, principal, name, tier, rate,
-                                              entry)
-        await _commit_entry(services, conn, entry(decision="allowed", outcome="error",
-                                                  error=f"{exc.code}: {exc.message}"),
-                            principal, after_savepoint=writes)
+        await _finish_failed(tx, entry(decision="allowed", outcome="error",
+                                       error=f"{exc.code}: {exc.message}"), writes)
         return CallResult("tool_error", name, tier, exc.message, error_code=exc.code, rate=rate)
     except Exception:
         log.exception("tool %s failed", name)
-        if committed:
-            return await _failed_after_commit(services, conn, principal, name, tier, rate,
-                                              entry)
-        try:
-            await _commit_entry(services, conn, entry(decision="allowed", outcome="error",
-                                                      error="internal error"),
-                                principal, after_savepoint=writes)
-        except Exception:
-            log.exception("could not write the failure audit entry for %s", name)
+        await _finish_failed(tx, entry(decision="allowed", outcome="error",
+                                       error="internal error"), writes)
         return CallResult("internal_error", name, tier, "internal error", rate=rate)
-    return CallResult("ok", name, tier, result=result, rate=rate)
+    if isinstance(outcome, FinalRead):
+        # Committed with its entry: shaping the rows is pure formatting, which a test of
+        # each read-only tool proves cannot fail on the rows its statement returns.
+        try:
+            return CallResult("ok", name, tier, result=outcome.shape(rows), rate=rate)
+        except Exception:
+            log.exception("tool %s: shaping the committed rows failed", name)
+            return CallResult("internal_error", name, tier, "internal error", rate=rate)
+    return CallResult("ok", name, tier, result=outcome, rate=rate)
 
 
-async def _failed_after_commit(
-    services: Services, conn: AsyncConnection, principal: Principal, name: str, tier: int,
-    rate: RateDecision | None, entry: Callable[..., audit.AuditEntry],
-) -> CallResult:
-    """A read-only call failed after its last read had committed its success entry: a second
-    entry says what the caller got, so the log matches the answer."""
-    log.error("tool %s failed after its last read", name)
+async def _finish_failed(tx: Transaction, entry: audit.AuditEntry, undo: bool) -> None:
+    """Finish a call whose tool failed: its work undone (back to the savepoint, or all of
+    it, by :meth:`Transaction.finish` of an aborted transaction), its entry committed."""
     try:
-        await _audit_alone(services, conn, entry(decision="allowed", outcome="error",
-                                                 error="internal error after the last read"),
-                           principal)
+        if undo:
+            await tx.undo()
+        await tx.finish(entry)
     except Exception:
-        log.exception("could not write the failure audit entry for %s", name)
-    return CallResult("internal_error", name, tier, "internal error", rate=rate)
+        # The savepoint could not be reached (the connection failed mid-tool): the
+        # transaction is lost; finish writes the entry in a new one.
+        log.warning("audit entry for %s written after restarting the transaction",
+                    entry.action, exc_info=True)
+        await tx.finish(entry)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from breeze_mcp import __version__
 from breeze_mcp.auth.principal import ALL_SCOPES, Principal, scope_for_tier
+from breeze_mcp.db.engine import Transaction
 from breeze_mcp.edge import (
     AuthFailure,
     bearer_challenge,
@@ -88,8 +88,10 @@ async def list_endpoint(request: Request) -> Response:
     async with bearer_transaction(request, services) as authenticated:
         if isinstance(authenticated, AuthFailure):
             return _unauthorized(authenticated, services)
-        principal, conn = authenticated
-        rate = await meter(request, services, principal, "rest.list_tools", conn)
+        principal, tx = authenticated
+        rate = await meter(request, services, principal, "rest.list_tools", tx)
+        if rate is None or rate.allowed:
+            await tx.finish(None)  # not an action: no entry; the credential's use is kept
     headers = rate.headers() if rate is not None else None
     if rate is not None and not rate.allowed:
         return _error("rate_limited", rate.message, headers=headers)
@@ -110,7 +112,7 @@ async def call_endpoint(request: Request) -> Response:
 
 async def _call(
     request: Request, services: Services, raw: bytes | None, principal: Principal,
-    conn: AsyncConnection,
+    tx: Transaction,
 ) -> Response:
     name = request.path_params["name"]
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -133,12 +135,12 @@ async def _call(
     context = request_context(request, services)
     if refused is not None:  # not a call the pipeline can run, but audited like one
         code, message = refused
-        outcome = await call_tool(services, principal, name, arguments, context, conn,
+        outcome = await call_tool(services, principal, name, arguments, context, tx,
                                   refused=message)
         if outcome.status == "rate_limited":
             return _call_response(services, outcome)
         return _error(code, message)
-    outcome = await call_tool(services, principal, name, arguments, context, conn)
+    outcome = await call_tool(services, principal, name, arguments, context, tx)
     return _call_response(services, outcome)
 
 

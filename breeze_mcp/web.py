@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jinja2
-import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,7 +23,6 @@ from breeze_mcp import audit
 from breeze_mcp.auth import oauth, sessions
 from breeze_mcp.auth.client_ip import rate_limit_key
 from breeze_mcp.auth.passwords import verify_password
-from breeze_mcp.db.models import oauth_clients, oauth_grants, tenants, users
 from breeze_mcp.edge import request_context
 from breeze_mcp.forms import Fields, FormError, read_form, read_query
 from breeze_mcp.services import Services
@@ -247,11 +245,7 @@ async def login_submit(request: Request) -> Response:
                                   "try again.")
             response.headers.update(decision.headers())
             return response
-    async with services.db.system_transaction(actor="system:login") as conn:
-        row = (await conn.execute(
-            sa.select(users.c.id, users.c.password_hash, users.c.disabled_at)
-            .where(sa.func.lower(users.c.email) == email.lower())
-        )).first()
+    row = await sessions.login_candidate(services.db, email)
     # verify_password costs the same whether or not the account exists: no enumeration.
     ok = verify_password(row.password_hash if row else None, password)
     if not ok or row is None or row.disabled_at is not None:
@@ -274,8 +268,8 @@ async def login_submit(request: Request) -> Response:
 
 async def _audit_login(services: Services, ctx: Any, user_id: uuid.UUID | None, email: str,
                        outcome: audit.Outcome, reason: str | None) -> None:
-    async with services.db.system_transaction(actor="system:login") as conn:
-        await audit.write(conn, audit.AuditEntry(
+    async with services.db.system() as conn:
+        await conn.finish(audit.AuditEntry(
             actor_type="user", actor_id=str(user_id) if user_id else None,
             acting_user_id=user_id, auth_path="session",
             action="auth.login" if outcome == "success" else "auth.login_failed",
@@ -302,32 +296,9 @@ async def logout(request: Request) -> Response:
 
 
 async def _my_grants(services: Services, user: sessions.SessionUser) -> list[dict[str, Any]]:
-    from breeze_mcp.db.models import memberships
-
-    async with services.db.system_transaction(actor=f"user:{user.user_id}",
-                                              user_id=user.user_id) as conn:
-        tenant_rows = (await conn.execute(
-            sa.select(memberships.c.tenant_id, tenants.c.name)
-            .join(tenants, tenants.c.id == memberships.c.tenant_id)
-            .where(memberships.c.user_id == user.user_id)
-        )).all()
-    grants: list[dict[str, Any]] = []
-    for tenant_id, tenant_name in tenant_rows:
-        async with services.db.tenant_transaction(tenant_id, actor=f"user:{user.user_id}",
-                                                  user_id=user.user_id) as conn:
-            for row in await conn.execute(
-                sa.select(oauth_grants.c.id, oauth_grants.c.scopes, oauth_grants.c.created_at,
-                          oauth_clients.c.client_name, oauth_clients.c.client_id)
-                .join(oauth_clients, oauth_clients.c.client_id == oauth_grants.c.client_id)
-                .where(oauth_grants.c.user_id == user.user_id,
-                       oauth_grants.c.revoked_at.is_(None))
-                .order_by(oauth_grants.c.created_at.desc())
-            ):
-                grants.append({
-                    "id": str(row.id), "tenant_id": str(tenant_id), "tenant_name": tenant_name,
-                    "client_name": row.client_name or row.client_id, "scopes": list(row.scopes),
-                })
-    return grants
+    return [{"id": str(g.id), "tenant_id": str(g.tenant_id), "tenant_name": g.tenant_name,
+             "client_name": g.client_name or g.client_id, "scopes": list(g.scopes)}
+            for g in await oauth.user_grants(services.db, user.user_id)]
 
 
 async def connections_page(request: Request) -> Response:

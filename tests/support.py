@@ -155,10 +155,7 @@ class NextUser:
 
 async def next_user(db: Any) -> NextUser:
     """Read :class:`NextUser` through ``db.connection()``, which sets nothing of its own."""
-    from breeze_mcp.db.engine import driver
-
-    async with db.connection() as conn:
-        raw = driver(conn)
+    async with db.connection() as raw:
         status = raw.info.transaction_status.name
         tenant = ((await (await raw.execute(
             "SELECT current_setting('breeze.tenant_id', true)")).fetchone()) or (None,))[0]

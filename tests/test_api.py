@@ -67,7 +67,7 @@ async def _tenant_world(db: Database, label: str) -> TenantWorld:
                                          rate_limit="1000/minute")
         world.keys[name] = key
         world.key_ids[name] = info.id
-    async with db.tenant_transaction(tenant.id, actor="test") as conn:
+    async with db.tenant(tenant.id) as conn:
         world.device_ids = [str(r.id) for r in await conn.execute(
             sa.text("SELECT id FROM devices ORDER BY hostname"))]
         world.alert_ids = [str(r.id) for r in await conn.execute(

@@ -31,12 +31,8 @@ def test_healthz_over_http(settings: Settings, test_db: ProvisionedDatabase) -> 
 @pytest.mark.req("RLS-SERVE-REFUSES")
 @pytest.mark.anyio
 async def test_refuses_table_owner(test_db: ProvisionedDatabase) -> None:
-    db = Database(test_db.owner_url, pool_size=1)
-    try:
-        with pytest.raises(DatabaseSetupError, match=r"the owner of .* table"):
-            await verify_database(db)
-    finally:
-        await db.dispose()
+    with pytest.raises(DatabaseSetupError, match=r"the owner of .* table"):
+        await verify_database(test_db.owner_url)
 
 
 @pytest.mark.req("RLS-SERVE-REFUSES")
@@ -45,16 +41,13 @@ async def test_refuses_superuser(test_db: ProvisionedDatabase) -> None:
     url = make_url(sqlalchemy_url(test_db.admin_url)).set(database=test_db.name)
     db = Database(url.render_as_string(hide_password=False), pool_size=1)
     try:
-        is_super = False
-        async with db.engine.connect() as conn:
-            is_super = (await conn.execute(sa.text(
-                "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))).scalar_one()
-        if not is_super:
-            pytest.skip("BREEZE_TEST_DATABASE_URL is not a superuser connection")
-        with pytest.raises(DatabaseSetupError, match="a superuser"):
-            await verify_database(db)
+        is_super = await db.scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
     finally:
         await db.dispose()
+    if not is_super:
+        pytest.skip("BREEZE_TEST_DATABASE_URL is not a superuser connection")
+    with pytest.raises(DatabaseSetupError, match="a superuser"):
+        await verify_database(url.render_as_string(hide_password=False))
 
 
 @pytest.mark.req("RLS-SERVE-REFUSES")
@@ -63,17 +56,15 @@ async def test_refuses_broken_isolation_and_old_schema(scratch: ProvisionedDatab
     owner = sa.create_engine(sqlalchemy_url(scratch.owner_url))
     with owner.begin() as conn:
         conn.execute(sa.text("CREATE TABLE rogue (id int, tenant_id uuid)"))
-    db = Database(scratch.runtime_url, pool_size=1)
     try:
         with pytest.raises(DatabaseSetupError, match="rogue: row-level security is not enabled"):
-            await verify_database(db)
+            await verify_database(scratch.runtime_url)
         with owner.begin() as conn:
             conn.execute(sa.text("DROP TABLE rogue"))
             conn.execute(sa.text("UPDATE alembic_version SET version_num = 'old'"))
         with pytest.raises(DatabaseSetupError, match="run `breeze-mcp migrate`"):
-            await verify_database(db)
+            await verify_database(scratch.runtime_url)
     finally:
-        await db.dispose()
         owner.dispose()
 
 

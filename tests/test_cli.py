@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from psycopg.errors import IntegrityError
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
 
 from breeze_mcp.accounts import Tenant, create_user
 from breeze_mcp.db import Database

@@ -29,7 +29,7 @@ from breeze_mcp.db.models import (
 )
 from breeze_mcp.tools import ALL_TOOLS, default_registry
 from breeze_mcp.tools.devices import assess_health, percentile
-from breeze_mcp.tools.registry import BLOCKED_TIER, ToolContext, ToolError, ToolSpec
+from breeze_mcp.tools.registry import BLOCKED_TIER, FinalRead, ToolContext, ToolError, ToolSpec
 
 pytestmark = pytest.mark.anyio
 
@@ -90,8 +90,14 @@ async def call(
     tool = spec(name)
     assert tool.handler is not None
     model = tool.input_model.model_validate(dict(args))
-    async with db.tenant_transaction(tenant.id, actor=actor) as conn:
-        result = await tool.handler(ToolContext(conn, tenant.id, actor), model)
+    async with db.tenant(tenant.id) as tx:
+        outcome = await tool.handler(ToolContext(tx, tenant.id, actor), model)
+        if isinstance(outcome, FinalRead):
+            result = outcome.shape(await tx.finish(None, final=(outcome.statement,
+                                                                 outcome.params)))
+        else:
+            result = outcome
+            await tx.finish(None)
     json.dumps(result)  # JSON-serialisable, UUIDs and datetimes as strings
     return dict(result)
 
@@ -105,7 +111,7 @@ async def call_error(
 
 
 async def rows(db: Database, tenant: Tenant, query: sa.Select[Any]) -> list[sa.Row[Any]]:
-    async with db.tenant_transaction(tenant.id, actor="test") as conn:
+    async with db.tenant(tenant.id) as conn:
         return list((await conn.execute(query)).all())
 
 

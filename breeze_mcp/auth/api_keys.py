@@ -12,24 +12,24 @@ import datetime as dt
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import sqlalchemy as sa
 from limits import parse as parse_limit
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from breeze_mcp import audit
 from breeze_mcp.accounts import AccountError, Tenant
+from breeze_mcp.auth.credentials import usable_scopes
 from breeze_mcp.auth.principal import ALL_SCOPES, Principal, effective_scopes
 from breeze_mcp.auth.tokens import digest, mint_tenant_bound
 from breeze_mcp.db import Database
-from breeze_mcp.db.engine import Statement, driver
+from breeze_mcp.db.engine import Row, Transaction
 from breeze_mcp.db.models import api_keys, memberships, tenants, users
+from breeze_mcp.db.statements import Prepared, prepared
 
 __all__ = [
     "PREFIX",
     "ApiKeyInfo",
-    "KeyRejected",
     "check_rate_limit",
     "create_api_key",
     "list_api_keys",
@@ -41,14 +41,6 @@ __all__ = [
 
 PREFIX = "bzk"
 MAX_EXPIRY_DAYS = 3650
-
-
-class KeyRejected(Exception):
-    """The presented key cannot be used; ``reason`` is for the audit, not the caller."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -115,13 +107,12 @@ def check_rate_limit(rate_limit: str) -> None:
         )
 
 
-def _info(row: sa.Row[object]) -> ApiKeyInfo:
-    m = row._mapping
+def _info(row: Row) -> ApiKeyInfo:
     return ApiKeyInfo(
-        id=m["id"], tenant_id=m["tenant_id"], name=m["name"], prefix=m["prefix"],
-        scopes=tuple(m["scopes"]), created_by=m["created_by"], created_at=m["created_at"],
-        expires_at=m["expires_at"], last_used_at=m["last_used_at"],
-        revoked_at=m["revoked_at"], rate_limit=m["rate_limit"],
+        id=row.id, tenant_id=row.tenant_id, name=row.name, prefix=row.prefix,
+        scopes=tuple(row.scopes), created_by=row.created_by, created_at=row.created_at,
+        expires_at=row.expires_at, last_used_at=row.last_used_at,
+        revoked_at=row.revoked_at, rate_limit=row.rate_limit,
     )
 
 
@@ -152,7 +143,7 @@ async def create_api_key(
     if rate_limit is not None:
         check_rate_limit(rate_limit)
     plaintext = mint_tenant_bound(PREFIX, tenant.id)
-    async with db.tenant_transaction(tenant.id, actor=actor) as conn:
+    async with db.tenant(tenant.id) as conn:
         query = (
             sa.select(users.c.id, users.c.email, memberships.c.role)
             .join(memberships, memberships.c.user_id == users.c.id)
@@ -196,9 +187,7 @@ async def create_api_key(
             )
         ).one()
         info = _info(row)
-        await audit.write(
-            conn,
-            audit.operator_entry(
+        await conn.finish(audit.operator_entry(
                 actor, "api_key.create",
                 tenant_id=tenant.id,
                 acting_user_id=creator.id,
@@ -206,13 +195,12 @@ async def create_api_key(
                 parameters={"name": name, "scopes": list(wanted),
                             "expires_in_days": expires_in_days, "rate_limit": rate_limit},
                 scopes=list(wanted),
-            ),
-        )
+            ))
     return info, plaintext
 
 
 async def list_api_keys(db: Database, tenant: Tenant) -> list[ApiKeyInfo]:
-    async with db.tenant_transaction(tenant.id, actor="system:cli") as conn:
+    async with db.tenant(tenant.id) as conn:
         rows = await conn.execute(
             sa.select(*_COLUMNS).where(api_keys.c.tenant_id == tenant.id)
             .order_by(api_keys.c.created_at)
@@ -229,10 +217,10 @@ async def revoke_api_key(
     if tenant is not None:
         candidates = [tenant.id]
     else:
-        async with db.system_transaction(actor=actor) as conn:
+        async with db.system() as conn:
             candidates = list((await conn.execute(sa.select(tenants.c.id))).scalars())
     for tenant_id in candidates:
-        async with db.tenant_transaction(tenant_id, actor=actor) as conn:
+        async with db.tenant(tenant_id) as conn:
             row = (
                 await conn.execute(
                     sa.select(*_COLUMNS)
@@ -253,79 +241,57 @@ async def revoke_api_key(
                     )
                 ).one()
             info = _info(row)
-            await audit.write(
-                conn,
-                audit.operator_entry(
+            await conn.finish(audit.operator_entry(
                     actor, "api_key.revoke",
                     tenant_id=tenant_id,
                     credential_id=str(key_id),
                     parameters={"key_id": str(key_id), "name": info.name,
                                 "already_revoked": not newly},
-                ),
-            )
+                ))
             return info, newly
     raise AccountError(f"no API key {key_id}")
 
 
-_KEY_LOOKUP = (
-    "SELECT k.id, k.scopes, k.created_by, k.rate_limit, k.revoked_at,"
+# The key with its holder (its creator), in the columns credentials.usable_scopes judges.
+_KEY_LOOKUP = prepared(
+    "SELECT k.id, k.scopes, k.created_by, k.rate_limit, k.revoked_at IS NOT NULL AS revoked,"
     " k.expires_at <= now() AS expired,"
     " k.last_used_at IS NULL OR k.last_used_at < now() - interval '60 seconds' AS touch,"
-    " t.status AS tenant_status, m.role, u.disabled_at,"
-    # The caller becomes the transaction's actor in the same round trip (Principal.actor and
-    # acting_user_id); a rejected key's transaction is rolled back, taking this with it.
-    " set_config('breeze.actor', 'api_key:' || k.id::text, true),"
-    " set_config('breeze.user_id', k.created_by::text, true)"
+    " t.status AS tenant_status, m.role, u.disabled_at"
     " FROM api_keys k"
     " JOIN tenants t ON t.id = k.tenant_id"
     " JOIN users u ON u.id = k.created_by"
     " LEFT OUTER JOIN memberships m ON m.tenant_id = k.tenant_id AND m.user_id = k.created_by"
     " WHERE k.digest = %s AND k.tenant_id = %s"
 )
-_KEY_TOUCH = "UPDATE api_keys SET last_used_at = now() WHERE id = %s"
+_KEY_TOUCH = prepared("UPDATE api_keys SET last_used_at = now() WHERE id = %s")
 
 
-def lookup(token: str, tenant_id: uuid.UUID) -> Statement:
+def lookup(token: str, tenant_id: uuid.UUID) -> tuple[Prepared, tuple[bytes, str]]:
     """The lookup statement for a presented key in the tenant it names, sent with the
     transaction's ``BEGIN``; :func:`principal_from` judges the row."""
     return _KEY_LOOKUP, (digest(token), str(tenant_id))  # str: a cheaper literal to quote
 
 
 async def principal_from(
-    conn: AsyncConnection, tenant_id: uuid.UUID, row: tuple[Any, ...] | None, *,
-    default_rate_limit: str,
+    tx: Transaction, tenant_id: uuid.UUID, row: Row, *, default_rate_limit: str,
 ) -> Principal:
     """The Principal for a presented key, from the row :func:`lookup`'s statement returned
-    for it, or :class:`KeyRejected`.
+    for it, or :class:`~breeze_mcp.auth.credentials.CredentialRejected`.
 
     The effective scopes are the key's intersected with what the creator's role allows at
-    this request, so a demotion shows at once. The lookup made the key the transaction's
-    actor, so callers roll back on :class:`KeyRejected` (``edge.bearer_transaction`` does).
-    """
-    if row is None:
-        raise KeyRejected("unknown key")
-    (key_id, key_scopes, created_by, rate_limit, revoked_at, expired, touch, tenant_status,
-     role, disabled_at, _actor, _user_id) = row
-    if revoked_at is not None:
-        raise KeyRejected("revoked key")
-    if expired:
-        raise KeyRejected("expired key")
-    if tenant_status != "active":
-        raise KeyRejected(f"tenant is {tenant_status}")
-    if role is None or disabled_at is not None:
-        raise KeyRejected("key creator no longer has access to the tenant")
-    scopes = effective_scopes(role, key_scopes)
-    if not scopes:
-        raise KeyRejected("key creator's role no longer allows any of the key's scopes")
-    if touch:  # last-used time, at most once a minute per key
-        await driver(conn).execute(_KEY_TOUCH, (key_id,))
+    this request (:func:`~breeze_mcp.auth.credentials.usable_scopes`)."""
+    scopes = usable_scopes(row)
+    if row.touch:  # last-used time, at most once a minute per key
+        await tx.execute(_KEY_TOUCH, (row.id,))
     return Principal(
         tenant_id=tenant_id,
         actor_type="api_key",
-        actor_id=str(key_id),
+        actor_id=str(row.id),
         auth_path="api_key",
-        credential_id=str(key_id),
+        credential_id=str(row.id),
         scopes=scopes,
-        acting_user_id=created_by,
-        rate_limits=((f"api_key:{key_id}", rate_limit or default_rate_limit),),
+        acting_user_id=row.created_by,
+        role=row.role,
+        rate_limits=((f"api_key:{row.id}", row.rate_limit or default_rate_limit),),
     )

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from breeze_mcp import audit
 from breeze_mcp.auth.client_ip import rate_limit_key
+from breeze_mcp.auth.credentials import Reason
 from breeze_mcp.auth.principal import AuthPath, RequestContext
 from breeze_mcp.auth.rate_limit import RateDecision
 
@@ -37,7 +38,6 @@ __all__ = [
     "Reason",
     "count_failure",
     "credential_prefix",
-    "reason_of",
     "record",
     "source_of",
     "throttled",
@@ -45,30 +45,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Reason = Literal["missing", "malformed", "unknown", "expired", "revoked", "wrong_resource",
-                 "no_access", "throttled"]
 
 #: At most one audit entry per source and reason in this period (``limits`` notation).
 AUDIT_PERIOD = "1/minute"
 #: How long failures not yet carried by an entry wait for the next one (seconds).
 PENDING_TTL = 24 * 3600
 
-_REJECTIONS: dict[str, Reason] = {
-    "unknown key": "unknown", "unknown token": "unknown",
-    "revoked key": "revoked", "revoked": "revoked",
-    "expired key": "expired", "expired": "expired",
-    "token minted for another resource": "wrong_resource",
-}
-
 _OURS = re.compile(r"^(bz[a-z])_([0-9a-f]{6})[0-9a-f]{26}_")
 _TYPE = re.compile(r"^([A-Za-z0-9]{1,8})_")
-
-
-def reason_of(rejection: str) -> Reason:
-    """The audit reason of an API key's or access token's rejection (``KeyRejected.reason``,
-    ``TokenRejected.reason``); the rest (tenant not active, member gone or demoted) is
-    ``no_access``."""
-    return _REJECTIONS.get(rejection, "no_access")
 
 
 def credential_prefix(token: str) -> str | None:
@@ -130,7 +114,7 @@ async def record(
             deny_reason=reason, request_id=context.request_id, client_ip=context.client_ip,
             user_agent=context.user_agent, parameters=parameters,
         )
-        async with services.db.system_transaction(actor="system:auth") as conn:
-            await audit.write(conn, entry)
+        async with services.db.system() as tx:
+            await tx.finish(entry)
     except Exception:
         log.exception("could not audit a failed bearer authentication (%s)", reason)

@@ -80,6 +80,8 @@ class Principal:
     scopes: frozenset[str]
     acting_user_id: uuid.UUID | None = None
     client_id: str | None = None
+    #: The acting user's role in the tenant at this request (owner, admin, ...), if any.
+    role: str | None = None
     #: Rate-limit buckets this caller draws from, with their limits in ``limits`` notation:
     #: (("api_key:<id>", "120/minute"),) or (("grant:<id>", "300/minute"),).
     rate_limits: tuple[tuple[str, str], ...] = field(default=())

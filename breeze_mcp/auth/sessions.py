@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from breeze_mcp.auth.tokens import digest, mint
 from breeze_mcp.db import Database
+from breeze_mcp.db.engine import Row
 from breeze_mcp.db.models import users, web_sessions
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "csrf_valid",
     "end_session",
     "load_session",
+    "login_candidate",
     "new_csrf_cookie",
 ]
 
@@ -67,19 +69,30 @@ async def create_session(
     user_agent: str | None,
 ) -> str:
     token = mint(SESSION_PREFIX)
-    async with db.system_transaction(actor=f"user:{user_id}", user_id=user_id) as conn:
+    async with db.system(user_id=user_id) as conn:
         await conn.execute(web_sessions.insert().values(
             digest=digest(token), user_id=user_id,
             expires_at=sa.func.now() + dt.timedelta(seconds=ttl),
             client_ip=client_ip, user_agent=(user_agent or "")[:512] or None,
         ))
+        await conn.finish(None)  # the sign-in's entry is written by the caller
     return token
+
+
+async def login_candidate(db: Database, email: str) -> Row | None:
+    """The account a sign-in with ``email`` is checked against (id, password_hash,
+    disabled_at), or None."""
+    async with db.system() as tx:
+        return (await tx.execute(
+            sa.select(users.c.id, users.c.password_hash, users.c.disabled_at)
+            .where(sa.func.lower(users.c.email) == email.lower())
+        )).first()
 
 
 async def load_session(db: Database, token: str | None) -> SessionUser | None:
     if not token or not token.startswith(SESSION_PREFIX + "_") or len(token) > 100:
         return None
-    async with db.system_transaction(actor="system:session") as conn:
+    async with db.system() as conn:
         row = (await conn.execute(
             sa.select(web_sessions.c.id, users.c.id.label("user_id"), users.c.email,
                       users.c.display_name)
@@ -96,17 +109,19 @@ async def load_session(db: Database, token: str | None) -> SessionUser | None:
             .where(web_sessions.c.id == row.id,
                    web_sessions.c.last_seen_at < sa.func.now() - dt.timedelta(minutes=5))
             .values(last_seen_at=sa.func.now()))
+        await conn.finish(None)  # bookkeeping, not an action
     return SessionUser(row.id, row.user_id, row.email, row.display_name)
 
 
 async def end_session(db: Database, token: str | None) -> None:
     if not token:
         return
-    async with db.system_transaction(actor="system:session") as conn:
+    async with db.system() as conn:
         await conn.execute(web_sessions.update()
                            .where(web_sessions.c.digest == digest(token))
                            .values(revoked_at=sa.func.coalesce(web_sessions.c.revoked_at,
                                                                sa.func.now())))
+        await conn.finish(None)
 
 
 def new_csrf_cookie() -> str:

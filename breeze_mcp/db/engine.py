@@ -1,439 +1,488 @@
-"""The runtime engine and the tenant transaction.
+"""The one database stack: a psycopg connection pool and the transaction object.
 
-:meth:`Database.tenant_transaction` is the one way tenant data is touched: it opens a
-transaction and sets the tenant and the actor with ``set_config(..., true)``
-(transaction-local), so a pooled connection carries nothing to its next user. With no tenant
-set, every tenant table reads as empty (row-level security).
+:class:`Database` owns a :class:`psycopg_pool.AsyncConnectionPool` of the runtime role's
+connections. Each connection is configured once when it is opened (type loaders, row
+factory, ``PREPARE`` of every hot statement: :mod:`breeze_mcp.db.statements`), rolled back
+when it comes back with a transaction open, and pinged before use only when it has sat idle.
 
-Round trips are what a call costs, so the pooled connections are in autocommit mode and a
-transaction is opened explicitly: ``BEGIN``, the ``set_config`` and, optionally, the caller's
-first statement (the credential lookup) travel as one simple-query message, bound client-side
-by psycopg (:class:`psycopg.AsyncClientCursor`, which quotes every value as a literal).
-Outside these helpers a statement on this engine autocommits on its own; nothing in the
-service runs one that way except the read-only start-up checks and the health probe.
+Tenant data is touched only inside a :class:`Transaction`, opened by
+:meth:`Database.tenant` (one tenant; row-level security hides every other) or
+:meth:`Database.system` (no tenant: tenant tables read as empty). ``BEGIN`` and the tenant
+setting travel in one message with the transaction's first statement, if it has one (the
+credential lookup). A transaction commits only through :meth:`Transaction.finish`, which sends
+``[final read;] INSERT audit entry; COMMIT`` as one message: work and its audit entry are
+committed together or not at all. Anything else that ends it rolls it back.
 
-Between transactions the helpers keep their connections open (:class:`_Keeper`) rather
-than checking them in and out of SQLAlchemy's pool for every call.
+SQLAlchemy is the query builder only: a Core statement is compiled (once per shape) to
+psycopg's placeholders and run on the pooled psycopg connection, and rows are read by name.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import math
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
-from functools import lru_cache
-from typing import Any
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from enum import Enum
+from typing import TYPE_CHECKING, Any, cast
 from weakref import WeakKeyDictionary
 
 import psycopg
+import sqlalchemy as sa
 from psycopg import AsyncClientCursor
 from psycopg.pq import TransactionStatus
+from psycopg.rows import namedtuple_row
+from psycopg.types.json import JsonbDumper
 from psycopg.types.string import TextLoader
-from sqlalchemy import event, exc
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy.dialects.postgresql import psycopg as sa_psycopg
+
+from breeze_mcp.db.statements import Prepared, all_prepared
+
+if TYPE_CHECKING:
+    from breeze_mcp.audit import AuditEntry
 
 __all__ = [
-    "IDLE_PING_SECONDS", "Database", "Statement", "driver", "executable", "execute_then_commit",
+    "IDLE_PING_SECONDS", "Database", "Result", "Row", "State", "Transaction", "compile_statement",
     "sqlalchemy_url",
 ]
 
-# Straight on the psycopg connection (no per-statement SQLAlchemy work): the transaction and
-# its tenant and actor in one message. (A credential lookup may name the caller as actor in
-# its own statement; the tenant is never changed after this one.)
-_BEGIN_CONTEXT = (
-    "BEGIN; SELECT set_config('breeze.tenant_id', %s, true),"
-    " set_config('breeze.actor', %s, true),"
-    " set_config('breeze.user_id', %s, true)"
-)
+log = logging.getLogger(__name__)
 
-#: A statement and its parameters (psycopg ``%s`` placeholders).
-Statement = tuple[str, tuple[Any, ...]]
+#: A row: a named tuple, read by column name (``row.digest``).
+Row = Any
+#: Anything a transaction runs: a prepared hot statement, or a SQLAlchemy Core statement.
+Runnable = Prepared | sa.Executable
 
-#: A pooled connection idle for longer than this is pinged before use (one that was in use
-#: moments ago is not: under load, no checkout pays a round trip for a ping).
+#: A pooled connection idle for longer than this is pinged before use (one in use moments
+#: ago is not: under load no checkout pays a round trip for a ping).
 IDLE_PING_SECONDS = 10.0
-_CHECKED_IN = "breeze_checked_in"
 
-
-def driver(conn: AsyncConnection) -> psycopg.AsyncConnection[Any]:
-    """The psycopg connection under ``conn``, in the same transaction; read through the
-    synchronous proxies because ``get_raw_connection`` would cost a greenlet switch."""
-    raw = conn.sync_connection.connection.driver_connection if conn.sync_connection else None
-    if not isinstance(raw, psycopg.AsyncConnection):
-        raise RuntimeError("the connection is closed")
-    return raw
-
-
-# Names of the statements prepared (SQL PREPARE) on each connection, see ``executable``.
-_prepared: WeakKeyDictionary[psycopg.AsyncConnection[Any], set[str]] = WeakKeyDictionary()
-
-
-async def executable(raw: psycopg.AsyncConnection[Any], statement: Statement) -> Statement:
-    """``statement`` as ``EXECUTE name(%s, ...)`` of a statement prepared (SQL ``PREPARE``,
-    once per connection) on ``raw``.
-
-    psycopg does not prepare statements sent several to a simple-query message, so PostgreSQL
-    would plan them on every call (see docs/benchmarks.md, "PostgreSQL's share"); a prepared
-    statement is session-level and survives a rollback.
-    """
-    sql, params = statement
-    name, numbered, count = _prepare_text(sql)
-    if count != len(params):
-        raise ValueError(f"{name}: {count} placeholders, {len(params)} parameters")
-    names = _prepared.setdefault(raw, set())
-    if name not in names:
-        try:
-            await raw.execute(f"PREPARE {name} AS {numbered}", prepare=False)
-        except BaseException:
-            # Cancelled (or failed) with the PREPARE in flight: the server may hold the
-            # statement or not, and a wrong guess breaks every later call on this
-            # connection. Close it; the pool replaces a closed connection at checkout.
-            raw.pgconn.finish()
-            raise
-        names.add(name)
-    placeholders = ", ".join(["%s"] * count)
-    return (f"EXECUTE {name}({placeholders})" if count else f"EXECUTE {name}"), params
-
-
-@lru_cache(maxsize=512)  # hot statements are few; list_devices has a text per filter set
-def _prepare_text(sql: str) -> tuple[str, str, int]:
-    """The statement's name, its text with numbered placeholders, and their count."""
-    parts = sql.split("%s")
-    if any("%" in part for part in parts):
-        raise ValueError("a prepared hot-path statement takes only %s placeholders")
-    name = "breeze_" + hashlib.blake2b(sql.encode(), digest_size=10).hexdigest()
-    numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
-    return name, numbered, len(parts) - 1
-
-
-async def execute_then_commit(conn: AsyncConnection, statement: Statement) -> None:
-    """Run ``statement`` (prepared, see :func:`executable`) and ``COMMIT`` in one round trip,
-    bound client-side like :data:`_BEGIN_CONTEXT`. If the statement fails, the transaction
-    is left aborted (the ``COMMIT`` is never reached) and the error is raised."""
-    raw = driver(conn)
-    sql, params = await executable(raw, statement)
-    await AsyncClientCursor(raw).execute(sql + "; COMMIT", params)
-
-
-def _install_health_checks(engine: AsyncEngine) -> None:
-    """Instead of ``pool_pre_ping`` on every checkout: a broken or closed connection is
-    replaced, and one that sat idle (the server may have restarted meanwhile) is pinged."""
-    dialect = engine.dialect
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _connected(dbapi_conn: Any, record: Any) -> None:
-        # inet values are read as PostgreSQL's own text ("10.0.0.7", "10.0.0.0/24"): every
-        # reader formats them as strings anyway, so ipaddress objects would be built only to
-        # be formatted again.
-        dbapi_conn.driver_connection.adapters.register_loader("inet", TextLoader)
-
-    @event.listens_for(engine.sync_engine, "reset")
-    def _reset(dbapi_conn: Any, record: Any, state: Any) -> None:
-        # What the pool's rollback-on-return does, minus the round into the event loop for
-        # a connection with nothing open (every one our transaction helpers give back). A
-        # connection returned mid-transaction (an error path) is rolled back, so the next
-        # user never inherits a transaction or its tenant settings.
-        raw = dbapi_conn.driver_connection
-        if not state.asyncio_safe or raw.closed:  # a closed one is replaced at checkout
-            return
-        if raw.info.transaction_status != TransactionStatus.IDLE:
-            dbapi_conn.rollback()
-
-    @event.listens_for(engine.sync_engine, "checkin")
-    def _checked_in(dbapi_conn: Any, record: Any) -> None:
-        record.info[_CHECKED_IN] = time.monotonic()
-
-    @event.listens_for(engine.sync_engine, "checkout")
-    def _checked_out(dbapi_conn: Any, record: Any, proxy: Any) -> None:
-        raw = dbapi_conn.driver_connection
-        if raw.closed or raw.broken:
-            raise exc.DisconnectionError("connection closed")
-        checked_in = record.info.get(_CHECKED_IN)
-        if checked_in is not None and time.monotonic() - checked_in > IDLE_PING_SECONDS:
-            try:
-                dialect.do_ping(dbapi_conn)
-            except Exception as error:
-                raise exc.DisconnectionError("ping failed") from error
+_DIALECT = sa_psycopg.dialect()  # type: ignore[no-untyped-call]
+_compiled: dict[Any, Any] = {}  # SQLAlchemy cache key -> compiled statement
+_MAX_COMPILED = 2048
 
 
 def sqlalchemy_url(url: str) -> str:
-    """Accept ``postgres://`` / ``postgresql://`` URLs and select the psycopg 3 driver."""
+    """Accept ``postgres://`` / ``postgresql://`` URLs and select the psycopg 3 driver (for
+    Alembic and the start-up checks)."""
     for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
     raise ValueError("database URL must start with postgresql:// (PostgreSQL is the only database)")
 
 
-def _context(
-    tenant_id: uuid.UUID | None, actor: str, user_id: uuid.UUID | None
-) -> tuple[str, str, str]:
-    """The values of ``breeze.tenant_id``, ``breeze.actor`` and ``breeze.user_id`` for a
-    tenant's transaction. Anything but the tenant's UUID (None included) is refused: fail
-    closed. (A system transaction has no tenant: :data:`_SYSTEM`.)"""
-    if tenant_id is _SYSTEM:
-        return "", actor, str(user_id) if user_id else ""
-    if not isinstance(tenant_id, uuid.UUID):
-        raise TypeError("a tenant transaction needs the tenant's UUID (fail closed)")
-    return str(tenant_id), actor, str(user_id) if user_id else ""
+def _conninfo(url: str) -> str:
+    """The libpq form of a database URL (``postgresql+psycopg://`` accepted too)."""
+    return "postgresql://" + sqlalchemy_url(url)[len("postgresql+psycopg://"):]
 
 
-#: The tenant of a system transaction: none (tenant tables read as empty).
-_SYSTEM: Any = object()
+def compile_statement(statement: sa.Executable) -> tuple[str, Mapping[str, Any]]:
+    """A Core statement as psycopg SQL (``%(name)s`` placeholders) and its parameters; the
+    compilation is cached per statement shape, as SQLAlchemy's own engine does."""
+    key = cast(Any, statement)._generate_cache_key()
+    compiled = _compiled.get(key.key) if key is not None else None
+    if compiled is None:
+        compiled = cast(Any, statement).compile(dialect=_DIALECT, cache_key=key)
+        if compiled.post_compile_params or compiled.literal_execute_params:
+            # An expanding IN list would have to be rendered per call: use = ANY(array).
+            raise ValueError("IN (list) is not supported: compare with = ANY(array)")
+        if key is not None:
+            if len(_compiled) >= _MAX_COMPILED:
+                _compiled.clear()
+            _compiled[key.key] = compiled
+    params = compiled.construct_params(
+        extracted_parameters=key.bindparams if key is not None else None)
+    return compiled.string, params
 
 
-async def _begin(
-    raw: psycopg.AsyncConnection[Any], context: tuple[str, str, str], first: Statement | None,
-) -> tuple[Any, ...] | None:
-    """Open a transaction on ``raw`` with ``context`` (and ``first``) in one message; the first
-    row of ``first``, if given."""
-    cursor = AsyncClientCursor(raw)
-    if first is None:
-        await cursor.execute(_BEGIN_CONTEXT, context)
-        return None
-    sql, params = await executable(raw, first)
-    await cursor.execute(f"{_BEGIN_CONTEXT}; {sql}", context + params)
-    cursor.nextset()  # past BEGIN's and set_config's results
-    cursor.nextset()
-    return await cursor.fetchone()
+class Result:
+    """The rows of one statement (named tuples) and the number of rows it touched."""
+
+    __slots__ = ("rowcount", "rows")
+
+    def __init__(self, rows: list[Row], rowcount: int) -> None:
+        self.rows = rows
+        self.rowcount = rowcount
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self.rows)
+
+    def first(self) -> Row | None:
+        return self.rows[0] if self.rows else None
+
+    def one(self) -> Row:
+        if len(self.rows) != 1:
+            raise LookupError(f"expected one row, got {len(self.rows)}")
+        return self.rows[0]
+
+    def one_or_none(self) -> Row | None:
+        if len(self.rows) > 1:
+            raise LookupError(f"expected at most one row, got {len(self.rows)}")
+        return self.first()
+
+    def all(self) -> list[Row]:
+        return self.rows
+
+    def scalar_one_or_none(self) -> Any:
+        row = self.one_or_none()
+        return None if row is None else row[0]
+
+    def scalar(self) -> Any:
+        return self.rows[0][0] if self.rows else None
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+    def scalars(self) -> list[Any]:
+        return [row[0] for row in self.rows]
 
 
-class _Keeper:
-    """The runtime's connections, kept open as SQLAlchemy connections between transactions.
+class State(Enum):
+    OPEN = "open"
+    ABORTED = "aborted"  # a statement failed: only finish (which starts over) or roll back
+    DONE = "done"  # committed or rolled back; nothing more runs in it
 
-    Checking a connection out of SQLAlchemy's async pool and back in costs each call two
-    greenlets, the pool's events and a new ``Connection`` (see docs/benchmarks.md, "Kept
-    connections"). So the transaction helpers keep their connections instead, as already-open
-    ``AsyncConnection`` objects, handed from one transaction to the next:
 
-    * at most ``size`` are in use at once (a semaphore); a caller beyond that waits up to
-      ``timeout`` and then gets SQLAlchemy's own pool-timeout error (answered 503 upstream);
-    * only a **clean** connection is kept: no transaction open (at the driver and in
-      SQLAlchemy), not closed, broken or invalidated. Anything else goes back to SQLAlchemy's
-      pool through its protected exit, whose "reset" listener rolls it back (or drops it);
-      the next checkout replaces a dead one;
-    * a connection kept idle for longer than ``IDLE_PING_SECONDS`` is pinged before reuse,
-      as the pool's "checkout" listener does for its own; once one is found dead, every
-      other kept one is pinged before its next use too (after a server restart all are);
-    * the kept connections are the pool's: with ``pool_size`` connections in the pool,
-      the kept and in-use ones together never exceed it.
+_SAVEPOINT = "SAVEPOINT breeze_work"
+_ROLLBACK_WORK = "ROLLBACK TO SAVEPOINT breeze_work"
 
-    Keeping changes nothing a transaction can see: the tenant, actor and user are
-    transaction-local settings, gone with the ``COMMIT`` or ``ROLLBACK`` that ends each one.
+
+class Transaction:
+    """One transaction on one pooled connection, with an explicit :class:`State`.
+
+    Statements run with :meth:`execute` (any Core statement or a :class:`Prepared` one).
+    The only commit is :meth:`finish`, with the audit entry of what was done. Work that may
+    have to be undone while the entry is still written runs after :meth:`savepoint`.
     """
 
-    def __init__(self, engine: AsyncEngine, size: int, timeout: float) -> None:
-        self._engine = engine
-        self._timeout = timeout
-        self._in_use = asyncio.Semaphore(size)
-        self._idle: list[tuple[AsyncConnection, float]] = []  # LIFO: the warmest on top
-        self._closed = False
+    def __init__(self, db: Database, conn: psycopg.AsyncConnection[Any],
+                 context: tuple[str, str]) -> None:
+        self._db = db
+        self._conn = conn
+        self._context = context  # (tenant id, user id) as set_config values
+        self.state = State.OPEN
+        self._savepoint = False
 
-    async def acquire(self) -> AsyncConnection:
-        if self._in_use.locked():
-            try:
-                async with asyncio.timeout(self._timeout):
-                    await self._in_use.acquire()
-            except TimeoutError:
-                raise exc.TimeoutError(
-                    f"no database connection free within {self._timeout:g} s") from None
-        else:
-            await self._in_use.acquire()  # free: returns without suspending
+    @property
+    def connection(self) -> psycopg.AsyncConnection[Any]:
+        """The psycopg connection (for :mod:`breeze_mcp.db` and diagnostics only)."""
+        return self._conn
+
+    def _check_open(self) -> None:
+        if self.state is not State.OPEN:
+            raise RuntimeError(f"the transaction is {self.state.value}")
+
+    async def _run(self, sql: str, params: Any) -> Result:
+        self._check_open()
         try:
-            while self._idle:
-                conn, since = self._idle.pop()
-                try:
-                    if _usable(conn) and (time.monotonic() - since <= IDLE_PING_SECONDS
-                                          or await _pinged(conn)):
-                        return conn
-                except BaseException:  # cancelled mid-ping: never lose the connection
-                    await _give_back(conn)
-                    raise
-                await _give_back(conn)
-                self._suspect_idle()
-            return await self._engine.connect()
+            cursor = await self._conn.execute(sql, params)
         except BaseException:
-            self._in_use.release()
+            self._note_failure()
             raise
+        rows = await cursor.fetchall() if cursor.description is not None else []
+        return Result(rows, cursor.rowcount)
 
-    async def release(self, conn: AsyncConnection) -> None:
+    def _note_failure(self) -> None:
+        if self._conn.info.transaction_status != TransactionStatus.INTRANS:
+            self.state = State.ABORTED
+
+    async def execute(self, statement: Runnable, params: Sequence[Any] = ()) -> Result:
+        """Run one statement; ``params`` only for a :class:`Prepared` one."""
+        if isinstance(statement, Prepared):
+            sql, bound = await self._db.executable(self._conn, statement, params)
+            return await self._run_client_bound(sql, bound)
+        sql, named = compile_statement(statement)
+        return await self._run(sql, named)
+
+    async def _run_client_bound(self, sql: str, params: Sequence[Any]) -> Result:
+        self._check_open()
+        cursor = AsyncClientCursor(self._conn)
         try:
-            if not self._closed and _clean(conn):
-                self._idle.append((conn, time.monotonic()))
-            else:
-                if not _usable(conn):
-                    self._suspect_idle()
-                await _give_back(conn)
-        finally:
-            self._in_use.release()
+            await cursor.execute(sql, params)
+        except BaseException:
+            self._note_failure()
+            raise
+        rows = await cursor.fetchall() if cursor.description is not None else []
+        return Result(rows, cursor.rowcount)
 
-    def _suspect_idle(self) -> None:
-        """One connection was found dead (a server restart, an idle timeout): the kept ones
-        may be too, so each is pinged before its next use, however recently it ran."""
-        self._idle = [(conn, -math.inf) for conn, _ in self._idle]
+    async def savepoint(self) -> None:
+        """Mark the point :meth:`undo` returns to: work after it can be undone and the
+        transaction still finished with its audit entry."""
+        await self._run(_SAVEPOINT, None)
+        self._savepoint = True
 
-    async def close(self) -> None:
-        self._closed = True
-        while self._idle:
-            await _give_back(self._idle.pop()[0])
+    async def undo(self) -> None:
+        """Undo everything since :meth:`savepoint` (also after a failed statement)."""
+        if not self._savepoint:
+            raise RuntimeError("undo without a savepoint")
+        if self.state is State.ABORTED and self._conn.info.transaction_status \
+                == TransactionStatus.INERROR:
+            self.state = State.OPEN  # a savepoint rollback is what an aborted one allows
+        await self._run(_ROLLBACK_WORK, None)
+
+    async def finish(self, entry: AuditEntry | None,
+                     final: tuple[Prepared, Sequence[Any]] | None = None, *,
+                     then: Sequence[tuple[Prepared, Sequence[Any]]] = ()) -> list[Row]:
+        """Commit, with ``entry`` inserted in the same transaction, in one message:
+        ``[then...;] [final read;] INSERT entry; COMMIT``: ``then``, the last writes decided
+        already (the token endpoint's), ``final``, a read-only tool's last read. Returns the
+        final read's rows.
+
+        If the final read or the insert fails, nothing is committed and the error is raised
+        (the transaction is then aborted, and may be finished again with another entry). An
+        aborted transaction is finished by rolling it back and committing ``entry`` alone,
+        in a fresh transaction with the same tenant: an entry is never lost because the work
+        failed. ``entry`` None commits without an entry (for work that is not an action,
+        such as the service's own bookkeeping)."""
+        from breeze_mcp.audit import insert_statement  # the audit writer builds the insert
+
+        if self.state is State.DONE:
+            raise RuntimeError("the transaction is done")
+        parts: list[str] = []
+        params: list[Any] = []
+        if self.state is State.ABORTED:
+            if final is not None or then:
+                raise RuntimeError("work to finish in an aborted transaction")
+            if self._conn.closed:
+                return await self._finish_elsewhere(entry)
+            parts.append("ROLLBACK")
+            parts.append(_BEGIN)
+            params.extend(self._context)
+            self.state = State.OPEN
+        for statement in (*then, *([final] if final is not None else [])):
+            sql, bound = await self._db.executable(self._conn, *statement)
+            parts.append(sql)
+            params.extend(bound)
+        if entry is not None:
+            sql, bound = await self._db.executable(
+                self._conn, *insert_statement(entry, after_read=final is not None))
+            parts.append(sql)
+            params.extend(bound)
+        parts.append("COMMIT")
+        cursor = AsyncClientCursor(self._conn)
+        try:
+            await cursor.execute("; ".join(parts), params)
+        except BaseException:
+            self._note_failure()
+            if self._conn.info.transaction_status == TransactionStatus.IDLE \
+                    and not self._conn.closed:
+                self.state = State.ABORTED  # failed before anything began: start over
+            raise
+        self.state = State.DONE
+        if final is None:
+            return []
+        for _ in then:  # past the results of the writes before it
+            cursor.nextset()
+        return await cursor.fetchall()
+
+    async def _finish_elsewhere(self, entry: AuditEntry | None) -> list[Row]:
+        """The connection is gone: commit ``entry`` on another one."""
+        self.state = State.DONE
+        log.warning("the transaction's connection is gone; its audit entry goes on another")
+        if entry is not None:
+            async with self._db._transaction(self._context, None) as (other, _):
+                await other.finish(entry)
+        return []
+
+    async def rollback(self) -> None:
+        """Roll back (nothing is committed); the transaction is done."""
+        if self.state is State.DONE:
+            return
+        self.state = State.DONE
+        if not self._conn.closed and \
+                self._conn.info.transaction_status != TransactionStatus.IDLE:
+            await self._conn.rollback()
 
 
-def _clean(conn: AsyncConnection) -> bool:
-    """Usable, and no transaction open: neither at the driver nor in SQLAlchemy (where a
-    transaction whose commit failed stays attached, though no longer "in" it)."""
-    if not _usable(conn):
-        return False
-    proxied = conn.sync_connection
-    assert proxied is not None
-    return (proxied.get_transaction() is None and proxied.get_nested_transaction() is None
-            and driver(conn).info.transaction_status == TransactionStatus.IDLE)
+# BEGIN and the tenant (and user) settings, transaction-local: a pooled connection carries
+# nothing to its next user. With no tenant set, every tenant table reads as empty (RLS).
+_BEGIN = ("BEGIN; SELECT set_config('breeze.tenant_id', %s, true) AS tenant,"
+          " set_config('breeze.user_id', %s, true) AS usr")
+
+#: The context of a transaction with no tenant.
+_SYSTEM = ""
 
 
-def _usable(conn: AsyncConnection) -> bool:
-    proxied = conn.sync_connection
-    if proxied is None or proxied.closed or proxied.invalidated:
-        return False
-    raw = proxied.connection.driver_connection
-    return isinstance(raw, psycopg.AsyncConnection) and not raw.closed and not raw.broken
-
-
-async def _pinged(conn: AsyncConnection) -> bool:
-    try:
-        await driver(conn).execute("SELECT 1")
-    except psycopg.Error:
-        return False
-    return True
-
-
-async def _give_back(conn: AsyncConnection) -> None:
-    """Return ``conn`` to SQLAlchemy's pool so that no cancellation can cut the return short:
-    a clean one is checked in without I/O, any other through SQLAlchemy's ``async with`` exit,
-    which finishes its rollback even if the caller is cancelled."""
-    if _clean(conn):
-        await conn.close()
-    else:
-        await conn.__aexit__(None, None, None)
+def _context(tenant_id: uuid.UUID | None, user_id: uuid.UUID | None) -> tuple[str, str]:
+    """The values of ``breeze.tenant_id`` and ``breeze.user_id``. A tenant transaction needs
+    the tenant's UUID: anything else (None included) is refused, failing closed."""
+    if not isinstance(tenant_id, uuid.UUID):
+        raise TypeError("a tenant transaction needs the tenant's UUID (fail closed)")
+    return str(tenant_id), str(user_id) if user_id else ""
 
 
 class Database:
-    """Async engine of the runtime role, plus the transaction helpers every caller uses."""
+    """The runtime role's connection pool and the transactions over it."""
 
-    def __init__(
-        self, url: str, *, pool_size: int = 10, pool_timeout: float = 10.0,
-        **engine_kwargs: Any,
-    ) -> None:
-        self.engine: AsyncEngine = create_async_engine(
-            sqlalchemy_url(url),
-            # A fixed pool: an overflow connection would make PostgreSQL fork a backend per
-            # request beyond the pool size (see docs/benchmarks.md, "The pool"). A request
-            # waits up to ``pool_timeout`` for a free connection.
-            pool_size=pool_size,
-            max_overflow=0,
-            pool_timeout=pool_timeout,
-            # Returned connections are rolled back by the "reset" listener below, and only
-            # when a transaction is actually open.
-            pool_reset_on_return=None,
-            # Statement parameters (digests, emails, tool arguments) never reach an error
-            # message or a log line.
-            hide_parameters=True,
-            # Transactions are opened explicitly by the helpers below (see the module doc).
-            isolation_level="AUTOCOMMIT",
-            # No automatic server-side preparation by psycopg: it answers any ROLLBACK (a
-            # refused credential, a failing tool) with DEALLOCATE ALL, which would also drop
-            # the hot-path statements prepared by ``executable``.
-            connect_args={"prepare_threshold": None, **engine_kwargs.pop("connect_args", {})},
-            **engine_kwargs,
+    def __init__(self, url: str, *, pool_size: int = 10, pool_timeout: float = 10.0) -> None:
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+            _conninfo(url),
+            # A fixed ceiling: beyond it a request waits up to ``pool_timeout`` for a free
+            # connection (503 upstream), rather than PostgreSQL forking a backend per request.
+            min_size=1, max_size=pool_size, timeout=pool_timeout,
+            # psycopg's own automatic preparation is off: it answers any ROLLBACK with
+            # DEALLOCATE ALL, which would drop the statements prepared at connect.
+            kwargs={"autocommit": True, "prepare_threshold": None},
+            configure=self._configure, reset=_reset, check=self._check,
+            open=False, name="breeze",
         )
-        _install_health_checks(self.engine)
-        self._kept = _Keeper(self.engine, pool_size, pool_timeout)
+        self._opened = False
+        self._opening = asyncio.Lock()
+        self._prepared: WeakKeyDictionary[psycopg.AsyncConnection[Any], set[str]] = \
+            WeakKeyDictionary()
+        self._returned: WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = \
+            WeakKeyDictionary()
+
+    # -- the pool's callbacks ------------------------------------------------------------
+
+    async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Once per new connection: inet read as PostgreSQL's text (every reader formats it
+        as a string anyway), dicts written as jsonb, rows as named tuples, and every hot
+        statement prepared in one message."""
+        conn.adapters.register_loader("inet", TextLoader)
+        conn.adapters.register_loader("cidr", TextLoader)
+        conn.adapters.register_dumper(dict, JsonbDumper)
+        conn.row_factory = namedtuple_row
+        statements = all_prepared()
+        if statements:
+            await conn.execute("; ".join(s.prepare_sql for s in statements))
+        self._prepared[conn] = {s.name for s in statements}
+
+    async def _check(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """At checkout: a connection idle longer than :data:`IDLE_PING_SECONDS` is pinged
+        (the pool replaces it if the ping fails)."""
+        returned = self._returned.get(conn)
+        if returned is None or time.monotonic() - returned > IDLE_PING_SECONDS:
+            await conn.execute("SELECT 1")
+
+    async def executable(self, conn: psycopg.AsyncConnection[Any], statement: Prepared,
+                         params: Sequence[Any]) -> tuple[str, Sequence[Any]]:
+        """``EXECUTE`` of ``statement`` on ``conn``: prepared at connect, or now if it was
+        defined after the connection was opened."""
+        names = self._prepared.setdefault(conn, set())
+        if statement.name not in names:
+            try:
+                await conn.execute(statement.prepare_sql)
+            except BaseException:
+                # Cancelled (or failed) with the PREPARE in flight: whether the server holds
+                # it is unknown. Close; the pool replaces a closed connection.
+                await conn.close()
+                raise
+            names.add(statement.name)
+        return statement.execute_sql(params), params
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        async with self._opening:
+            if not self._opened:
+                await self._pool.open(wait=False)
+                self._opened = True
 
     async def dispose(self) -> None:
-        await self._kept.close()
-        await self.engine.dispose()
+        if self._opened:
+            await self._pool.close()
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[AsyncConnection]:
-        """One of the transaction helpers' connections, with no transaction opened (each
-        statement autocommits, and sees no tenant): for the health check and diagnostics.
-        It waits for a free connection like any caller."""
-        conn = await self._kept.acquire()
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """One of the pool's connections, with no transaction open (each statement
+        autocommits and sees no tenant): for the transactions below, the health check and
+        diagnostics. It waits for a free connection like any caller."""
+        if not self._opened:
+            await self._open()
+        conn = await self._pool.getconn()
         try:
             yield conn
         finally:
-            await self._kept.release(conn)
+            self._returned[conn] = time.monotonic()
+            await self._pool.putconn(conn)
 
     async def ping(self) -> None:
         """``SELECT 1`` (the health check); raises if the database is unreachable."""
         async with self.connection() as conn:
-            await driver(conn).execute("SELECT 1")
+            await conn.execute("SELECT 1")
+
+    async def read(self, statement: Prepared, params: Sequence[Any]) -> list[Row]:
+        """One read-only statement outside any transaction, in one round trip: no tenant is
+        set, so tenant tables read as empty; for the tables that belong to no tenant (OAuth
+        clients)."""
+        async with self.connection() as conn:
+            sql, bound = await self.executable(conn, statement, params)
+            cursor = AsyncClientCursor(conn)
+            await cursor.execute(sql, bound)
+            return await cursor.fetchall()
+
+    async def scalar(self, sql: str) -> Any:
+        """One value of a read-only statement outside any transaction (diagnostics)."""
+        async with self.connection() as conn:
+            cursor = await conn.execute(sql)
+            row = await cursor.fetchone()
+            return None if row is None else row[0]
+
+    # -- transactions --------------------------------------------------------------------
 
     @asynccontextmanager
     async def _transaction(
-        self, tenant_id: uuid.UUID, actor: str, user_id: uuid.UUID | None,
-        first: Statement | None,
-    ) -> AsyncIterator[tuple[AsyncConnection, tuple[Any, ...] | None]]:
-        context = _context(tenant_id, actor, user_id)
-        conn = await self._kept.acquire()
-        try:
-            raw = driver(conn)
+        self, context: tuple[str, str], first: tuple[Prepared, Sequence[Any]] | None,
+    ) -> AsyncIterator[tuple[Transaction, Row]]:
+        async with self.connection() as conn:
+            tx = Transaction(self, conn, context)
             try:
-                row = await _begin(raw, context, first)
-                yield conn, row
-            except BaseException:
-                # The pool rolls back on return as well; this one keeps the order plain.
-                with suppress(psycopg.Error):
-                    if not raw.closed:
-                        await raw.rollback()
-                raise
-            if raw.info.transaction_status != TransactionStatus.IDLE:
-                await raw.commit()  # unless the caller committed already
-        finally:
-            await self._kept.release(conn)
-
-    async def restart_tenant_transaction(
-        self, conn: AsyncConnection, tenant_id: uuid.UUID, *, actor: str,
-        user_id: uuid.UUID | None = None,
-    ) -> None:
-        """Roll back whatever ``conn`` has open and begin a new tenant transaction on it, for
-        a call that still has to write its audit entry: a full pool would not give a second
-        connection."""
-        context = _context(tenant_id, actor, user_id)
-        raw = driver(conn)
-        if raw.info.transaction_status != TransactionStatus.IDLE:
-            await raw.rollback()
-        await _begin(raw, context, None)
+                cursor = AsyncClientCursor(conn)
+                if first is None:
+                    await cursor.execute(_BEGIN, context)
+                    row = None
+                else:
+                    sql, params = await self.executable(conn, *first)
+                    await cursor.execute(f"{_BEGIN}; {sql}", (*context, *params))
+                    cursor.nextset()  # past BEGIN's and set_config's results
+                    cursor.nextset()
+                    row = await cursor.fetchone()
+                yield tx, row
+            finally:
+                if tx.state is not State.DONE:
+                    await _quietly_rolled_back(tx)
 
     @asynccontextmanager
-    async def tenant_transaction(
-        self,
-        tenant_id: uuid.UUID,
-        *,
-        actor: str,
-        user_id: uuid.UUID | None = None,
-    ) -> AsyncIterator[AsyncConnection]:
-        """A transaction scoped to one tenant; commits on success, rolls back on error. After
-        a commit inside the block the tenant is gone: later statements see no tenant rows."""
-        async with self._transaction(tenant_id, actor, user_id, None) as (conn, _):
-            yield conn
+    async def tenant(
+        self, tenant_id: uuid.UUID, *, user_id: uuid.UUID | None = None,
+        first: tuple[Prepared, Sequence[Any]] | None = None,
+    ) -> AsyncIterator[Transaction]:
+        """A transaction of one tenant (row-level security hides every other); with
+        ``user_id``, that user's own memberships of other tenants are visible too. Commits
+        only through :meth:`Transaction.finish`; left unfinished it rolls back."""
+        async with self._transaction(_context(tenant_id, user_id), first) as (tx, _):
+            yield tx
 
     @asynccontextmanager
     async def tenant_lookup(
-        self, tenant_id: uuid.UUID, *, actor: str, first: Statement,
-    ) -> AsyncIterator[tuple[AsyncConnection, tuple[Any, ...] | None]]:
-        """:meth:`tenant_transaction` whose first statement is sent in the same round trip
-        as ``BEGIN`` and the context (the credential lookup); yields the connection and the
-        statement's first row (None when it returned no row)."""
-        async with self._transaction(tenant_id, actor, None, first) as result:
+        self, tenant_id: uuid.UUID, first: tuple[Prepared, Sequence[Any]],
+    ) -> AsyncIterator[tuple[Transaction, Row]]:
+        """:meth:`tenant` whose first statement (the credential lookup) travels with
+        ``BEGIN``; yields the transaction and that statement's first row, or None."""
+        async with self._transaction(_context(tenant_id, None), first) as result:
             yield result
 
     @asynccontextmanager
-    async def system_transaction(
-        self, *, actor: str, user_id: uuid.UUID | None = None
-    ) -> AsyncIterator[AsyncConnection]:
+    async def system(self, *, user_id: uuid.UUID | None = None) -> AsyncIterator[Transaction]:
         """A transaction with no tenant (tenant tables read as empty), for work before a
         tenant is known; with ``user_id`` set, that user's own memberships are visible."""
-        async with self._transaction(_SYSTEM, actor, user_id, None) as (conn, _):
-            yield conn
+        context = (_SYSTEM, str(user_id) if user_id else "")
+        async with self._transaction(context, None) as (tx, _):
+            yield tx
+
+
+async def _quietly_rolled_back(tx: Transaction) -> None:
+    try:
+        await tx.rollback()
+    except psycopg.Error:  # the connection is broken: the pool discards it
+        log.debug("rollback failed", exc_info=True)
+
+
+async def _reset(conn: psycopg.AsyncConnection[Any]) -> None:
+    """On return to the pool: roll back only a transaction still open (an error path)."""
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        await conn.rollback()

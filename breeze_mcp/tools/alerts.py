@@ -127,10 +127,10 @@ async def query_alerts(ctx: ToolContext, args: QueryAlertsInput) -> dict[str, An
     if args.status is not None:
         conditions.append(alerts.c.status == args.status)
     total = (
-        await ctx.conn.execute(sa.select(sa.func.count()).select_from(alerts).where(*conditions))
+        await ctx.tx.execute(sa.select(sa.func.count()).select_from(alerts).where(*conditions))
     ).scalar_one()
     rows = (
-        await ctx.conn.execute(
+        await ctx.tx.execute(
             _alerts_with_hostname()
             .where(*conditions)
             .order_by(alerts.c.created_at.desc(), alerts.c.id.desc())
@@ -147,7 +147,7 @@ async def query_alerts(ctx: ToolContext, args: QueryAlertsInput) -> dict[str, An
 
 async def manage_alert(ctx: ToolContext, args: ManageAlertInput) -> dict[str, Any]:
     current = (
-        await ctx.conn.execute(
+        await ctx.tx.execute(
             sa.select(alerts)
             .where(alerts.c.id == args.alert_id, alerts.c.tenant_id == ctx.tenant_id)
             .with_for_update()
@@ -167,7 +167,7 @@ async def manage_alert(ctx: ToolContext, args: ManageAlertInput) -> dict[str, An
         suppressed_until = sa.func.now() + sa.literal(
             timedelta(minutes=args.suppress_minutes), sa.Interval()
         )
-    await ctx.conn.execute(
+    await ctx.tx.execute(
         alerts.update()
         .where(alerts.c.id == args.alert_id, alerts.c.tenant_id == ctx.tenant_id)
         .values(
@@ -181,7 +181,7 @@ async def manage_alert(ctx: ToolContext, args: ManageAlertInput) -> dict[str, An
     if args.comment is not None:
         note_id = str(
             (
-                await ctx.conn.execute(
+                await ctx.tx.execute(
                     device_notes.insert()
                     .values(
                         tenant_id=ctx.tenant_id,
@@ -194,7 +194,7 @@ async def manage_alert(ctx: ToolContext, args: ManageAlertInput) -> dict[str, An
             ).scalar_one()
         )
     row = (
-        await ctx.conn.execute(
+        await ctx.tx.execute(
             _alerts_with_hostname().where(
                 alerts.c.id == args.alert_id, alerts.c.tenant_id == ctx.tenant_id
             )

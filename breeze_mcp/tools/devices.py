@@ -38,8 +38,10 @@ from typing import Annotated, Any, Literal
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from breeze_mcp.db.engine import Row
 from breeze_mcp.db.models import alerts, device_notes, devices
-from breeze_mcp.tools.registry import ToolContext, ToolError, ToolSpec
+from breeze_mcp.db.statements import prepared
+from breeze_mcp.tools.registry import FinalRead, ToolContext, ToolError, ToolSpec
 
 __all__ = [
     "GET_DEVICE",
@@ -78,7 +80,7 @@ def device_not_found(device_id: uuid.UUID) -> ToolError:
 
 async def load_device(
     ctx: ToolContext, device_id: uuid.UUID, *, for_update: bool = False
-) -> sa.Row[Any]:
+) -> Row:
     """The calling tenant's device, or ToolError('not_found'); the tenant filter is defense
     in depth beside row-level security."""
     query = sa.select(devices).where(
@@ -86,7 +88,7 @@ async def load_device(
     )
     if for_update:
         query = query.with_for_update()
-    row = (await ctx.conn.execute(query)).first()
+    row = (await ctx.tx.execute(query)).first()
     if row is None:
         raise device_not_found(device_id)
     return row
@@ -359,7 +361,7 @@ class DeviceIdInput(BaseModel):
 # --------------------------------------------------------------------------- handlers
 
 
-def _summary(row: sa.Row[Any]) -> dict[str, Any]:
+def _summary(row: Row) -> dict[str, Any]:
     return {
         "id": str(row.id),
         "hostname": row.hostname,
@@ -376,66 +378,61 @@ def _summary(row: sa.Row[Any]) -> dict[str, Any]:
 _SUMMARY_COLUMNS = (
     "id, hostname, site, os_family, os_version, status, ip_address, tags, last_seen_at"
 )
-# The page's id as text (it is shown as text; no UUID object per row), ordered as a uuid.
-_PAGE_COLUMNS = "page.id::text, " + ", ".join(
-    f"page.{c.strip()}" for c in _SUMMARY_COLUMNS.split(",")[1:])
+# Each filter is a parameter that, when null, filters nothing: one statement for every
+# filter set, prepared once per connection. RLS scopes it; the tenant filter is defense in
+# depth.
+_FILTER = (
+    "tenant_id = %s::uuid"
+    " AND (%s::text IS NULL OR lower(site) = %s::text)"
+    " AND (%s::text IS NULL OR status = %s::text)"
+    " AND (%s::text IS NULL OR lower(os_family) = %s::text)"
+    " AND (%s::text IS NULL OR tags @> ARRAY[%s::text])"
+    " AND (%s::text IS NULL OR hostname ILIKE %s::text ESCAPE '\\')"
+)
+# The page of summary columns (the id as text: it is shown as text) and the number of
+# matches, the latter also for a page past the end (then the one row has only the total).
+_LIST_DEVICES = prepared(
+    f"SELECT page.id::text AS id, page.hostname, page.site, page.os_family,"  # noqa: S608
+    " page.os_version, page.status, page.ip_address, page.tags, page.last_seen_at,"
+    " matched.total"
+    f" FROM (SELECT count(*) AS total FROM devices WHERE {_FILTER}) AS matched"
+    f" LEFT JOIN LATERAL (SELECT {_SUMMARY_COLUMNS} FROM devices WHERE {_FILTER}"
+    " ORDER BY hostname, id LIMIT %s OFFSET %s) AS page ON true"
+    " ORDER BY page.hostname, page.id"
+)
 
 
-async def list_devices(ctx: ToolContext, args: ListDevicesInput) -> dict[str, Any]:
-    # One plain-SQL statement, the call's last (ToolContext.last_read): the page of summary
-    # columns and the number of matches, the latter also for a page past the end (then the
-    # one row has only the total). RLS scopes it; the tenant filter is defense in depth.
-    conditions = ["tenant_id = %s"]
-    params: list[Any] = [str(ctx.tenant_id)]  # typed by the prepared statement
-    if args.site is not None:
-        conditions.append("lower(site) = %s")
-        params.append(args.site.lower())
-    if args.status is not None:
-        conditions.append("status = %s")
-        params.append(args.status)
-    if args.os_family is not None:
-        conditions.append("lower(os_family) = %s")
-        params.append(args.os_family.lower())
-    if args.tag is not None:
-        conditions.append("tags @> %s::text[]")
-        params.append([args.tag])
-    if args.search is not None:
-        conditions.append("hostname ILIKE %s ESCAPE '\\'")
-        params.append(f"%{_escape_like(args.search)}%")
-    where = " AND ".join(conditions)
-    rows = await ctx.last_read(
-        f"SELECT {_PAGE_COLUMNS}, matched.total"  # noqa: S608
-        f" FROM (SELECT count(*) AS total FROM devices WHERE {where}) AS matched"
-        f" LEFT JOIN LATERAL (SELECT {_SUMMARY_COLUMNS} FROM devices WHERE {where}"
-        " ORDER BY hostname, id LIMIT %s OFFSET %s) AS page ON true"
-        " ORDER BY page.hostname, page.id",
-        (*params, *params, args.limit, args.offset),
-    )
-    total = int(rows[0][-1])
-    page = [row for row in rows if row[0] is not None]
-    return {
-        "devices": [
-            {
-                "id": str(row[0]),
-                "hostname": row[1],
-                "site": row[2],
-                "os_family": row[3],
-                "os_version": row[4],
-                "status": row[5],
-                "ip_address": _ip(row[6]),
-                "tags": list(row[7]),
-                "last_seen_at": iso(row[8]),
-            }
-            for row in page
-        ],
-        "total": total,
-        "next_offset": next_offset(args.offset, len(page), total),
-    }
+def _filter_params(tenant_id: uuid.UUID, args: ListDevicesInput) -> tuple[Any, ...]:
+    def twice(value: str | None) -> tuple[str | None, str | None]:
+        return value, value
+
+    search = None if args.search is None else f"%{_escape_like(args.search)}%"
+    return (str(tenant_id),
+            *twice(None if args.site is None else args.site.lower()),
+            *twice(args.status),
+            *twice(None if args.os_family is None else args.os_family.lower()),
+            *twice(args.tag),
+            *twice(search))
+
+
+async def list_devices(ctx: ToolContext, args: ListDevicesInput) -> FinalRead:
+    where = _filter_params(ctx.tenant_id, args)
+
+    def shape(rows: list[Row]) -> dict[str, Any]:
+        total = int(rows[0].total)
+        page = [row for row in rows if row.id is not None]
+        return {
+            "devices": [_summary(row) for row in page],
+            "total": total,
+            "next_offset": next_offset(args.offset, len(page), total),
+        }
+
+    return FinalRead(_LIST_DEVICES, (*where, *where, args.limit, args.offset), shape)
 
 
 async def _alert_counts(ctx: ToolContext, device_id: uuid.UUID) -> dict[str, int]:
     rows = (
-        await ctx.conn.execute(
+        await ctx.tx.execute(
             sa.select(alerts.c.status, sa.func.count())
             .where(alerts.c.device_id == device_id, alerts.c.tenant_id == ctx.tenant_id)
             .group_by(alerts.c.status)
@@ -448,7 +445,7 @@ async def get_device(ctx: ToolContext, args: DeviceIdInput) -> dict[str, Any]:
     row = await load_device(ctx, args.device_id)
     counts = await _alert_counts(ctx, row.id)
     note_count = (
-        await ctx.conn.execute(
+        await ctx.tx.execute(
             sa.select(sa.func.count())
             .select_from(device_notes)
             .where(device_notes.c.device_id == row.id,
@@ -471,11 +468,11 @@ async def get_device(ctx: ToolContext, args: DeviceIdInput) -> dict[str, Any]:
 async def get_device_health(ctx: ToolContext, args: DeviceIdInput) -> dict[str, Any]:
     row = await load_device(ctx, args.device_id)
     active = sa.or_(
-        alerts.c.status.in_(("open", "acknowledged")),
+        sa.or_(alerts.c.status == "open", alerts.c.status == "acknowledged"),
         sa.and_(alerts.c.status == "suppressed", alerts.c.suppressed_until < sa.func.now()),
     )
     rows = (
-        await ctx.conn.execute(
+        await ctx.tx.execute(
             sa.select(alerts.c.severity, sa.func.count())
             .where(alerts.c.device_id == row.id, alerts.c.tenant_id == ctx.tenant_id, active)
             .group_by(alerts.c.severity)

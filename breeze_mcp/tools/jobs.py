@@ -121,7 +121,7 @@ def _queued(row: sa.Row[Any], device: sa.Row[Any], id_key: str) -> dict[str, Any
 async def _queue_script(
     ctx: ToolContext, device: sa.Row[Any], interpreter: str, script: str, timeout_seconds: int
 ) -> sa.Row[Any]:
-    result = await ctx.conn.execute(
+    result = await ctx.tx.execute(
         script_runs.insert()
         .values(
             tenant_id=ctx.tenant_id,
@@ -154,7 +154,7 @@ async def manage_device(ctx: ToolContext, args: ManageDeviceInput) -> dict[str, 
                             f"Device {device.id} is not in maintenance mode "
                             f"(it is {device.status}).")
         new_status = "online"
-    await ctx.conn.execute(
+    await ctx.tx.execute(
         devices.update()
         .where(devices.c.id == device.id, devices.c.tenant_id == ctx.tenant_id)
         .values(status=new_status)
@@ -181,7 +181,7 @@ async def run_script(ctx: ToolContext, args: RunScriptInput) -> dict[str, Any]:
 async def deploy_patches(ctx: ToolContext, args: DeployPatchesInput) -> dict[str, Any]:
     device = await load_device(ctx, args.device_id)
     job = (
-        await ctx.conn.execute(
+        await ctx.tx.execute(
             patch_jobs.insert()
             .values(
                 tenant_id=ctx.tenant_id,
@@ -200,7 +200,7 @@ async def deploy_patches(ctx: ToolContext, args: DeployPatchesInput) -> dict[str
 async def isolate_device(ctx: ToolContext, args: IsolateDeviceInput) -> dict[str, Any]:
     device = await load_device(ctx, args.device_id)
     event = (
-        await ctx.conn.execute(
+        await ctx.tx.execute(
             isolation_events.insert()
             .values(
                 tenant_id=ctx.tenant_id,

@@ -51,12 +51,12 @@ async def list_notes(ctx: ToolContext, args: ListNotesInput) -> dict[str, Any]:
         device_notes.c.tenant_id == ctx.tenant_id,
     )
     total = (
-        await ctx.conn.execute(
+        await ctx.tx.execute(
             sa.select(sa.func.count()).select_from(device_notes).where(*conditions)
         )
     ).scalar_one()
     rows = (
-        await ctx.conn.execute(
+        await ctx.tx.execute(
             sa.select(device_notes)
             .where(*conditions)
             .order_by(device_notes.c.created_at.desc(), device_notes.c.id.desc())
@@ -74,7 +74,7 @@ async def list_notes(ctx: ToolContext, args: ListNotesInput) -> dict[str, Any]:
 async def add_note(ctx: ToolContext, args: AddNoteInput) -> dict[str, Any]:
     device = await load_device(ctx, args.device_id)
     row = (
-        await ctx.conn.execute(
+        await ctx.tx.execute(
             device_notes.insert()
             .values(
                 tenant_id=ctx.tenant_id,

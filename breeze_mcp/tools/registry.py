@@ -19,14 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any, get_args
 
 from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from breeze_mcp.db.engine import Statement, driver
+from breeze_mcp.db.engine import Row, Transaction
+from breeze_mcp.db.statements import Prepared
 
 __all__ = [
     "BLOCKED_TIER",
     "FinalRead",
     "Handler",
+    "Outcome",
     "Registry",
     "ToolContext",
     "ToolError",
@@ -50,30 +51,32 @@ class ToolError(Exception):
         self.message = message
 
 
-#: Runs a call's last statement (see :meth:`ToolContext.last_read`); returns its rows.
-FinalRead = Callable[[Statement], Awaitable[list[tuple[Any, ...]]]]
+@dataclass(frozen=True)
+class FinalRead:
+    """What a read-only tool returns instead of its result: its last statement, and the pure
+    function that shapes that statement's rows into the result.
+
+    The pipeline sends the statement with the call's audit entry and ``COMMIT`` in one
+    message (:meth:`breeze_mcp.db.engine.Transaction.finish`), so everything that can fail
+    (a :class:`ToolError`, a failed statement) happens before; ``shape`` only formats."""
+
+    statement: Prepared
+    params: tuple[Any, ...]
+    shape: Callable[[list[Row]], Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
 class ToolContext:
-    """What a handler may use: the tenant transaction's connection and who is acting."""
+    """What a handler may use: the call's tenant transaction and who is acting."""
 
-    conn: AsyncConnection
+    tx: Transaction
     tenant_id: uuid.UUID
     actor: str  # "api_key:<id>", "user:<id>", ... - stored in requested_by / author columns
-    #: Set by the pipeline for read-only (Tier 1) calls: see :meth:`last_read`.
-    final_read: FinalRead | None = None
-
-    async def last_read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        """Run the handler's **last** statement and return its rows. For a read-only call the
-        audit entry and ``COMMIT`` travel with it, so nothing may fail afterwards: a
-        :class:`ToolError` is decided before, and only shaping of the rows follows."""
-        if self.final_read is not None:
-            return await self.final_read((sql, params))
-        return await (await driver(self.conn).execute(sql, params)).fetchall()
 
 
-Handler = Callable[[ToolContext, Any], Awaitable[Mapping[str, Any]]]
+#: What a handler gives back: its result, or (read-only tools) the read that makes it.
+Outcome = Mapping[str, Any] | FinalRead
+Handler = Callable[[ToolContext, Any], Awaitable[Outcome]]
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from breeze_mcp.auth.oauth.registration import ClientRegistration
 from breeze_mcp.auth.tokens import digest, mint
 from breeze_mcp.db import Database
 from breeze_mcp.db.models import oauth_clients
+from breeze_mcp.db.statements import prepared
 
 __all__ = [
     "CLIENT_ID_PREFIX",
@@ -75,7 +76,7 @@ async def register_client(
     """Store a validated registration; returns the RFC 7591 response body and the client."""
     client_id = mint(CLIENT_ID_PREFIX)
     secret = mint(CLIENT_SECRET_PREFIX) if reg.token_endpoint_auth_method != "none" else None  # noqa: S105
-    async with db.system_transaction(actor="system:dcr") as conn:
+    async with db.system() as conn:
         # Forget registrations that never completed an authorization, then apply the cap
         # (serialised, so concurrent registrations cannot overshoot it).
         await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(0x6272_6565_7a65)))
@@ -109,7 +110,7 @@ async def register_client(
                 expires_at=sa.func.now() + UNUSED_CLIENT_TTL,
             ).returning(oauth_clients)
         )).one()
-        await audit.write(conn, audit.AuditEntry(
+        await conn.finish(audit.AuditEntry(
             actor_type="oauth_client", actor_id=client_id, auth_path="oauth",
             client_id=client_id, action="oauth.client_registered", decision="allowed",
             outcome="success", request_id=request_id, client_ip=client_ip,
@@ -148,18 +149,19 @@ def plausible_client_id(client_id: str) -> bool:
         and client_id.isprintable()
 
 
+_CLIENT_LOOKUP = prepared(
+    "SELECT client_id, token_endpoint_auth_method, redirect_uris, grant_types, client_name,"
+    " client_uri, scope, secret_digest FROM oauth_clients"
+    " WHERE client_id = %s AND (expires_at IS NULL OR expires_at > now())"
+)
+
+
 async def get_client(db: Database, client_id: str) -> Client | None:
     """A registered client; an unused registration past its expiry is unknown."""
     if not plausible_client_id(client_id):
         return None
-    async with db.system_transaction(actor="system:oauth") as conn:
-        row = (await conn.execute(
-            sa.select(oauth_clients).where(
-                oauth_clients.c.client_id == client_id,
-                sa.or_(oauth_clients.c.expires_at.is_(None),
-                       oauth_clients.c.expires_at > sa.func.now()),
-            )
-        )).first()
+    rows = await db.read(_CLIENT_LOOKUP, (client_id,))
+    row = rows[0] if rows else None
     return _client(row) if row else None
 
 

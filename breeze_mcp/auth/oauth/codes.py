@@ -17,7 +17,6 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from breeze_mcp import audit
 from breeze_mcp.auth.oauth.clients import Client
 from breeze_mcp.auth.oauth.errors import AccessDenied, InvalidScope
 from breeze_mcp.auth.oauth.grants import CODE_PREFIX, canonical_scopes, grant_audit
@@ -65,7 +64,7 @@ async def create_authorization(
 ) -> str:
     """The human approved: create the grant and a single-use code; returns the code."""
     code = mint_tenant_bound(CODE_PREFIX, tenant_id)
-    async with db.tenant_transaction(tenant_id, actor=f"user:{user_id}", user_id=user_id) as conn:
+    async with db.tenant(tenant_id, user_id=user_id) as conn:
         role = (await conn.execute(
             sa.select(memberships.c.role).where(
                 memberships.c.tenant_id == tenant_id, memberships.c.user_id == user_id)
@@ -92,7 +91,7 @@ async def create_authorization(
             .values(expires_at=None, last_authorized_at=sa.func.now())
         )
         narrowed = [s for s in canonical_scopes(requested_scopes) if s not in granted]
-        await audit.write(conn, grant_audit(
+        await conn.finish(grant_audit(
             "oauth.grant_created", tenant_id, grant_id, client.client_id, user_id, granted,
             request, {"requested": list(requested_scopes), "granted": granted,
                       "withheld": narrowed, "resource": resource},

@@ -17,15 +17,19 @@ import sqlalchemy as sa
 from breeze_mcp import audit
 from breeze_mcp.auth.principal import ALL_SCOPES, RequestContext
 from breeze_mcp.db import Database
-from breeze_mcp.db.models import memberships, oauth_grants
+from breeze_mcp.db.engine import Row, Transaction
+from breeze_mcp.db.models import memberships, oauth_clients, oauth_grants, tenants, users
 
 __all__ = [
     "ACCESS_PREFIX",
     "CODE_PREFIX",
     "REFRESH_PREFIX",
     "canonical_scopes",
+    "consentable_tenants",
     "grant_audit",
+    "list_tenant_grants",
     "parse_scope",
+    "user_grants",
     "user_has_live_grant",
 ]
 
@@ -64,12 +68,12 @@ def grant_audit(
 
 async def user_has_live_grant(db: Database, user_id: uuid.UUID, client_id: str) -> bool:
     """Whether ``user_id`` holds an unrevoked grant for the client in one of their tenants."""
-    async with db.system_transaction(actor=f"user:{user_id}", user_id=user_id) as conn:
+    async with db.system(user_id=user_id) as conn:
         tenant_ids = (await conn.execute(
             sa.select(memberships.c.tenant_id).where(memberships.c.user_id == user_id)
-        )).scalars().all()
+        )).scalars()
     for tenant_id in tenant_ids:
-        async with db.tenant_transaction(tenant_id, actor=f"user:{user_id}",
+        async with db.tenant(tenant_id,
                                          user_id=user_id) as conn:
             found = (await conn.execute(
                 sa.select(oauth_grants.c.id).where(
@@ -79,3 +83,55 @@ async def user_has_live_grant(db: Database, user_id: uuid.UUID, client_id: str) 
         if found is not None:
             return True
     return False
+
+
+async def list_tenant_grants(tx: Transaction, tenant_id: uuid.UUID, *,
+                             include_revoked: bool = False) -> list[Row]:
+    """Every grant of the tenant, newest first, with its client's name and its user's email
+    (for the admin API)."""
+    query = (
+        sa.select(oauth_grants, oauth_clients.c.client_name, users.c.email)
+        .join(oauth_clients, oauth_clients.c.client_id == oauth_grants.c.client_id)
+        .join(users, users.c.id == oauth_grants.c.user_id)
+        .where(oauth_grants.c.tenant_id == tenant_id)
+        .order_by(oauth_grants.c.created_at.desc())
+    )
+    if not include_revoked:
+        query = query.where(oauth_grants.c.revoked_at.is_(None))
+    return (await tx.execute(query)).all()
+
+
+async def user_grants(db: Database, user_id: uuid.UUID) -> list[Row]:
+    """The person's own live grants in every tenant they belong to, newest first in each:
+    id, tenant_id, tenant_name, client_id, client_name, scopes, created_at."""
+    async with db.system(user_id=user_id) as tx:
+        tenant_rows = (await tx.execute(
+            sa.select(memberships.c.tenant_id, tenants.c.name)
+            .join(tenants, tenants.c.id == memberships.c.tenant_id)
+            .where(memberships.c.user_id == user_id)
+        )).all()
+    found: list[Row] = []
+    for tenant_id, tenant_name in tenant_rows:
+        async with db.tenant(tenant_id, user_id=user_id) as tx:
+            found.extend((await tx.execute(
+                sa.select(oauth_grants.c.id, oauth_grants.c.tenant_id,
+                          sa.literal(tenant_name).label("tenant_name"),
+                          oauth_clients.c.client_id, oauth_clients.c.client_name,
+                          oauth_grants.c.scopes, oauth_grants.c.created_at)
+                .join(oauth_clients, oauth_clients.c.client_id == oauth_grants.c.client_id)
+                .where(oauth_grants.c.user_id == user_id, oauth_grants.c.revoked_at.is_(None))
+                .order_by(oauth_grants.c.created_at.desc())
+            )).all())
+    return found
+
+
+async def consentable_tenants(db: Database, user_id: uuid.UUID) -> list[Row]:
+    """The active tenants the person belongs to (id, name, role), by name: where a consent
+    can put a grant."""
+    async with db.system(user_id=user_id) as tx:
+        return (await tx.execute(
+            sa.select(tenants.c.id, tenants.c.name, memberships.c.role)
+            .join(tenants, tenants.c.id == memberships.c.tenant_id)
+            .where(memberships.c.user_id == user_id, tenants.c.status == "active")
+            .order_by(tenants.c.name)
+        )).all()

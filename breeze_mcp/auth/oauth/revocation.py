@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from breeze_mcp import audit
 from breeze_mcp.auth.oauth.clients import Client
@@ -18,6 +17,7 @@ from breeze_mcp.auth.oauth.grants import ACCESS_PREFIX, REFRESH_PREFIX, grant_au
 from breeze_mcp.auth.principal import RequestContext
 from breeze_mcp.auth.tokens import digest, tenant_of
 from breeze_mcp.db import Database
+from breeze_mcp.db.engine import Transaction
 from breeze_mcp.db.models import (
     memberships,
     oauth_access_tokens,
@@ -30,39 +30,37 @@ __all__ = ["revoke_client_grants", "revoke_grant", "revoke_own_grant", "revoke_t
 
 
 async def revoke_grant(
-    db: Database, tenant_id: uuid.UUID, grant_id: uuid.UUID, *, reason: str,
+    tx: Transaction, tenant_id: uuid.UUID, grant_id: uuid.UUID, *, reason: str,
     actor_type: audit.ActorType, actor_id: str, request: RequestContext | None,
     action: str = "oauth.grant_revoked", auth_path: audit.AuthPath = "oauth",
     acting_user_id: uuid.UUID | None = None,
 ) -> bool:
-    """Revoke a grant and every access token, refresh token and pending code of it, in one
-    transaction; the very next request with any of them fails. Returns False if there was no
-    live grant with that id in the tenant."""
-    async with db.tenant_transaction(tenant_id, actor=actor_id) as conn:
-        return await _revoke_in(conn, tenant_id, grant_id, reason=reason, actor_type=actor_type,
-                                actor_id=actor_id, request=request, action=action,
-                                auth_path=auth_path, acting_user_id=acting_user_id)
+    """Revoke a grant and every access token, refresh token and pending code of it, in
+    ``tx`` (audited there; the caller finishes it): once committed, the very next request
+    with any of them fails. Returns False if there was no live grant with that id."""
+    return await _revoke_in(tx, tenant_id, grant_id, reason=reason, actor_type=actor_type,
+                            actor_id=actor_id, request=request, action=action,
+                            auth_path=auth_path, acting_user_id=acting_user_id)
 
 
 async def revoke_client_grants(
-    db: Database, tenant_id: uuid.UUID, client_id: str, *, reason: str,
+    tx: Transaction, tenant_id: uuid.UUID, client_id: str, *, reason: str,
     actor_type: audit.ActorType, actor_id: str, request: RequestContext | None,
     auth_path: audit.AuthPath = "oauth", acting_user_id: uuid.UUID | None = None,
 ) -> list[uuid.UUID]:
-    """Revoke every live grant of one client in the tenant, all or none, in one transaction
-    (each audited as its own ``oauth.grant_revoked``); the ids revoked."""
-    async with db.tenant_transaction(tenant_id, actor=actor_id) as conn:
-        ids = list((await conn.execute(
-            sa.select(oauth_grants.c.id)
-            .where(oauth_grants.c.tenant_id == tenant_id, oauth_grants.c.client_id == client_id,
-                   oauth_grants.c.revoked_at.is_(None))
-            .order_by(oauth_grants.c.created_at)
-            .with_for_update()
-        )).scalars())
-        for grant_id in ids:
-            await _revoke_in(conn, tenant_id, grant_id, reason=reason, actor_type=actor_type,
-                             actor_id=actor_id, request=request, action="oauth.grant_revoked",
-                             auth_path=auth_path, acting_user_id=acting_user_id)
+    """Revoke every live grant of one client in the tenant, all or none, in ``tx`` (each
+    audited as its own ``oauth.grant_revoked``; the caller finishes it); the ids revoked."""
+    ids = list((await tx.execute(
+        sa.select(oauth_grants.c.id)
+        .where(oauth_grants.c.tenant_id == tenant_id, oauth_grants.c.client_id == client_id,
+               oauth_grants.c.revoked_at.is_(None))
+        .order_by(oauth_grants.c.created_at)
+        .with_for_update()
+    )).scalars())
+    for grant_id in ids:
+        await _revoke_in(tx, tenant_id, grant_id, reason=reason, actor_type=actor_type,
+                         actor_id=actor_id, request=request, action="oauth.grant_revoked",
+                         auth_path=auth_path, acting_user_id=acting_user_id)
     return ids
 
 
@@ -73,23 +71,24 @@ async def revoke_own_grant(
     found from the person's own memberships, never from the request; ownership is checked by
     the revoking statement itself, so check and act are one. False when no live grant of
     theirs has that id."""
-    async with db.system_transaction(actor=f"user:{user_id}", user_id=user_id) as conn:
+    async with db.system(user_id=user_id) as conn:
         tenant_ids = list((await conn.execute(
             sa.select(memberships.c.tenant_id).where(memberships.c.user_id == user_id)
         )).scalars())
     for tenant_id in tenant_ids:
-        async with db.tenant_transaction(tenant_id, actor=f"user:{user_id}",
+        async with db.tenant(tenant_id,
                                          user_id=user_id) as conn:
             if await _revoke_in(conn, tenant_id, grant_id, reason="disconnected_by_user",
                                 actor_type="user", actor_id=str(user_id), request=request,
                                 action="oauth.grant_revoked", auth_path="session",
                                 acting_user_id=user_id, owner=user_id):
+                await conn.finish(None)  # the revocation carries its own entry
                 return True
     return False
 
 
 async def _revoke_in(
-    conn: AsyncConnection, tenant_id: uuid.UUID, grant_id: uuid.UUID, *, reason: str,
+    conn: Transaction, tenant_id: uuid.UUID, grant_id: uuid.UUID, *, reason: str,
     actor_type: audit.ActorType, actor_id: str, request: RequestContext | None, action: str,
     auth_path: audit.AuthPath, acting_user_id: uuid.UUID | None, owner: uuid.UUID | None = None,
 ) -> bool:
@@ -146,8 +145,7 @@ async def revoke_token(
         if tenant_id is None:
             continue
         table = oauth_refresh_tokens if prefix == REFRESH_PREFIX else oauth_access_tokens
-        async with db.tenant_transaction(tenant_id, actor=f"oauth_client:{client.client_id}") \
-                as conn:
+        async with db.tenant(tenant_id) as conn:
             row = (await conn.execute(
                 sa.select(table.c.id, table.c.grant_id, oauth_grants.c.client_id)
                 .join(oauth_grants, (oauth_grants.c.id == table.c.grant_id)
@@ -160,12 +158,13 @@ async def revoke_token(
                 await conn.execute(table.update().where(table.c.id == row.id)
                                    .values(revoked_at=sa.func.coalesce(table.c.revoked_at,
                                                                        sa.func.now())))
-                await audit.write(conn, grant_audit(
+                await conn.finish(grant_audit(
                     "oauth.token_revoked", tenant_id, row.grant_id, client.client_id, None,
                     [], request, {"token_type": "access_token"},
                     actor_type="oauth_client", actor_id=client.client_id))
                 return
-        await revoke_grant(db, tenant_id, row.grant_id, reason="revoked_by_client",
-                           actor_type="oauth_client", actor_id=client.client_id,
-                           request=request)
+            await revoke_grant(conn, tenant_id, row.grant_id, reason="revoked_by_client",
+                               actor_type="oauth_client", actor_id=client.client_id,
+                               request=request)
+            await conn.finish(None)  # the revocation carries its own entry
         return

@@ -19,16 +19,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import psycopg
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from breeze_mcp import audit
+from breeze_mcp.auth.credentials import CredentialRejected, usable_scopes
 from breeze_mcp.auth.oauth.clients import Client
 from breeze_mcp.auth.oauth.codes import verify_pkce
 from breeze_mcp.auth.oauth.errors import (
@@ -56,14 +55,9 @@ from breeze_mcp.auth.tokens import digest, mint_tenant_bound, tenant_of
 from breeze_mcp.config import Settings
 from breeze_mcp.db import Database
 from breeze_mcp.db.models import (
-    memberships,
-    oauth_access_tokens,
-    oauth_codes,
-    oauth_grants,
     oauth_refresh_tokens,
-    tenants,
-    users,
 )
+from breeze_mcp.db.statements import Prepared, prepared
 
 __all__ = [
     "AuthorizationCodeRequest",
@@ -171,27 +165,72 @@ class TokenResponse:
 
 
 
-async def _issue_access(
-    conn: AsyncConnection, settings: Settings, tenant_id: uuid.UUID, grant_id: uuid.UUID,
-    scopes: Sequence[str],
-) -> str:
+# The token endpoint's statements, prepared on every connection: a code exchange is three
+# round trips (client, code lookup, then every write with the audit entry and COMMIT), a
+# refresh too.
+_CODE_LOOKUP = prepared(
+    "SELECT c.digest, c.grant_id, c.redirect_uri, c.code_challenge, c.resource, c.scopes,"
+    " c.used_at, c.expires_at <= now() AS expired, g.client_id, g.user_id,"
+    " g.revoked_at AS grant_revoked"
+    " FROM oauth_codes c JOIN oauth_grants g ON g.id = c.grant_id AND g.tenant_id = c.tenant_id"
+    " WHERE c.digest = %s FOR UPDATE OF c"
+)
+_USE_CODE = prepared("UPDATE oauth_codes SET used_at = now() WHERE digest = %s")
+_INSERT_ACCESS = prepared(
+    "INSERT INTO oauth_access_tokens (tenant_id, grant_id, digest, scopes, expires_at)"
+    " VALUES (%s, %s, %s, %s, now() + %s * interval '1 second')"
+)
+_INSERT_REFRESH = prepared(
+    "INSERT INTO oauth_refresh_tokens (tenant_id, grant_id, digest, parent_id, scopes,"
+    " expires_at) VALUES (%s, %s, %s, %s, %s, now() + %s * interval '1 second')"
+)
+# The refresh token locked (FOR UPDATE: of concurrent refreshes with it, one rotates and the
+# others wait, then see it used), with its grant and holder in the columns the credential
+# rule judges (credentials.usable_scopes).
+_REFRESH_LOOKUP = prepared(
+    "SELECT r.id, r.grant_id, r.parent_id, r.scopes, r.used_at,"
+    " r.revoked_at IS NOT NULL OR g.revoked_at IS NOT NULL AS revoked,"
+    " r.expires_at <= now() AS expired, g.client_id, g.user_id, g.resource,"
+    " t.status AS tenant_status, m.role, u.disabled_at"
+    " FROM oauth_refresh_tokens r"
+    " JOIN oauth_grants g ON g.id = r.grant_id AND g.tenant_id = r.tenant_id"
+    " JOIN tenants t ON t.id = g.tenant_id"
+    " JOIN users u ON u.id = g.user_id"
+    " LEFT OUTER JOIN memberships m ON m.tenant_id = g.tenant_id AND m.user_id = g.user_id"
+    " WHERE r.digest = %s FOR UPDATE OF r"
+)
+_ROTATE = prepared(
+    "UPDATE oauth_refresh_tokens SET used_at = now(), successor_sealed = %s WHERE id = %s"
+)
+_DROP_GRACE_COPY = prepared(
+    "UPDATE oauth_refresh_tokens SET successor_sealed = NULL WHERE id = %s"
+)
+
+
+def _access_insert(settings: Settings, tenant_id: uuid.UUID, grant_id: uuid.UUID,
+                   scopes: Sequence[str]) -> tuple[str, tuple[Prepared, tuple[Any, ...]]]:
+    """A new access token and the statement that stores it."""
     token = mint_tenant_bound(ACCESS_PREFIX, tenant_id)
-    await conn.execute(oauth_access_tokens.insert().values(
-        tenant_id=tenant_id, grant_id=grant_id, digest=digest(token), scopes=list(scopes),
-        expires_at=sa.func.now() + dt.timedelta(seconds=settings.access_token_ttl),
-    ))
-    return token
+    return token, (_INSERT_ACCESS, (str(tenant_id), grant_id, digest(token), list(scopes),
+                                    settings.access_token_ttl))
 
 
-def _refresh_row_values(
-    settings: Settings, tenant_id: uuid.UUID, grant_id: uuid.UUID, token: str,
-    scopes: Sequence[str], parent_id: uuid.UUID | None,
-) -> dict[str, Any]:
-    return {
-        "tenant_id": tenant_id, "grant_id": grant_id, "digest": digest(token),
-        "parent_id": parent_id, "scopes": list(scopes),
-        "expires_at": sa.func.now() + dt.timedelta(seconds=settings.refresh_token_ttl),
-    }
+def _refresh_insert(settings: Settings, tenant_id: uuid.UUID, grant_id: uuid.UUID,
+                    scopes: Sequence[str], parent_id: uuid.UUID | None,
+                    ) -> tuple[str, tuple[Prepared, tuple[Any, ...]]]:
+    """A new refresh token and the statement that stores it."""
+    token = mint_tenant_bound(REFRESH_PREFIX, tenant_id)
+    return token, (_INSERT_REFRESH, (str(tenant_id), grant_id, digest(token), parent_id,
+                                     list(scopes), settings.refresh_token_ttl))
+
+
+#: The refresh endpoint's words for each refusal of the credential rule.
+_REFRESH_REFUSED = {
+    "unknown": "invalid refresh token",
+    "revoked": "the grant has been revoked",
+    "expired": "the refresh token has expired",
+    "no_access": "the user no longer has access",
+}
 
 
 def _requested_scopes(scope: str | None, allowed: Sequence[str]) -> list[str]:
@@ -223,19 +262,7 @@ async def exchange_code(
         raise InvalidGrant("invalid authorization code")
     replayed: uuid.UUID | None = None
     try:
-        async with db.tenant_transaction(tenant_id, actor=f"oauth_client:{client.client_id}") \
-                as conn:
-            row = (await conn.execute(
-                sa.select(
-                    oauth_codes, oauth_grants.c.client_id, oauth_grants.c.user_id,
-                    oauth_grants.c.revoked_at.label("grant_revoked"),
-                    (oauth_codes.c.expires_at <= sa.func.now()).label("expired"),
-                )
-                .join(oauth_grants, (oauth_grants.c.id == oauth_codes.c.grant_id)
-                      & (oauth_grants.c.tenant_id == oauth_codes.c.tenant_id))
-                .where(oauth_codes.c.digest == digest(code))
-                .with_for_update(of=oauth_codes)
-            )).first()
+        async with db.tenant_lookup(tenant_id, (_CODE_LOOKUP, (digest(code),))) as (tx, row):
             if row is None:
                 raise InvalidGrant("invalid authorization code")
             if row.client_id != client.client_id:
@@ -252,38 +279,37 @@ async def exchange_code(
             if not verify_pkce(code_verifier, row.code_challenge):
                 raise InvalidGrant("PKCE verification failed")
             _check_resource(resource, row.resource)
-            await conn.execute(oauth_codes.update().where(oauth_codes.c.digest == row.digest)
-                               .values(used_at=sa.func.now()))
             scopes = list(row.scopes)
-            access = await _issue_access(conn, settings, tenant_id, row.grant_id, scopes)
+            access, store_access = _access_insert(settings, tenant_id, row.grant_id, scopes)
+            writes = [(_USE_CODE, (row.digest,)), store_access]
             refresh_token = None
             if "refresh_token" in client.grant_types:
-                refresh_token = mint_tenant_bound(REFRESH_PREFIX, tenant_id)
-                await conn.execute(oauth_refresh_tokens.insert().values(
-                    **_refresh_row_values(settings, tenant_id, row.grant_id, refresh_token,
-                                          scopes, None)))
-            await audit.write(conn, grant_audit(
+                refresh_token, store_refresh = _refresh_insert(
+                    settings, tenant_id, row.grant_id, scopes, None)
+                writes.append(store_refresh)
+            await tx.finish(grant_audit(
                 "oauth.token_issued", tenant_id, row.grant_id, client.client_id, row.user_id,
                 scopes, request, {"grant_type": "authorization_code"},
                 actor_type="oauth_client", actor_id=client.client_id,
-            ))
+            ), then=writes)
     except OAuthError:
         if replayed is not None:
-            await revoke_grant(db, tenant_id, replayed, reason="authorization_code_replay",
-                               actor_type="system", actor_id="system:oauth", request=request,
-                               action="oauth.code_replay_detected")
+            async with db.tenant(tenant_id) as tx:
+                await revoke_grant(tx, tenant_id, replayed, reason="authorization_code_replay",
+                                   actor_type="system", actor_id="system:oauth",
+                                   request=request, action="oauth.code_replay_detected")
+                await tx.finish(None)  # the revocation carries its own entry
         raise
-    except DBAPIError as exc:
+    except psycopg.Error as exc:
         raise _storage_unavailable("code exchange", exc) from None
     return TokenResponse(access, settings.access_token_ttl, " ".join(scopes), refresh_token)
 
 
-def _storage_unavailable(what: str, exc: DBAPIError) -> TemporarilyUnavailable:
+def _storage_unavailable(what: str, exc: psycopg.Error) -> TemporarilyUnavailable:
     """A storage error at the token endpoint: ``503 temporarily_unavailable``, never a
     revocation. Logged by class and SQLSTATE only: the server's message can quote row values
     (a unique violation names the key, here a token's digest)."""
-    log.warning("%s storage error: %s (SQLSTATE %s)", what, type(exc.orig).__name__,
-                getattr(exc.orig, "sqlstate", None))
+    log.warning("%s storage error: %s (SQLSTATE %s)", what, type(exc).__name__, exc.sqlstate)
     return TemporarilyUnavailable("try again", headers={"Retry-After": "1"})
 
 
@@ -301,66 +327,33 @@ async def refresh(
     sealer = _Sealer(settings)
     theft: uuid.UUID | None = None
     try:
-        async with db.tenant_transaction(tenant_id, actor=f"oauth_client:{client.client_id}") \
-                as conn:
-            row = (await conn.execute(
-                sa.select(
-                    oauth_refresh_tokens, oauth_grants.c.client_id, oauth_grants.c.user_id,
-                    oauth_grants.c.resource,
-                    oauth_grants.c.revoked_at.label("grant_revoked"),
-                    (oauth_refresh_tokens.c.expires_at <= sa.func.now()).label("expired"),
-                    tenants.c.status.label("tenant_status"), memberships.c.role,
-                    users.c.disabled_at,
-                )
-                .join(oauth_grants, (oauth_grants.c.id == oauth_refresh_tokens.c.grant_id)
-                      & (oauth_grants.c.tenant_id == oauth_refresh_tokens.c.tenant_id))
-                .join(tenants, tenants.c.id == oauth_grants.c.tenant_id)
-                .join(users, users.c.id == oauth_grants.c.user_id)
-                .outerjoin(memberships, (memberships.c.tenant_id == oauth_grants.c.tenant_id)
-                           & (memberships.c.user_id == oauth_grants.c.user_id))
-                .where(oauth_refresh_tokens.c.digest == digest(refresh_token))
-            )).first()
-            if row is None:
-                raise InvalidGrant("invalid refresh token")
-            if row.client_id != client.client_id:
+        async with db.tenant_lookup(tenant_id, (_REFRESH_LOOKUP, (digest(refresh_token),))) \
+                as (conn, row):
+            if row is not None and row.client_id != client.client_id:
                 raise InvalidGrant("the refresh token belongs to another client")
-            if row.grant_revoked is not None or row.revoked_at is not None:
-                raise InvalidGrant("the grant has been revoked")
-            if row.expired:
-                raise InvalidGrant("the refresh token has expired")
-            if row.tenant_status != "active" or row.role is None or row.disabled_at is not None:
-                raise InvalidGrant("the user no longer has access")
+            try:
+                usable_scopes(row)  # the rule every credential obeys
+            except CredentialRejected as exc:
+                raise InvalidGrant(_REFRESH_REFUSED[exc.reason]) from None
             _check_resource(resource, row.resource)
             access_scopes = _requested_scopes(scope, row.scopes)
             aad = row.id.bytes
 
-            # 1. Compare-and-swap: of N concurrent refreshes with this token, one rotates.
-            successor = mint_tenant_bound(REFRESH_PREFIX, tenant_id)
-            swapped = (await conn.execute(
-                oauth_refresh_tokens.update()
-                .where(oauth_refresh_tokens.c.id == row.id,
-                       oauth_refresh_tokens.c.used_at.is_(None),
-                       oauth_refresh_tokens.c.revoked_at.is_(None))
-                .values(used_at=sa.func.now(),
-                        successor_sealed=sealer.seal(successor, aad))
-                .returning(oauth_refresh_tokens.c.id)
-            )).first()
-            if swapped is not None:
-                await conn.execute(oauth_refresh_tokens.insert().values(
-                    **_refresh_row_values(settings, tenant_id, row.grant_id, successor,
-                                          row.scopes, row.id)))
+            # 1. Unused: rotate. The row is locked, so this refresh is the only one.
+            if row.used_at is None:
+                successor, store_successor = _refresh_insert(
+                    settings, tenant_id, row.grant_id, row.scopes, row.id)
+                access, store_access = _access_insert(settings, tenant_id, row.grant_id,
+                                                      access_scopes)
+                writes = [(_ROTATE, (sealer.seal(successor, aad), row.id)), store_successor,
+                          store_access]
                 if row.parent_id is not None:  # the parent's grace copy is now useless
-                    await conn.execute(
-                        oauth_refresh_tokens.update()
-                        .where(oauth_refresh_tokens.c.id == row.parent_id)
-                        .values(successor_sealed=None))
-                access = await _issue_access(conn, settings, tenant_id, row.grant_id,
-                                             access_scopes)
-                await audit.write(conn, grant_audit(
+                    writes.append((_DROP_GRACE_COPY, (row.parent_id,)))
+                await conn.finish(grant_audit(
                     "oauth.token_refreshed", tenant_id, row.grant_id, client.client_id,
                     row.user_id, access_scopes, request, {"grant_type": "refresh_token"},
                     actor_type="oauth_client", actor_id=client.client_id,
-                ))
+                ), then=writes)
                 return TokenResponse(access, settings.access_token_ttl,
                                      " ".join(access_scopes), successor)
 
@@ -384,14 +377,14 @@ async def refresh(
                     same = sealer.open(bytes(current.successor_sealed), aad)
                 except InvalidTag:  # sealed under an older session key: no retry, no theft
                     raise InvalidGrant("this refresh token was already used") from None
-                access = await _issue_access(conn, settings, tenant_id, row.grant_id,
-                                             access_scopes)
-                await audit.write(conn, grant_audit(
+                access, store_access = _access_insert(settings, tenant_id, row.grant_id,
+                                                      access_scopes)
+                await conn.finish(grant_audit(
                     "oauth.token_refreshed", tenant_id, row.grant_id, client.client_id,
                     row.user_id, access_scopes, request,
                     {"grant_type": "refresh_token", "retry_within_grace": True},
                     actor_type="oauth_client", actor_id=client.client_id,
-                ))
+                ), then=[store_access])
                 return TokenResponse(access, settings.access_token_ttl,
                                      " ".join(access_scopes), same)
             theft = row.grant_id
@@ -399,11 +392,13 @@ async def refresh(
     except OAuthError:
         if theft is not None:
             # 3. Theft: revoke the whole grant in its own committed transaction.
-            await revoke_grant(db, tenant_id, theft, reason="refresh_token_reuse",
-                               actor_type="system", actor_id="system:oauth", request=request,
-                               action="oauth.refresh_reuse_detected")
+            async with db.tenant(tenant_id) as tx:
+                await revoke_grant(tx, tenant_id, theft, reason="refresh_token_reuse",
+                                   actor_type="system", actor_id="system:oauth",
+                                   request=request, action="oauth.refresh_reuse_detected")
+                await tx.finish(None)  # the revocation carries its own entry
         raise
-    except DBAPIError as exc:
+    except psycopg.Error as exc:
         # 4. A storage error is never a revocation.
         raise _storage_unavailable("refresh", exc) from None
 
