@@ -27,6 +27,7 @@ __all__ = [
     "create_tenant",
     "create_user",
     "find_tenant",
+    "list_tenants",
     "normalise_email",
     "set_password",
     "slugify",
@@ -112,6 +113,15 @@ async def create_tenant(
             raise
         raise AccountError(f"a tenant with slug {slug!r} already exists") from None
     return Tenant(id=tenant_id, slug=slug, name=name, status=status)
+
+
+async def list_tenants(db: Database) -> list[Tenant]:
+    """Every tenant, by slug (operator use: the CLI)."""
+    async with db.system() as tx:
+        rows = await tx.execute(
+            sa.select(tenants.c.id, tenants.c.slug, tenants.c.name, tenants.c.status)
+            .order_by(tenants.c.slug))
+    return [Tenant(id=r.id, slug=r.slug, name=r.name, status=r.status) for r in rows]
 
 
 async def find_tenant(db: Database, ref: str) -> Tenant:

@@ -13,7 +13,6 @@ from typing import Any
 
 import anyio
 import psycopg
-import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -23,9 +22,8 @@ from starlette.types import ASGIApp
 
 from breeze_mcp import __version__, admin_api, oauth_endpoints, rest, web
 from breeze_mcp.config import Settings
-from breeze_mcp.db import Database, sqlalchemy_url
-from breeze_mcp.db.catalog import isolation_problems
-from breeze_mcp.db.setup import DatabaseSetupError, check_runtime_role, schema_is_current
+from breeze_mcp.db import Database
+from breeze_mcp.db.setup import check_database
 from breeze_mcp.errors import (
     RETRY_AFTER_SECONDS,
     database_unavailable,
@@ -40,33 +38,9 @@ __all__ = ["RETRY_AFTER_SECONDS", "create_app", "verify_database"]
 log = logging.getLogger(__name__)
 
 
-def _isolation_check(database_url: str) -> None:
-    """Refuse a role that skips RLS, an old schema, and a broken tenant-isolation invariant
-    (synchronous: start-up work, on a connection of its own, with SQLAlchemy's inspection of
-    the catalog and Alembic's revision)."""
-    engine = sa.create_engine(sqlalchemy_url(database_url), poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            check_runtime_role(conn)
-            current, head = schema_is_current(conn)
-            if current != head:
-                raise DatabaseSetupError(
-                    f"database schema is at revision {current or 'none'} but this build needs "
-                    f"{head}: run `breeze-mcp migrate`"
-                )
-            role = conn.execute(sa.text("SELECT current_user")).scalar_one()
-            problems = isolation_problems(conn, role)
-    finally:
-        engine.dispose()
-    if problems:
-        raise DatabaseSetupError(
-            "refusing to serve, tenant isolation is broken: " + "; ".join(problems)
-        )
-
-
 async def verify_database(database_url: str) -> None:
-    """:func:`_isolation_check`, off the event loop."""
-    await anyio.to_thread.run_sync(_isolation_check, database_url)
+    """:func:`~breeze_mcp.db.setup.check_database`, off the event loop."""
+    await anyio.to_thread.run_sync(check_database, database_url)
 
 
 class _App(Starlette):

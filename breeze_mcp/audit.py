@@ -10,6 +10,7 @@ and every text of the entry is stored in a lossless escaped form (:func:`escape`
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -237,11 +238,8 @@ def operator_entry(actor: str, action: str, **fields: Any) -> AuditEntry:
                       decision="allowed", outcome="success", **fields)
 
 
-_COLUMNS = (
-    "actor_type", "auth_path", "action", "decision", "outcome", "tenant_id", "actor_id",
-    "acting_user_id", "credential_id", "client_id", "request_id", "parameters", "risk_tier",
-    "scopes", "deny_reason", "error", "client_ip", "user_agent", "duration_ms",
-)
+#: The audit_log columns an entry fills: the entry type's fields, in order (duration last).
+_COLUMNS = tuple(f.name for f in dataclasses.fields(AuditEntry))
 
 
 def _insert(duration: str) -> str:
@@ -267,24 +265,30 @@ _INSERT_AFTER_READ = prepared(_insert(
 ))
 
 
+def _uuid(value: uuid.UUID | None) -> str | None:
+    return None if value is None else str(value)
+
+
+# How each field is stored, by name; a field not listed is stored as it is. Every text goes
+# through stored_text() (escaped; masked where it is the caller's own): a row never fails
+# because of the bytes someone sent.
+_STORED: dict[str, Any] = {
+    "action": lambda v: stored_text(v, mask=False),
+    "tenant_id": _uuid, "acting_user_id": _uuid,
+    "actor_id": _optional, "credential_id": _optional, "client_id": _optional,
+    "request_id": _optional, "deny_reason": _optional, "error": _optional,
+    "parameters": _capped,
+    "scopes": lambda v: [stored_text(s, mask=False) for s in v],
+    "user_agent": lambda v: _optional(v, 512, mask=True),
+}
+
+
 def _params(entry: AuditEntry) -> tuple[str]:
-    # Every text goes through stored_text() (escaped; masked where it is the caller's own):
-    # a row never fails because of the bytes someone sent.
-    document = {
-        "actor_type": entry.actor_type, "auth_path": entry.auth_path,
-        "action": stored_text(entry.action, mask=False), "decision": entry.decision,
-        "outcome": entry.outcome,
-        "tenant_id": None if entry.tenant_id is None else str(entry.tenant_id),
-        "actor_id": _optional(entry.actor_id),
-        "acting_user_id": None if entry.acting_user_id is None else str(entry.acting_user_id),
-        "credential_id": _optional(entry.credential_id),
-        "client_id": _optional(entry.client_id),
-        "request_id": _optional(entry.request_id), "parameters": _capped(entry.parameters),
-        "risk_tier": entry.risk_tier, "scopes": [stored_text(s, mask=False) for s in entry.scopes],
-        "deny_reason": _optional(entry.deny_reason), "error": _optional(entry.error),
-        "client_ip": entry.client_ip, "user_agent": _optional(entry.user_agent, 512, mask=True),
-        "duration_ms": entry.duration_ms,
-    }
+    document = {}
+    for name in _COLUMNS:
+        value = getattr(entry, name)
+        store = _STORED.get(name)
+        document[name] = store(value) if store is not None else value
     return (json.dumps(document, default=str),)
 
 

@@ -161,17 +161,11 @@ def cmd_tenant_create(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_tenant_list(settings: Settings, args: argparse.Namespace) -> None:
-    import sqlalchemy as sa
-
-    from breeze_mcp.db.models import tenants
+    from breeze_mcp.accounts import list_tenants
 
     async def work(db: Database) -> list[dict[str, str]]:
-        async with db.system() as conn:
-            rows = await conn.execute(
-                sa.select(tenants.c.id, tenants.c.slug, tenants.c.name, tenants.c.status)
-                .order_by(tenants.c.slug)
-            )
-            return [{k: str(v) for k, v in row._asdict().items()} for row in rows]
+        return [{"id": str(t.id), "slug": t.slug, "name": t.name, "status": t.status}
+                for t in await list_tenants(db)]
 
     rows = _with_db(settings, work)
     _emit(
@@ -300,15 +294,11 @@ def cmd_api_key_revoke(settings: Settings, args: argparse.Namespace) -> None:
 
 async def _first_run_demo(db: Database, settings: Settings) -> list[str] | None:
     """On an empty embedded database, create the demo tenant, its owner and sample data."""
-    import sqlalchemy as sa
-
-    from breeze_mcp.accounts import create_tenant, create_user
-    from breeze_mcp.db.models import tenants
+    from breeze_mcp.accounts import create_tenant, create_user, list_tenants
     from breeze_mcp.demo import seed_demo_data
 
-    async with db.system() as conn:
-        if (await conn.execute(sa.select(sa.func.count()).select_from(tenants))).scalar_one():
-            return None
+    if await list_tenants(db):
+        return None
     tenant = await create_tenant(db, "Demo MSP", slug=DEMO_TENANT, actor="system:serve")
     password = secrets.token_urlsafe(15)
     await create_user(

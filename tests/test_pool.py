@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,11 @@ def test_no_free_connection_in_time_is_a_503_with_retry_after(
 ) -> None:
     with _server(scratch, tmp_path, db_pool_size=1, db_pool_timeout=0.5) as server, \
             scratch.admin.connect() as locker:
-        # The lookup of the first call waits on this lock, holding the only connection.
+        # The pool's one connection is opened (and its statements prepared) by a first call;
+        # then the lookup of the held call waits on this lock, holding that connection.
+        warm = httpx.post(f"{server.url}/mcp", json=CALL, headers=_headers(scratch.key),
+                          timeout=30)
+        assert warm.status_code == 200
         locker.execute(sa.text("BEGIN"))
         locker.execute(sa.text("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"))
         first: dict[str, httpx.Response] = {}
@@ -176,29 +181,41 @@ def test_no_free_connection_in_time_is_a_503_with_retry_after(
         assert _audit_rows(scratch, "refused-rest") == 0
 
 
+@contextmanager
+def _cut_off(scratch: Scratch) -> Iterator[None]:
+    """The runtime role may not connect, and its backends are terminated (the pool's kept
+    connection is dead and no new one may be opened) until the block ends."""
+    role = scratch.db.runtime_role
+    with scratch.admin.connect() as conn:
+        conn.execute(sa.text(f'ALTER ROLE "{role}" CONNECTION LIMIT 0'))
+        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                             " WHERE usename = :role"), {"role": role})
+    try:
+        yield
+    finally:
+        with scratch.admin.connect() as conn:
+            conn.execute(sa.text(f'ALTER ROLE "{role}" CONNECTION LIMIT -1'))
+
+
 def test_postgres_unreachable_is_a_503_and_service_resumes(
     scratch: Scratch, tmp_path: Path
 ) -> None:
-    role = scratch.db.runtime_role
-    with _server(scratch, tmp_path, db_pool_size=1) as server:
+    with _server(scratch, tmp_path, db_pool_size=1, db_pool_timeout=1) as server:
         ok = httpx.post(f"{server.url}/mcp", json=CALL, headers=_headers(scratch.key))
         assert ok.status_code == 200
-        with scratch.admin.connect() as conn:
-            conn.execute(sa.text(f'ALTER ROLE "{role}" CONNECTION LIMIT 0'))
-            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                                 " WHERE usename = :role"), {"role": role})
-        try:
-            # The pooled connection is dead and no new one may be opened.
+        with _cut_off(scratch):
             for request_id in ("down-1", "down-2"):
                 down = httpx.post(f"{server.url}/mcp", json=CALL,
-                                  headers=_headers(scratch.key, request_id))
+                                  headers=_headers(scratch.key, request_id), timeout=30)
                 assert down.status_code == 503, down.text
                 assert down.headers["retry-after"] == str(RETRY_AFTER_SECONDS)
-                assert down.json()["error"]["message"] == (
-                    "the database is unreachable; retry shortly")
+                body = down.json()
+                assert body["jsonrpc"] == "2.0" and body["error"]["code"] == -32603
+                # unreachable, not busy: the pool's timeout is told apart by a direct attempt
+                assert body["error"]["message"] == "the database is unreachable; retry shortly"
                 assert _audit_rows(scratch, request_id) == 0
-        finally:
-            with scratch.admin.connect() as conn:
-                conn.execute(sa.text(f'ALTER ROLE "{role}" CONNECTION LIMIT -1'))
-        again = httpx.post(f"{server.url}/mcp", json=CALL, headers=_headers(scratch.key))
-        assert again.status_code == 200
+
+        def serving() -> bool:
+            return httpx.post(f"{server.url}/mcp", json=CALL, headers=_headers(scratch.key),
+                              timeout=30).status_code == 200
+        wait_for(serving, timeout=30, interval=0.2)

@@ -126,20 +126,32 @@ def test_operator_actions_name_their_door(actor: str, expected: tuple[str, str])
 @pytest.mark.req("AUDIT-REDACT")
 @pytest.mark.anyio
 async def test_database_errors_do_not_echo_parameters(test_db) -> None:
+    """A failed statement's error (what gets logged) names the failure, never the values
+    bound into the statement, whether a Core statement or a prepared one."""
+    import psycopg
     import sqlalchemy as sa
-    from sqlalchemy.exc import DBAPIError
 
     from breeze_mcp.db import Database
+    from breeze_mcp.db.engine import Runnable
+    from breeze_mcp.db.statements import prepared
 
+    secret = "bzk_this-must-not-appear"
+    failing = prepared("SELECT CAST(%s AS text), 1 / 0")
     db = Database(test_db.runtime_url, pool_size=1)
     try:
-        with pytest.raises(DBAPIError) as err:
-            async with db.engine.begin() as conn:
-                await conn.execute(sa.text("SELECT CAST(:secret AS text), 1 / 0"),
-                                   {"secret": "bzk_this-must-not-appear"})
-        assert "division by zero" in str(err.value)
-        assert "SQL parameters hidden" in str(err.value)
-        assert "bzk_this-must-not-appear" not in str(err.value)
+        cases: list[tuple[Runnable, tuple[str, ...]]] = [
+            (sa.text("SELECT CAST(:secret AS text), 1 / 0").bindparams(secret=secret), ()),
+            (failing, (secret,)),
+        ]
+        for statement, params in cases:
+            with pytest.raises(psycopg.Error) as err:
+                async with db.system() as tx:
+                    await tx.execute(statement, params)
+            assert "division by zero" in str(err.value)
+            shown = [str(err.value), repr(err.value), *map(str, err.value.args)]
+            diag = err.value.diag
+            shown += [str(getattr(diag, name)) for name in dir(diag) if not name.startswith("_")]
+            assert not [text for text in shown if secret in text]
     finally:
         await db.dispose()
 

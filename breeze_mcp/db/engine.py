@@ -36,7 +36,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import namedtuple_row
 from psycopg.types.json import JsonbDumper
 from psycopg.types.string import TextLoader
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy.dialects.postgresql import psycopg as sa_psycopg
 
 from breeze_mcp.db.statements import Prepared, all_prepared
@@ -279,12 +279,16 @@ class Transaction:
         return await cursor.fetchall()
 
     async def _finish_elsewhere(self, entry: AuditEntry | None) -> list[Row]:
-        """The connection is gone: commit ``entry`` on another one."""
-        self.state = State.DONE
+        """The connection is gone: commit ``entry`` on a one-off connection outside the
+        pool (the dead one still counts against it, and a full pool must not delay or lose
+        the entry)."""
         log.warning("the transaction's connection is gone; its audit entry goes on another")
         if entry is not None:
-            async with self._db._transaction(self._context, None) as (other, _):
+            async with self._db.one_off() as conn:
+                other = Transaction(self._db, conn, self._context)
+                await AsyncClientCursor(conn).execute(_BEGIN, self._context)
                 await other.finish(entry)
+        self.state = State.DONE
         return []
 
     async def rollback(self) -> None:
@@ -326,9 +330,11 @@ class Database:
             # psycopg's own automatic preparation is off: it answers any ROLLBACK with
             # DEALLOCATE ALL, which would drop the statements prepared at connect.
             kwargs={"autocommit": True, "prepare_threshold": None},
-            configure=self._configure, reset=_reset, check=self._check,
+            configure=self._configure, check=self._check,
             open=False, name="breeze",
         )
+        self._conninfo = _conninfo(url)
+        self._timeout = pool_timeout
         self._opened = False
         self._opening = asyncio.Lock()
         self._prepared: WeakKeyDictionary[psycopg.AsyncConnection[Any], set[str]] = \
@@ -379,26 +385,56 @@ class Database:
     async def _open(self) -> None:
         async with self._opening:
             if not self._opened:
-                await self._pool.open(wait=False)
+                await self._pool.open(wait=True, timeout=self._timeout)
                 self._opened = True
 
     async def dispose(self) -> None:
         if self._opened:
             await self._pool.close()
+            self._opened = False
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """One of the pool's connections, with no transaction open (each statement
         autocommits and sees no tenant): for the transactions below, the health check and
-        diagnostics. It waits for a free connection like any caller."""
+        diagnostics. It waits for a free connection like any caller.
+
+        Returned with a transaction open, the pool rolls it back; returned dead, every idle
+        connection is checked (after a server restart all are dead). When none comes free in
+        time, a direct connection attempt tells "busy" (:class:`PoolTimeout`) from
+        "unreachable" (its :class:`psycopg.OperationalError`)."""
         if not self._opened:
             await self._open()
-        conn = await self._pool.getconn()
+        try:
+            conn = await self._pool.getconn()
+        except PoolTimeout:
+            await self._probe()
+            raise
         try:
             yield conn
         finally:
             self._returned[conn] = time.monotonic()
+            dead = conn.closed or conn.broken
             await self._pool.putconn(conn)
+            if dead:  # before anyone else gets one of the others
+                await self._pool.check()
+
+    async def _probe(self) -> None:
+        """Raise the reason PostgreSQL cannot be reached, if it cannot."""
+        probe = await psycopg.AsyncConnection.connect(self._conninfo, connect_timeout=2)
+        await probe.close()
+
+    @asynccontextmanager
+    async def one_off(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection outside the pool, configured like the pool's, closed after use: for
+        an audit entry whose own connection died while the pool may be full."""
+        conn = await psycopg.AsyncConnection.connect(
+            self._conninfo, autocommit=True, prepare_threshold=None, connect_timeout=5)
+        try:
+            await self._configure(conn)
+            yield conn
+        finally:
+            await conn.close()
 
     async def ping(self) -> None:
         """``SELECT 1`` (the health check); raises if the database is unreachable."""
@@ -482,7 +518,3 @@ async def _quietly_rolled_back(tx: Transaction) -> None:
         log.debug("rollback failed", exc_info=True)
 
 
-async def _reset(conn: psycopg.AsyncConnection[Any]) -> None:
-    """On return to the pool: roll back only a transaction still open (an error path)."""
-    if conn.info.transaction_status != TransactionStatus.IDLE:
-        await conn.rollback()

@@ -29,6 +29,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
 from breeze_mcp.config import Settings
+from breeze_mcp.db.catalog import isolation_problems
 from breeze_mcp.db.embedded import EmbeddedPostgres
 from breeze_mcp.db.engine import sqlalchemy_url
 from breeze_mcp.db.models import metadata
@@ -41,6 +42,7 @@ __all__ = [
     "DatabaseSetupError",
     "DatabaseTarget",
     "bootstrap_cluster",
+    "check_database",
     "check_runtime_role",
     "database_target",
     "describe_url",
@@ -450,4 +452,28 @@ def check_runtime_role(conn: sa.Connection) -> None:
                f"the owner of {row.owned} table(s) or view(s)")
             + ", so row-level security would not apply. Use the runtime role that "
             "`breeze-mcp migrate` creates."
+        )
+
+
+def check_database(database_url: str) -> None:
+    """Refuse a role that skips RLS, an old schema, and a broken tenant-isolation invariant
+    (synchronous: start-up work, on a connection of its own, with SQLAlchemy's inspection of
+    the catalog and Alembic's revision)."""
+    engine = sa.create_engine(sqlalchemy_url(database_url), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            check_runtime_role(conn)
+            current, head = schema_is_current(conn)
+            if current != head:
+                raise DatabaseSetupError(
+                    f"database schema is at revision {current or 'none'} but this build needs "
+                    f"{head}: run `breeze-mcp migrate`"
+                )
+            role = conn.execute(sa.text("SELECT current_user")).scalar_one()
+            problems = isolation_problems(conn, role)
+    finally:
+        engine.dispose()
+    if problems:
+        raise DatabaseSetupError(
+            "refusing to serve, tenant isolation is broken: " + "; ".join(problems)
         )

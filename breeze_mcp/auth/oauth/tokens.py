@@ -332,11 +332,13 @@ async def refresh(
             if row is not None and row.client_id != client.client_id:
                 raise InvalidGrant("the refresh token belongs to another client")
             try:
-                usable_scopes(row)  # the rule every credential obeys
+                usable = usable_scopes(row)  # the rule every credential obeys
             except CredentialRejected as exc:
                 raise InvalidGrant(_REFRESH_REFUSED[exc.reason]) from None
             _check_resource(resource, row.resource)
-            access_scopes = _requested_scopes(scope, row.scopes)
+            # The new access token has what the holder's role allows today (a demotion shows
+            # at once); the refresh token keeps the grant's scopes for when it is lifted.
+            access_scopes = _requested_scopes(scope, [s for s in row.scopes if s in usable])
             aad = row.id.bytes
 
             # 1. Unused: rotate. The row is locked, so this refresh is the only one.
