@@ -265,30 +265,20 @@ _INSERT_AFTER_READ = prepared(_insert(
 ))
 
 
-def _uuid(value: uuid.UUID | None) -> str | None:
-    return None if value is None else str(value)
-
-
-# How each field is stored, by name; a field not listed is stored as it is. Every text goes
-# through stored_text() (escaped; masked where it is the caller's own): a row never fails
-# because of the bytes someone sent.
-_STORED: dict[str, Any] = {
-    "action": lambda v: stored_text(v, mask=False),
-    "tenant_id": _uuid, "acting_user_id": _uuid,
-    "actor_id": _optional, "credential_id": _optional, "client_id": _optional,
-    "request_id": _optional, "deny_reason": _optional, "error": _optional,
-    "parameters": _capped,
-    "scopes": lambda v: [stored_text(s, mask=False) for s in v],
-    "user_agent": lambda v: _optional(v, 512, mask=True),
-}
-
-
 def _params(entry: AuditEntry) -> tuple[str]:
-    document = {}
-    for name in _COLUMNS:
-        value = getattr(entry, name)
-        store = _STORED.get(name)
-        document[name] = store(value) if store is not None else value
+    # The entry's fields (the columns, _COLUMNS), each stored as it is except these. Every
+    # text goes through stored_text() (escaped; masked where it is the caller's own): a row
+    # never fails because of the bytes someone sent.
+    document = dict(vars(entry))
+    document["action"] = stored_text(entry.action, mask=False)
+    document["tenant_id"] = None if entry.tenant_id is None else str(entry.tenant_id)
+    document["acting_user_id"] = (None if entry.acting_user_id is None
+                                  else str(entry.acting_user_id))
+    for name in ("actor_id", "credential_id", "client_id", "request_id", "deny_reason", "error"):
+        document[name] = _optional(document[name])
+    document["parameters"] = _capped(entry.parameters)
+    document["scopes"] = [stored_text(s, mask=False) for s in entry.scopes]
+    document["user_agent"] = _optional(entry.user_agent, 512, mask=True)
     return (json.dumps(document, default=str),)
 
 

@@ -187,19 +187,21 @@ async def test_a_connection_that_broke_in_use_is_not_kept(
 async def test_a_call_cancelled_while_its_connection_is_pinged_loses_nothing(
     test_db: ProvisionedDatabase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Cancelled while the pool checks its connection (the idle ping): the connection goes
+    """Cancelled while its kept connection is pinged (idle too long): the connection goes
     back to the pool, and a pool of one still serves the next caller."""
-    real_check = Database._check
+    real_ping = engine_module._pinged
     slow = True
 
-    async def slow_check(self: Database, conn: psycopg.AsyncConnection[Any]) -> None:
+    async def slow_ping(conn: psycopg.AsyncConnection[Any]) -> bool:
         if slow:
             await asyncio.sleep(10)
-        await real_check(self, conn)
+        return await real_ping(conn)
 
-    monkeypatch.setattr(Database, "_check", slow_check)  # before the pool is built
     db = Database(test_db.runtime_url, pool_size=1, pool_timeout=2)
     try:
+        await _pid(db)  # now kept
+        monkeypatch.setattr(engine_module, "_pinged", slow_ping)
+        monkeypatch.setattr(engine_module, "IDLE_PING_SECONDS", -1.0)  # every kept one is idle
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(_pid(db), 0.2)
         slow = False

@@ -20,11 +20,14 @@ psycopg's placeholders and run on the pooled psycopg connection, and rows are re
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 import time
 import uuid
+from collections import namedtuple
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from enum import Enum
 from typing import TYPE_CHECKING, Any, cast
 from weakref import WeakKeyDictionary
@@ -33,7 +36,6 @@ import psycopg
 import sqlalchemy as sa
 from psycopg import AsyncClientCursor
 from psycopg.pq import TransactionStatus
-from psycopg.rows import namedtuple_row
 from psycopg.types.json import JsonbDumper
 from psycopg.types.string import TextLoader
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -96,6 +98,26 @@ def compile_statement(statement: sa.Executable) -> tuple[str, Mapping[str, Any]]
     params = compiled.construct_params(
         extracted_parameters=key.bindparams if key is not None else None)
     return compiled.string, params
+
+
+_row_types: dict[str, Any] = {}  # statement -> the named tuple type of its rows
+
+
+def _make_row_type(names: list[str]) -> Any:
+    return namedtuple("Row", names, rename=True)
+
+
+def _named(cursor: psycopg.AsyncCursor[Any], key: str, rows: list[Any]) -> list[Row]:
+    """``rows`` (plain tuples, as psycopg returns them cheaply) as named tuples, whose type is
+    made once per statement from the result's column names."""
+    row_type: Any = _row_types.get(key)
+    if row_type is None:
+        assert cursor.description is not None
+        row_type = _make_row_type([c.name for c in cursor.description])
+        if len(_row_types) < 4096:
+            _row_types[key] = row_type
+    make = functools.partial(tuple.__new__, row_type)  # no Python frame per row
+    return [make(row) for row in rows]
 
 
 class Result:
@@ -182,8 +204,9 @@ class Transaction:
         except BaseException:
             self._note_failure()
             raise
-        rows = await cursor.fetchall() if cursor.description is not None else []
-        return Result(rows, cursor.rowcount)
+        if cursor.description is None:
+            return Result([], cursor.rowcount)
+        return Result(_named(cursor, sql, await cursor.fetchall()), cursor.rowcount)
 
     def _note_failure(self) -> None:
         if self._conn.info.transaction_status != TransactionStatus.INTRANS:
@@ -193,11 +216,11 @@ class Transaction:
         """Run one statement; ``params`` only for a :class:`Prepared` one."""
         if isinstance(statement, Prepared):
             sql, bound = await self._db.executable(self._conn, statement, params)
-            return await self._run_client_bound(sql, bound)
+            return await self._run_client_bound(statement.name, sql, bound)
         sql, named = compile_statement(statement)
         return await self._run(sql, named)
 
-    async def _run_client_bound(self, sql: str, params: Sequence[Any]) -> Result:
+    async def _run_client_bound(self, key: str, sql: str, params: Sequence[Any]) -> Result:
         self._check_open()
         cursor = AsyncClientCursor(self._conn)
         try:
@@ -205,8 +228,9 @@ class Transaction:
         except BaseException:
             self._note_failure()
             raise
-        rows = await cursor.fetchall() if cursor.description is not None else []
-        return Result(rows, cursor.rowcount)
+        if cursor.description is None:
+            return Result([], cursor.rowcount)
+        return Result(_named(cursor, key, await cursor.fetchall()), cursor.rowcount)
 
     async def savepoint(self) -> None:
         """Mark the point :meth:`undo` returns to: work after it can be undone and the
@@ -276,7 +300,7 @@ class Transaction:
             return []
         for _ in then:  # past the results of the writes before it
             cursor.nextset()
-        return await cursor.fetchall()
+        return _named(cursor, final[0].name, await cursor.fetchall())
 
     async def _finish_elsewhere(self, entry: AuditEntry | None) -> list[Row]:
         """The connection is gone: commit ``entry`` on a one-off connection outside the
@@ -318,6 +342,96 @@ def _context(tenant_id: uuid.UUID | None, user_id: uuid.UUID | None) -> tuple[st
     return str(tenant_id), str(user_id) if user_id else ""
 
 
+class _Kept:
+    """The thinnest layer over the pool: connections stay checked out between transactions.
+
+    psycopg_pool's ``getconn``/``putconn`` cost a call about ten coroutine frames, two locks
+    and four log calls (see docs/benchmarks.md, "Issue 10"); handing a clean connection
+    straight to the next transaction does not. The pool still owns every connection's life:
+    it opens and configures them, and takes back any that is not clean (a transaction still
+    open, closed, broken: it rolls back or replaces it).
+
+    * at most ``size`` connections are in use or kept (a semaphore); a caller beyond that
+      waits up to ``timeout``, then gets :class:`PoolTimeout` (or, when PostgreSQL cannot be
+      reached, the reason);
+    * the most recently used connection is handed out first; one idle for longer than
+      :data:`IDLE_PING_SECONDS` is pinged first, and once one is found dead (a server
+      restart) every other kept one is pinged before its next use too.
+    """
+
+    def __init__(self, db: Database, size: int, timeout: float) -> None:
+        self._db = db
+        self._timeout = timeout
+        self._slots = asyncio.Semaphore(size)
+        self._idle: list[tuple[psycopg.AsyncConnection[Any], float]] = []
+        self.closed = False
+
+    async def take(self) -> psycopg.AsyncConnection[Any]:
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                await self._db.probe()
+                raise PoolTimeout(f"no database connection free within {self._timeout:g} s") \
+                    from None
+        else:
+            await self._slots.acquire()  # free: returns without suspending
+        try:
+            while self._idle:
+                conn, since = self._idle.pop()
+                try:
+                    if _usable(conn) and (time.monotonic() - since <= IDLE_PING_SECONDS
+                                          or await _pinged(conn)):
+                        return conn
+                except BaseException:  # cancelled mid-ping: never lose the connection
+                    await self._db._pool.putconn(conn)
+                    raise
+                await self._db._pool.putconn(conn)
+                self._suspect()
+            try:
+                return await self._db._pool.getconn(self._timeout)
+            except PoolTimeout:  # none could be opened in time: say why, if it is known
+                await self._db.probe()
+                raise
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def give_back(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        try:
+            if not self.closed and _usable(conn) \
+                    and conn.pgconn.transaction_status == TransactionStatus.IDLE:
+                self._idle.append((conn, time.monotonic()))
+            else:
+                if not _usable(conn):
+                    self._suspect()
+                await self._db._pool.putconn(conn)  # rolled back or replaced by the pool
+        finally:
+            self._slots.release()
+
+    def _suspect(self) -> None:
+        """One connection was found dead: the kept ones may be too."""
+        self._idle = [(conn, -math.inf) for conn, _ in self._idle]
+
+    async def close(self) -> None:
+        self.closed = True
+        while self._idle:
+            await self._db._pool.putconn(self._idle.pop()[0])
+
+
+def _usable(conn: psycopg.AsyncConnection[Any]) -> bool:
+    return not conn.closed and not conn.broken
+
+
+async def _pinged(conn: psycopg.AsyncConnection[Any]) -> bool:
+    try:
+        await conn.execute("SELECT 1")
+    except psycopg.Error:
+        return False
+    return True
+
+
 class Database:
     """The runtime role's connection pool and the transactions over it."""
 
@@ -330,7 +444,7 @@ class Database:
             # psycopg's own automatic preparation is off: it answers any ROLLBACK with
             # DEALLOCATE ALL, which would drop the statements prepared at connect.
             kwargs={"autocommit": True, "prepare_threshold": None},
-            configure=self._configure, check=self._check,
+            configure=self._configure, check=_check,
             open=False, name="breeze",
         )
         self._conninfo = _conninfo(url)
@@ -339,30 +453,21 @@ class Database:
         self._opening = asyncio.Lock()
         self._prepared: WeakKeyDictionary[psycopg.AsyncConnection[Any], set[str]] = \
             WeakKeyDictionary()
-        self._returned: WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = \
-            WeakKeyDictionary()
+        self._kept = _Kept(self, pool_size, pool_timeout)
 
     # -- the pool's callbacks ------------------------------------------------------------
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Once per new connection: inet read as PostgreSQL's text (every reader formats it
-        as a string anyway), dicts written as jsonb, rows as named tuples, and every hot
-        statement prepared in one message."""
+        as a string anyway), dicts written as jsonb, and every hot statement prepared in one
+        message. (Rows are read as tuples and named once per statement: :func:`_named`.)"""
         conn.adapters.register_loader("inet", TextLoader)
         conn.adapters.register_loader("cidr", TextLoader)
         conn.adapters.register_dumper(dict, JsonbDumper)
-        conn.row_factory = namedtuple_row
         statements = all_prepared()
         if statements:
             await conn.execute("; ".join(s.prepare_sql for s in statements))
         self._prepared[conn] = {s.name for s in statements}
-
-    async def _check(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """At checkout: a connection idle longer than :data:`IDLE_PING_SECONDS` is pinged
-        (the pool replaces it if the ping fails)."""
-        returned = self._returned.get(conn)
-        if returned is None or time.monotonic() - returned > IDLE_PING_SECONDS:
-            await conn.execute("SELECT 1")
 
     async def executable(self, conn: psycopg.AsyncConnection[Any], statement: Prepared,
                          params: Sequence[Any]) -> tuple[str, Sequence[Any]]:
@@ -378,7 +483,10 @@ class Database:
                 await conn.close()
                 raise
             names.add(statement.name)
-        return statement.execute_sql(params), params
+        if len(params) != statement.count:
+            raise ValueError(f"{statement.name}: {statement.count} parameters expected, "
+                             f"{len(params)} given")
+        return statement.execute, params
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -390,6 +498,7 @@ class Database:
 
     async def dispose(self) -> None:
         if self._opened:
+            await self._kept.close()
             await self._pool.close()
             self._opened = False
 
@@ -397,30 +506,20 @@ class Database:
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """One of the pool's connections, with no transaction open (each statement
         autocommits and sees no tenant): for the transactions below, the health check and
-        diagnostics. It waits for a free connection like any caller.
-
-        Returned with a transaction open, the pool rolls it back; returned dead, every idle
-        connection is checked (after a server restart all are dead). When none comes free in
-        time, a direct connection attempt tells "busy" (:class:`PoolTimeout`) from
+        diagnostics. It waits for a free connection like any caller, up to ``pool_timeout``;
+        then a direct connection attempt tells "busy" (:class:`PoolTimeout`) from
         "unreachable" (its :class:`psycopg.OperationalError`)."""
         if not self._opened:
             await self._open()
-        try:
-            conn = await self._pool.getconn()
-        except PoolTimeout:
-            await self._probe()
-            raise
+        conn = await self._kept.take()
         try:
             yield conn
         finally:
-            self._returned[conn] = time.monotonic()
-            dead = conn.closed or conn.broken
-            await self._pool.putconn(conn)
-            if dead:  # before anyone else gets one of the others
-                await self._pool.check()
+            await self._kept.give_back(conn)
 
-    async def _probe(self) -> None:
-        """Raise the reason PostgreSQL cannot be reached, if it cannot."""
+    async def probe(self) -> None:
+        """Raise the reason PostgreSQL cannot be reached, if it cannot (one direct attempt,
+        outside the pool)."""
         probe = await psycopg.AsyncConnection.connect(self._conninfo, connect_timeout=2)
         await probe.close()
 
@@ -449,7 +548,7 @@ class Database:
             sql, bound = await self.executable(conn, statement, params)
             cursor = AsyncClientCursor(conn)
             await cursor.execute(sql, bound)
-            return await cursor.fetchall()
+            return _named(cursor, statement.name, await cursor.fetchall())
 
     async def scalar(self, sql: str) -> Any:
         """One value of a read-only statement outside any transaction (diagnostics)."""
@@ -464,23 +563,29 @@ class Database:
     async def _transaction(
         self, context: tuple[str, str], first: tuple[Prepared, Sequence[Any]] | None,
     ) -> AsyncIterator[tuple[Transaction, Row]]:
-        async with self.connection() as conn:
-            tx = Transaction(self, conn, context)
+        if not self._opened:
+            await self._open()
+        conn = await self._kept.take()  # (as connection() does, one generator frame less)
+        tx = Transaction(self, conn, context)
+        try:
+            cursor = AsyncClientCursor(conn)
+            if first is None:
+                await cursor.execute(_BEGIN, context)
+                row = None
+            else:
+                sql, params = await self.executable(conn, *first)
+                await cursor.execute(f"{_BEGIN}; {sql}", (*context, *params))
+                cursor.nextset()  # past BEGIN's and set_config's results
+                cursor.nextset()
+                found = await cursor.fetchone()
+                row = None if found is None else _named(cursor, first[0].name, [found])[0]
+            yield tx, row
+        finally:
             try:
-                cursor = AsyncClientCursor(conn)
-                if first is None:
-                    await cursor.execute(_BEGIN, context)
-                    row = None
-                else:
-                    sql, params = await self.executable(conn, *first)
-                    await cursor.execute(f"{_BEGIN}; {sql}", (*context, *params))
-                    cursor.nextset()  # past BEGIN's and set_config's results
-                    cursor.nextset()
-                    row = await cursor.fetchone()
-                yield tx, row
-            finally:
                 if tx.state is not State.DONE:
                     await _quietly_rolled_back(tx)
+            finally:
+                await self._kept.give_back(conn)
 
     @asynccontextmanager
     async def tenant(
@@ -493,14 +598,12 @@ class Database:
         async with self._transaction(_context(tenant_id, user_id), first) as (tx, _):
             yield tx
 
-    @asynccontextmanager
-    async def tenant_lookup(
+    def tenant_lookup(
         self, tenant_id: uuid.UUID, first: tuple[Prepared, Sequence[Any]],
-    ) -> AsyncIterator[tuple[Transaction, Row]]:
+    ) -> AbstractAsyncContextManager[tuple[Transaction, Row]]:
         """:meth:`tenant` whose first statement (the credential lookup) travels with
         ``BEGIN``; yields the transaction and that statement's first row, or None."""
-        async with self._transaction(_context(tenant_id, None), first) as result:
-            yield result
+        return self._transaction(_context(tenant_id, None), first)
 
     @asynccontextmanager
     async def system(self, *, user_id: uuid.UUID | None = None) -> AsyncIterator[Transaction]:
@@ -509,6 +612,12 @@ class Database:
         context = (_SYSTEM, str(user_id) if user_id else "")
         async with self._transaction(context, None) as (tx, _):
             yield tx
+
+
+async def _check(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The pool's check, when it hands out one of its own idle connections (kept ones are
+    checked by :class:`_Kept`): replaced if the ping fails."""
+    await conn.execute("SELECT 1")
 
 
 async def _quietly_rolled_back(tx: Transaction) -> None:

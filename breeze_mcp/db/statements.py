@@ -9,10 +9,10 @@ declared when a connection opens is prepared on it at once
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Sequence
+import re
 from dataclasses import dataclass
-from typing import Any
 
 __all__ = ["Prepared", "all_prepared", "prepared"]
 
@@ -22,19 +22,16 @@ class Prepared:
     """A statement prepared by name on each connection."""
 
     name: str
-    sql: str  # with %s placeholders
-    count: int  # how many
+    sql: str  # with numbered placeholders ($1, $2, ...)
+    count: int  # how many parameters
 
     @property
     def prepare_sql(self) -> str:
-        parts = self.sql.split("%s")
-        numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
-        return f"PREPARE {self.name} AS {numbered}"
+        return f"PREPARE {self.name} AS {self.sql}"
 
-    def execute_sql(self, params: Sequence[Any]) -> str:
-        """``EXECUTE name(%s, ...)`` for ``params`` (bound client-side by psycopg)."""
-        if len(params) != self.count:
-            raise ValueError(f"{self.name}: {self.count} placeholders, {len(params)} parameters")
+    @functools.cached_property
+    def execute(self) -> str:
+        """``EXECUTE name(%s, ...)``, its parameters bound client-side by psycopg."""
         if not self.count:
             return f"EXECUTE {self.name}"
         return f"EXECUTE {self.name}({', '.join(['%s'] * self.count)})"
@@ -43,15 +40,31 @@ class Prepared:
 _registry: dict[str, Prepared] = {}
 
 
+_NUMBERED = re.compile(r"\$([0-9]+)")
+
+
 def prepared(sql: str) -> Prepared:
-    """Declare a hot statement (at import time, so that connections prepare it at once)."""
+    """Declare a hot statement (at import time, so that connections prepare it at once).
+
+    Its parameters are ``%s`` placeholders, in order, or PostgreSQL's numbered ones (``$1``),
+    which a statement may use more than once; not both."""
     parts = sql.split("%s")
     if any("%" in part for part in parts):
-        raise ValueError("a prepared statement takes only %s placeholders")
-    name = "breeze_" + hashlib.blake2b(sql.encode(), digest_size=10).hexdigest()
+        raise ValueError("a prepared statement takes only %s (or $n) placeholders")
+    numbers = {int(n) for n in _NUMBERED.findall(sql)}
+    if numbers and len(parts) > 1:
+        raise ValueError("use %s or $n placeholders, not both")
+    if numbers:
+        if numbers != set(range(1, max(numbers) + 1)):
+            raise ValueError(f"numbered placeholders must be $1..$n: {sorted(numbers)}")
+        numbered, count = sql, max(numbers)
+    else:
+        numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+        count = len(parts) - 1
+    name = "breeze_" + hashlib.blake2b(numbered.encode(), digest_size=10).hexdigest()
     statement = _registry.get(name)
     if statement is None:
-        statement = _registry[name] = Prepared(name, sql, len(parts) - 1)
+        statement = _registry[name] = Prepared(name, numbered, count)
     return statement
 
 

@@ -28,6 +28,7 @@ expired. Verdict: score < 50 is ``critical``; score < 80, or any severe finding,
 
 from __future__ import annotations
 
+import functools
 import math
 import uuid
 from collections.abc import Mapping, Sequence
@@ -40,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from breeze_mcp.db.engine import Row
 from breeze_mcp.db.models import alerts, device_notes, devices
-from breeze_mcp.db.statements import prepared
+from breeze_mcp.db.statements import Prepared, prepared
 from breeze_mcp.tools.registry import FinalRead, ToolContext, ToolError, ToolSpec
 
 __all__ = [
@@ -378,56 +379,67 @@ def _summary(row: Row) -> dict[str, Any]:
 _SUMMARY_COLUMNS = (
     "id, hostname, site, os_family, os_version, status, ip_address, tags, last_seen_at"
 )
-# Each filter is a parameter that, when null, filters nothing: one statement for every
-# filter set, prepared once per connection. RLS scopes it; the tenant filter is defense in
-# depth.
-_FILTER = (
-    "tenant_id = %s::uuid"
-    " AND (%s::text IS NULL OR lower(site) = %s::text)"
-    " AND (%s::text IS NULL OR status = %s::text)"
-    " AND (%s::text IS NULL OR lower(os_family) = %s::text)"
-    " AND (%s::text IS NULL OR tags @> ARRAY[%s::text])"
-    " AND (%s::text IS NULL OR hostname ILIKE %s::text ESCAPE '\\')"
-)
-# The page of summary columns (the id as text: it is shown as text) and the number of
-# matches, the latter also for a page past the end (then the one row has only the total).
-_LIST_DEVICES = prepared(
-    f"SELECT page.id::text AS id, page.hostname, page.site, page.os_family,"  # noqa: S608
-    " page.os_version, page.status, page.ip_address, page.tags, page.last_seen_at,"
-    " matched.total"
-    f" FROM (SELECT count(*) AS total FROM devices WHERE {_FILTER}) AS matched"
-    f" LEFT JOIN LATERAL (SELECT {_SUMMARY_COLUMNS} FROM devices WHERE {_FILTER}"
-    " ORDER BY hostname, id LIMIT %s OFFSET %s) AS page ON true"
-    " ORDER BY page.hostname, page.id"
-)
+# The filters a call may set, each a condition on its own parameter. Each set of filters is
+# its own statement (PostgreSQL plans the filters actually given), prepared once per
+# connection; the one without filters, the common call, is prepared when a connection opens.
+# RLS scopes it; the tenant filter ($1) is defense in depth.
+_CONDITIONS = {
+    "site": "lower(site) = {}",
+    "status": "status = {}",
+    "os_family": "lower(os_family) = {}",
+    "tag": "tags @> ARRAY[{}::text]",
+    "search": "hostname ILIKE {} ESCAPE '\\'",
+}
 
 
-def _filter_params(tenant_id: uuid.UUID, args: ListDevicesInput) -> tuple[Any, ...]:
-    def twice(value: str | None) -> tuple[str | None, str | None]:
-        return value, value
+@functools.lru_cache(maxsize=len(_CONDITIONS) ** 2 * 2)
+def _list_statement(filters: tuple[str, ...]) -> Prepared:
+    """The page of summary columns (the id as text: it is shown as text) and the number of
+    matches, the latter also for a page past the end (then the one row has only the total)."""
+    where = " AND ".join(["tenant_id = $1::uuid", *(
+        _CONDITIONS[name].format(f"${n}") for n, name in enumerate(filters, 2))])
+    limit, offset = len(filters) + 2, len(filters) + 3
+    return prepared(
+        "SELECT page.id::text AS id, page.hostname, page.site, page.os_family,"  # noqa: S608
+        " page.os_version, page.status, page.ip_address, page.tags, page.last_seen_at,"
+        " matched.total"
+        f" FROM (SELECT count(*) AS total FROM devices WHERE {where}) AS matched"
+        f" LEFT JOIN LATERAL (SELECT {_SUMMARY_COLUMNS} FROM devices WHERE {where}"
+        f" ORDER BY hostname, id LIMIT ${limit} OFFSET ${offset}) AS page ON true"
+        " ORDER BY page.hostname, page.id"
+    )
 
-    search = None if args.search is None else f"%{_escape_like(args.search)}%"
-    return (str(tenant_id),
-            *twice(None if args.site is None else args.site.lower()),
-            *twice(args.status),
-            *twice(None if args.os_family is None else args.os_family.lower()),
-            *twice(args.tag),
-            *twice(search))
+
+_list_statement(())  # the common call's, declared now: prepared when a connection opens
 
 
 async def list_devices(ctx: ToolContext, args: ListDevicesInput) -> FinalRead:
-    where = _filter_params(ctx.tenant_id, args)
+    given = {
+        "site": None if args.site is None else args.site.lower(),
+        "status": args.status,
+        "os_family": None if args.os_family is None else args.os_family.lower(),
+        "tag": args.tag,
+        "search": None if args.search is None else f"%{_escape_like(args.search)}%",
+    }
+    filters = tuple(name for name, value in given.items() if value is not None)
+    params = (str(ctx.tenant_id), *(given[name] for name in filters), args.limit, args.offset)
 
     def shape(rows: list[Row]) -> dict[str, Any]:
         total = int(rows[0].total)
         page = [row for row in rows if row.id is not None]
         return {
-            "devices": [_summary(row) for row in page],
+            "devices": [{  # _summary's fields, inline: this runs per row of every call
+                "id": row.id, "hostname": row.hostname, "site": row.site,
+                "os_family": row.os_family, "os_version": row.os_version,
+                "status": row.status, "ip_address": row.ip_address, "tags": list(row.tags),
+                "last_seen_at": None if row.last_seen_at is None
+                else row.last_seen_at.isoformat(),
+            } for row in page],
             "total": total,
             "next_offset": next_offset(args.offset, len(page), total),
         }
 
-    return FinalRead(_LIST_DEVICES, (*where, *where, args.limit, args.offset), shape)
+    return FinalRead(_list_statement(filters), params, shape)
 
 
 async def _alert_counts(ctx: ToolContext, device_id: uuid.UUID) -> dict[str, int]:
