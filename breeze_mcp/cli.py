@@ -150,7 +150,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_tenant_create(settings: Settings, args: argparse.Namespace) -> None:
-    from breeze_mcp.accounts import create_tenant
+    from breeze_mcp.auth.accounts import create_tenant
 
     tenant = _with_db(settings, lambda db: create_tenant(db, args.name, slug=args.slug))
     _emit(
@@ -161,7 +161,7 @@ def cmd_tenant_create(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_tenant_list(settings: Settings, args: argparse.Namespace) -> None:
-    from breeze_mcp.accounts import list_tenants
+    from breeze_mcp.auth.accounts import list_tenants
 
     async def work(db: Database) -> list[dict[str, str]]:
         return [{"id": str(t.id), "slug": t.slug, "name": t.name, "status": t.status}
@@ -177,7 +177,7 @@ def cmd_tenant_list(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_user_create(settings: Settings, args: argparse.Namespace) -> None:
-    from breeze_mcp.accounts import create_user, find_tenant
+    from breeze_mcp.auth.accounts import create_user, find_tenant
 
     password = _read_password(args)
 
@@ -198,7 +198,7 @@ def cmd_user_create(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_user_set_password(settings: Settings, args: argparse.Namespace) -> None:
-    from breeze_mcp.accounts import set_password
+    from breeze_mcp.auth.accounts import set_password
 
     password = _read_password(args)
     user_id = _with_db(settings, lambda db: set_password(db, args.email, password))
@@ -206,8 +206,8 @@ def cmd_user_set_password(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> None:
-    from breeze_mcp.accounts import find_tenant
-    from breeze_mcp.demo import seed_demo_data
+    from breeze_mcp.auth.accounts import find_tenant
+    from breeze_mcp.tools.demo import seed_demo_data
 
     async def work(db: Database) -> Any:
         tenant = await find_tenant(db, args.tenant)
@@ -222,7 +222,7 @@ def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_api_key_create(settings: Settings, args: argparse.Namespace) -> None:
-    from breeze_mcp.accounts import find_tenant
+    from breeze_mcp.auth.accounts import find_tenant
     from breeze_mcp.auth.api_keys import check_rate_limit, create_api_key
 
     if args.rate_limit is not None:
@@ -248,7 +248,7 @@ def cmd_api_key_create(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_api_key_list(settings: Settings, args: argparse.Namespace) -> None:
-    from breeze_mcp.accounts import find_tenant
+    from breeze_mcp.auth.accounts import find_tenant
     from breeze_mcp.auth.api_keys import list_api_keys
 
     async def work(db: Database) -> Any:
@@ -269,7 +269,7 @@ def cmd_api_key_list(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_api_key_revoke(settings: Settings, args: argparse.Namespace) -> None:
     import uuid
 
-    from breeze_mcp.accounts import find_tenant
+    from breeze_mcp.auth.accounts import find_tenant
     from breeze_mcp.auth.api_keys import revoke_api_key
 
     try:
@@ -294,8 +294,8 @@ def cmd_api_key_revoke(settings: Settings, args: argparse.Namespace) -> None:
 
 async def _first_run_demo(db: Database, settings: Settings) -> list[str] | None:
     """On an empty embedded database, create the demo tenant, its owner and sample data."""
-    from breeze_mcp.accounts import create_tenant, create_user, list_tenants
-    from breeze_mcp.demo import seed_demo_data
+    from breeze_mcp.auth.accounts import create_tenant, create_user, list_tenants
+    from breeze_mcp.tools.demo import seed_demo_data
 
     if await list_tenants(db):
         return None

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from breeze_mcp.accounts import Tenant, create_tenant
+from breeze_mcp.auth.accounts import Tenant, create_tenant
 from breeze_mcp.config import Settings, load_settings
 from breeze_mcp.db import Database
 from breeze_mcp.db.embedded import EmbeddedPostgres
 from breeze_mcp.db.engine import sqlalchemy_url
-from breeze_mcp.demo import seed_demo_data
+from breeze_mcp.tools.demo import seed_demo_data
 from tests.support import ProvisionedDatabase, create_test_database, drop_test_database
 
 

@@ -168,8 +168,8 @@ async def owner_api_key(db: Any, tenant: Any, *, scopes: str = "ai:read") -> tup
     """A fresh owner of ``tenant`` and an API key they created: (key info, key)."""
     import uuid
 
-    from breeze_mcp.accounts import create_user
     from breeze_mcp.auth import api_keys
+    from breeze_mcp.auth.accounts import create_user
 
     owner = await create_user(db, tenant, email=f"o-{uuid.uuid4().hex[:8]}@example.com",
                               password="correct horse battery staple", role="owner")

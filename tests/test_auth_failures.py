@@ -24,9 +24,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from breeze_mcp.accounts import Tenant, create_tenant
 from breeze_mcp.app import create_app
 from breeze_mcp.auth import auth_failures
+from breeze_mcp.auth.accounts import Tenant, create_tenant
 from breeze_mcp.auth.api_keys import create_api_key, revoke_api_key
 from breeze_mcp.auth.principal import RequestContext
 from breeze_mcp.config import load_settings

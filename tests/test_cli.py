@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from psycopg.errors import IntegrityError
 from sqlalchemy.engine import make_url
 
-from breeze_mcp.accounts import Tenant, create_user
+from breeze_mcp.auth.accounts import Tenant, create_user
 from breeze_mcp.db import Database
 from breeze_mcp.db.engine import sqlalchemy_url
 from breeze_mcp.db.setup import describe_url

@@ -9,14 +9,14 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from breeze_mcp.accounts import create_tenant, create_user
 from breeze_mcp.app import create_app
+from breeze_mcp.auth.accounts import create_tenant, create_user
 from breeze_mcp.auth.api_keys import create_api_key
 from breeze_mcp.auth.client_ip import parse_networks, rate_limit_key, resolve_client_ip
 from breeze_mcp.config import load_settings
 from breeze_mcp.db import Database
 from breeze_mcp.db.engine import sqlalchemy_url
-from breeze_mcp.demo import seed_demo_data
+from breeze_mcp.tools.demo import seed_demo_data
 from tests.support import LiveServer, ProvisionedDatabase, free_port
 
 PROXIES = parse_networks(["10.0.0.0/8", "2001:db8::/32"])

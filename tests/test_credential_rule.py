@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from breeze_mcp.accounts import create_user
+from breeze_mcp.auth.accounts import create_user
 from breeze_mcp.auth.api_keys import create_api_key
 from breeze_mcp.db import Database
 from tests.oauth_support import PASSWORD, OAuthWorld, connect, mcp_call, module_world, refresh

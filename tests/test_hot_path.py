@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from breeze_mcp.accounts import Tenant
+from breeze_mcp.auth.accounts import Tenant
 from breeze_mcp.db import Database
 from breeze_mcp.db.engine import Row, Transaction
 from breeze_mcp.db.models import devices

@@ -23,8 +23,8 @@ import pytest
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
-from breeze_mcp.accounts import Tenant
 from breeze_mcp.auth import api_keys
+from breeze_mcp.auth.accounts import Tenant
 from breeze_mcp.auth.principal import Principal, RequestContext
 from breeze_mcp.config import Settings
 from breeze_mcp.db import Database

@@ -1,8 +1,8 @@
 """Where SQL may live, read off the package's source (ARCH-SQL-PLACES).
 
-Statements are built and run only in ``db/``, the ``auth/`` services, ``tools/`` and the
-identity services (``accounts``, ``demo``) and the audit writer; the HTTP modules and the entry
-points call service functions. The runtime has one database stack: nothing imports
+Statements are built and run only in ``db/``, the ``auth/`` services (accounts, keys, OAuth,
+sessions), ``tools/`` (and their sample data) and the audit writer; the HTTP modules and the
+entry points call service functions. The runtime has one database stack: nothing imports
 SQLAlchemy's asyncio extension.
 """
 
@@ -17,7 +17,7 @@ import breeze_mcp
 
 PACKAGE = Path(breeze_mcp.__file__).parent
 # Packages and modules allowed to build and run statements.
-SQL_PLACES = ("db/", "auth/", "tools/", "accounts.py", "demo.py", "audit.py")
+SQL_PLACES = ("db/", "auth/", "tools/", "audit.py")
 _SQL_IMPORTS = ("sqlalchemy", "breeze_mcp.db.models", "breeze_mcp.db.statements")
 
 

@@ -26,15 +26,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from breeze_mcp.accounts import create_tenant, create_user
 from breeze_mcp.app import create_app
+from breeze_mcp.auth.accounts import create_tenant, create_user
 from breeze_mcp.auth.api_keys import create_api_key
 from breeze_mcp.config import load_settings
 from breeze_mcp.db import Database
 from breeze_mcp.db.engine import sqlalchemy_url
-from breeze_mcp.demo import seed_demo_data
 from breeze_mcp.errors import surface_of
 from breeze_mcp.tools import default_registry
+from breeze_mcp.tools.demo import seed_demo_data
 from tests.support import LiveServer, ProvisionedDatabase, free_port
 
 EXAMPLES = int(os.environ.get("BREEZE_FUZZ_EXAMPLES", "60"))

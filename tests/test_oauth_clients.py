@@ -28,7 +28,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from breeze_mcp.accounts import create_tenant, create_user
+from breeze_mcp.auth.accounts import create_tenant, create_user
 from breeze_mcp.auth.api_keys import create_api_key
 from breeze_mcp.auth.tokens import digest, mint_tenant_bound
 from breeze_mcp.db import Database

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from breeze_mcp.accounts import Tenant
+from breeze_mcp.auth.accounts import Tenant
 from breeze_mcp.db import Database
 from breeze_mcp.db.statements import prepared
 from tests.support import ProvisionedDatabase, next_user, owner_api_key
@@ -241,7 +241,7 @@ async def test_tenant_transaction_refuses_missing_tenant(db: Database) -> None:
 async def test_user_sees_own_memberships_without_tenant(
     db: Database, tenant_a: Tenant
 ) -> None:
-    from breeze_mcp.accounts import create_user
+    from breeze_mcp.auth.accounts import create_user
 
     user = await create_user(db, tenant_a, email=f"m{uuid.uuid4().hex[:6]}@a.test",
                              password="correct-horse-battery", role="technician")

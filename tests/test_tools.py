@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from pydantic import ValidationError
 
-from breeze_mcp.accounts import Tenant
+from breeze_mcp.auth.accounts import Tenant
 from breeze_mcp.db import Database
 from breeze_mcp.db.models import (
     alerts,

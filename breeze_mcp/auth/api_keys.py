@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from limits import parse as parse_limit
 
 from breeze_mcp import audit
-from breeze_mcp.accounts import AccountError, Tenant
+from breeze_mcp.auth.accounts import AccountError, Tenant
 from breeze_mcp.auth.credentials import usable_scopes
 from breeze_mcp.auth.principal import ALL_SCOPES, Principal, effective_scopes
 from breeze_mcp.auth.tokens import digest, mint_tenant_bound
