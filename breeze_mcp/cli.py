@@ -201,8 +201,42 @@ def cmd_user_set_password(settings: Settings, args: argparse.Namespace) -> None:
     from breeze_mcp.auth.accounts import set_password
 
     password = _read_password(args)
-    user_id = _with_db(settings, lambda db: set_password(db, args.email, password))
-    _emit(args, {"id": str(user_id), "email": args.email}, f"password set for {args.email}")
+    user_id, cut = _with_db(settings, lambda db: set_password(db, args.email, password))
+    _emit(args, {"id": str(user_id), "email": args.email, "sessions_ended": cut.sessions,
+                 "grants_revoked": cut.grants},
+          f"password set for {args.email}; {_cut_words(cut)}")
+
+
+def _cut_words(cut: Any) -> str:
+    return (f"{cut.sessions} web session(s) ended and {cut.grants} OAuth grant(s) revoked "
+            "(API keys follow their creator)")
+
+
+def cmd_user_suspend(settings: Settings, args: argparse.Namespace) -> None:
+    from breeze_mcp.auth.accounts import set_suspended
+
+    suspended = args.user_command == "suspend"
+    user_id, cut = _with_db(settings, lambda db: set_suspended(db, args.email, suspended))
+    if cut is None:
+        _emit(args, {"id": str(user_id), "email": args.email, "suspended": False},
+              f"{args.email} may sign in again (grants and sessions ended by the suspension "
+              "do not come back)")
+        return
+    _emit(args, {"id": str(user_id), "email": args.email, "suspended": True,
+                 "sessions_ended": cut.sessions, "grants_revoked": cut.grants},
+          f"suspended {args.email}; {_cut_words(cut)}")
+
+
+def cmd_member_remove(settings: Settings, args: argparse.Namespace) -> None:
+    from breeze_mcp.auth.accounts import find_tenant, remove_member
+
+    async def work(db: Database) -> Any:
+        return await remove_member(db, await find_tenant(db, args.tenant), args.email)
+
+    user_id, cut = _with_db(settings, work)
+    _emit(args, {"id": str(user_id), "email": args.email, "tenant": args.tenant,
+                 "sessions_ended": cut.sessions, "grants_revoked": cut.grants},
+          f"removed {args.email} from {args.tenant}; {_cut_words(cut)}")
 
 
 def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> None:
@@ -501,6 +535,21 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--password-stdin", action="store_true",
                     help="read the password from the first line of stdin")
     up.set_defaults(func=cmd_user_set_password)
+    for action, words in (("suspend", "suspend a user: no sign-in; sessions end, OAuth grants "
+                           "are revoked and API keys they created stop working"),
+                          ("resume", "lift a user's suspension")):
+        us = usub.add_parser(action, parents=[common], help=words)
+        us.add_argument("--email", required=True)
+        us.set_defaults(func=cmd_user_suspend)
+
+    member = sub.add_parser("member", parents=[common], help="manage memberships")
+    msub = member.add_subparsers(dest="member_command", required=True, metavar="ACTION")
+    mr = msub.add_parser("remove", parents=[common],
+                         help="remove a person from a tenant: their grants there are revoked, "
+                         "their sessions end, the API keys they created stop working")
+    mr.add_argument("--tenant", required=True, help="tenant slug or id")
+    mr.add_argument("--email", required=True)
+    mr.set_defaults(func=cmd_member_remove)
 
     key = sub.add_parser("api-key", parents=[common], help="manage API keys")
     ksub = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")

@@ -17,19 +17,23 @@ from psycopg.errors import IntegrityError
 from breeze_mcp import audit
 from breeze_mcp.auth.passwords import check_strength, hash_password
 from breeze_mcp.db import Database
-from breeze_mcp.db.models import ROLES, memberships, tenants, users
+from breeze_mcp.db.models import ROLES, memberships, oauth_grants, tenants, users, web_sessions
 
 __all__ = [
+    "AccessCut",
     "AccountError",
     "Role",
     "Tenant",
     "User",
     "create_tenant",
     "create_user",
+    "cut_access",
     "find_tenant",
     "list_tenants",
     "normalise_email",
+    "remove_member",
     "set_password",
+    "set_suspended",
     "slugify",
 ]
 
@@ -186,7 +190,70 @@ async def create_user(
     return User(id=user_id, email=email, tenant_id=tenant.id, role=role)
 
 
-async def set_password(db: Database, email: str, password: str) -> uuid.UUID:
+@dataclass(frozen=True)
+class AccessCut:
+    """What :func:`cut_access` ended: web sessions, and OAuth grants per tenant."""
+
+    sessions: int
+    grants: int
+
+
+async def cut_access(
+    db: Database, user_id: uuid.UUID, *, reason: str, actor: str,
+    tenant_ids: list[uuid.UUID] | None = None,
+) -> AccessCut:
+    """End every web session of the user and revoke every OAuth grant they made (with all
+    its tokens and unused codes) in ``tenant_ids`` (default: every tenant they belong to),
+    before returning: the next request with any of them is refused. API keys follow their
+    creator already (``credentials.usable_scopes``). Each step is audited."""
+    from breeze_mcp.auth.oauth.revocation import revoke_grant  # oauth builds on accounts
+
+    async with db.system(user_id=user_id) as tx:
+        if tenant_ids is None:
+            tenant_ids = list((await tx.execute(
+                sa.select(memberships.c.tenant_id).where(memberships.c.user_id == user_id)
+            )).scalars())
+        ended = (await tx.execute(
+            web_sessions.update()
+            .where(web_sessions.c.user_id == user_id, web_sessions.c.revoked_at.is_(None))
+            .values(revoked_at=sa.func.now())
+        )).rowcount
+        await tx.finish(audit.operator_entry(
+            actor, "auth.sessions_ended", acting_user_id=user_id,
+            parameters={"user_id": str(user_id), "reason": reason, "sessions": ended}))
+    actor_type, auth_path = audit.operator(actor)
+    revoked = 0
+    for tenant_id in tenant_ids:
+        async with db.tenant(tenant_id, user_id=user_id) as tx:
+            grant_ids = list((await tx.execute(
+                sa.select(oauth_grants.c.id)
+                .where(oauth_grants.c.tenant_id == tenant_id,
+                       oauth_grants.c.user_id == user_id, oauth_grants.c.revoked_at.is_(None))
+                .order_by(oauth_grants.c.created_at).with_for_update()
+            )).scalars())
+            for grant_id in grant_ids:
+                await revoke_grant(tx, tenant_id, grant_id, reason=reason,
+                                   actor_type=actor_type, actor_id=actor, request=None,
+                                   auth_path=auth_path, acting_user_id=user_id)
+            await tx.finish(None)  # each revocation carries its own entry
+        revoked += len(grant_ids)
+    return AccessCut(sessions=ended, grants=revoked)
+
+
+async def _user_id(db: Database, email: str) -> uuid.UUID:
+    async with db.system() as tx:
+        user_id: uuid.UUID | None = (await tx.execute(
+            sa.select(users.c.id).where(sa.func.lower(users.c.email) == email.lower())
+        )).scalar_one_or_none()
+    if user_id is None:
+        raise AccountError(f"no user with email {email!r}")
+    return user_id
+
+
+async def set_password(db: Database, email: str, password: str, *,
+                       actor: str = "system:cli") -> tuple[uuid.UUID, AccessCut]:
+    """Reset a password; the user's sessions and OAuth grants end in the same call (a reset
+    is what someone does when a password may be known to another)."""
     email = normalise_email(email)
     try:
         check_strength(password, email=email)
@@ -203,13 +270,66 @@ async def set_password(db: Database, email: str, password: str) -> uuid.UUID:
         ).scalar_one_or_none()
         if user_id is None:
             raise AccountError(f"no user with email {email!r}")
-        await conn.finish(audit.AuditEntry(
-                actor_type="system",
-                actor_id="system:cli",
-                auth_path="cli",
-                action="user.set_password",
-                decision="allowed",
-                outcome="success",
-                parameters={"user_id": str(user_id)},
-            ))
-    return user_id
+        await conn.finish(audit.operator_entry(
+            actor, "user.password_reset", acting_user_id=user_id,
+            parameters={"user_id": str(user_id)}))
+    return user_id, await cut_access(db, user_id, reason="password_reset", actor=actor)
+
+
+async def set_suspended(db: Database, email: str, suspended: bool, *,
+                        actor: str = "system:cli") -> tuple[uuid.UUID, AccessCut | None]:
+    """Suspend a user (no sign-in, no credential of theirs works; sessions and grants end at
+    once) or lift the suspension (nothing comes back: they sign in and connect again)."""
+    user_id = await _user_id(db, normalise_email(email))
+    async with db.system() as tx:
+        await tx.execute(users.update().where(users.c.id == user_id).values(
+            disabled_at=sa.func.coalesce(users.c.disabled_at, sa.func.now()) if suspended
+            else None))
+        await tx.finish(audit.operator_entry(
+            actor, "user.suspended" if suspended else "user.resumed", acting_user_id=user_id,
+            parameters={"user_id": str(user_id)}))
+    if not suspended:
+        return user_id, None
+    return user_id, await cut_access(db, user_id, reason="user_suspended", actor=actor)
+
+
+async def remove_member(db: Database, tenant: Tenant, email: str, *,
+                        actor: str = "system:cli") -> tuple[uuid.UUID, AccessCut]:
+    """Remove a person from a tenant: their grants there are revoked and the membership
+    deleted in one transaction, then their web sessions end. A tenant keeps an owner: its
+    last one cannot be removed."""
+    from breeze_mcp.auth.oauth.revocation import revoke_grant  # oauth builds on accounts
+
+    user_id = await _user_id(db, normalise_email(email))
+    actor_type, auth_path = audit.operator(actor)
+    async with db.tenant(tenant.id, user_id=user_id) as tx:
+        role = (await tx.execute(
+            sa.select(memberships.c.role).where(memberships.c.tenant_id == tenant.id,
+                                                memberships.c.user_id == user_id)
+            .with_for_update())).scalar_one_or_none()
+        if role is None:
+            raise AccountError(f"{email} is not a member of tenant {tenant.slug!r}")
+        if role == "owner":
+            owners = (await tx.execute(
+                sa.select(sa.func.count()).select_from(memberships)
+                .where(memberships.c.tenant_id == tenant.id, memberships.c.role == "owner")
+            )).scalar_one()
+            if owners <= 1:
+                raise AccountError(f"{email} is the last owner of tenant {tenant.slug!r}: "
+                                   "make another member owner first")
+        grant_ids = list((await tx.execute(
+            sa.select(oauth_grants.c.id)
+            .where(oauth_grants.c.tenant_id == tenant.id, oauth_grants.c.user_id == user_id,
+                   oauth_grants.c.revoked_at.is_(None)).with_for_update()
+        )).scalars())
+        for grant_id in grant_ids:
+            await revoke_grant(tx, tenant.id, grant_id, reason="member_removed",
+                               actor_type=actor_type, actor_id=actor, request=None,
+                               auth_path=auth_path, acting_user_id=user_id)
+        await tx.execute(memberships.delete().where(memberships.c.tenant_id == tenant.id,
+                                                    memberships.c.user_id == user_id))
+        await tx.finish(audit.operator_entry(
+            actor, "member.removed", tenant_id=tenant.id, acting_user_id=user_id,
+            parameters={"user_id": str(user_id), "role": role, "grants": len(grant_ids)}))
+    cut = await cut_access(db, user_id, reason="member_removed", actor=actor, tenant_ids=[])
+    return user_id, AccessCut(sessions=cut.sessions, grants=len(grant_ids))
