@@ -25,6 +25,7 @@ __all__ = [
     "alerts",
     "api_keys",
     "audit_log",
+    "billing_events",
     "device_notes",
     "devices",
     "isolation_events",
@@ -395,4 +396,18 @@ oauth_access_tokens = sa.Table(
     sa.Column("expires_at", sa.TIMESTAMP(timezone=True), nullable=False),
     sa.Column("revoked_at", sa.TIMESTAMP(timezone=True)),
     _grant_fk("oauth_access_tokens"),
+)
+
+
+billing_events = sa.Table(
+    "billing_events",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    _tenant_fk(),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("received_at", sa.TIMESTAMP(timezone=True), nullable=False,
+              server_default=_now()),
+    sa.CheckConstraint("id ~ '^evt_[A-Za-z0-9_-]{1,200}$'", name="billing_events_id_check"),
+    _check_in("type", ("payment_method.attached", "payment_method.detached"),
+              "billing_events_type_check"),
 )

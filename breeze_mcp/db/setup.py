@@ -77,6 +77,7 @@ RUNTIME_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "api_keys": ("SELECT", "INSERT", "UPDATE"),
     "oauth_clients": _CRUD,
     "web_sessions": ("SELECT", "INSERT", "UPDATE"),
+    "billing_events": ("SELECT", "INSERT"),
     "oauth_grants": ("SELECT", "INSERT", "UPDATE"),
     "oauth_codes": ("SELECT", "INSERT", "UPDATE"),
     "oauth_refresh_tokens": ("SELECT", "INSERT", "UPDATE"),
