@@ -51,6 +51,9 @@ async def _admin(request: Request, action: str, work: Work, *, mutate: bool = Fa
             if authenticated.rate is not None:  # the source failed too often
                 return _refused("rate_limited", authenticated.description, 429,
                                 authenticated.rate.headers())
+            if authenticated.missing is not None:  # a valid credential, an inactive tenant
+                return _refused("tenant_inactive", authenticated.description, 403,
+                                missing=list(authenticated.missing))
             return _refused(
                 authenticated.error or "unauthorized", authenticated.description, 401,
                 {"WWW-Authenticate": bearer_challenge(services, error=authenticated.error)})

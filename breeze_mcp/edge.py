@@ -15,6 +15,7 @@ from typing import Any
 from starlette.requests import Request
 
 from breeze_mcp.auth import api_keys, auth_failures, oauth
+from breeze_mcp.auth.accounts import activation_missing
 from breeze_mcp.auth.client_ip import resolve_client_ip
 from breeze_mcp.auth.credentials import CredentialRejected, Reason
 from breeze_mcp.auth.principal import ALL_SCOPES, AuthPath, Principal, RequestContext
@@ -72,6 +73,9 @@ class AuthFailure:
     error: str | None  # None when no credential was sent at all
     description: str
     rate: RateDecision | None = None
+    #: For a valid credential of a tenant that is not active: what it lacks (answered 403
+    #: ``tenant_inactive``, not 401: the credential is fine).
+    missing: tuple[str, ...] | None = None
 
 
 def prm_url(services: Services) -> str:
@@ -128,7 +132,7 @@ async def _failed(
     too often)."""
     context = context or request_context(request, services)
     source = auth_failures.source_of(context)
-    if reason not in ("missing", "throttled"):
+    if reason not in ("missing", "throttled", "tenant_inactive"):
         refusal = await auth_failures.count_failure(services, source)
         if refusal is not None:
             failure = _throttled(refusal)
@@ -183,6 +187,7 @@ async def bearer_transaction(
     statement = (api_keys.lookup(token, tenant_id) if prefix == api_keys.PREFIX
                  else oauth.access_lookup(token, tenant_id))
     rejected: CredentialRejected | None = None
+    missing: tuple[str, ...] = ()
     async with services.db.tenant_lookup(tenant_id, statement) as (tx, row):
         try:
             if prefix == api_keys.PREFIX:
@@ -193,10 +198,18 @@ async def bearer_transaction(
                                                               row)
         except CredentialRejected as exc:
             rejected = exc  # rolled back; audited once the connection is back in the pool
+            if exc.reason == "tenant_inactive":
+                missing = tuple(await activation_missing(tx, tenant_id))
         else:
             yield principal, tx
             return
     assert rejected is not None
+    if rejected.reason == "tenant_inactive":
+        yield await _failed(request, services, AuthFailure(
+            "tenant_inactive", "this credential's tenant is not active yet; it needs "
+            + " and ".join(missing) if missing else "this credential's tenant is not active",
+            missing=missing), "tenant_inactive", token, detail=rejected.detail)
+        return
     yield await _failed(request, services, AuthFailure("invalid_token", _REFUSED[prefix]),
                         rejected.reason, token,
                         detail=rejected.detail if rejected.reason == "no_access" else None)

@@ -140,6 +140,10 @@ async def handle_mcp(request: Request) -> Response:
                 return _rpc_error(None, RATE_LIMITED, authenticated.description,
                                   data={"error": "rate_limited"}, status=429,
                                   headers=authenticated.rate.headers())
+            if authenticated.missing is not None:  # a valid credential, an inactive tenant
+                return _rpc_error(None, FORBIDDEN, authenticated.description,
+                                  data={"error": "tenant_inactive",
+                                        "missing": list(authenticated.missing)}, status=403)
             body = {"error": authenticated.error or "unauthorized",
                     "error_description": authenticated.description}
             return JSONResponse(body, status_code=401, headers={

@@ -39,6 +39,7 @@ ERROR_STATUS: dict[str, int] = {
     "invalid_token": 401,
     "invalid_request": 401,
     "insufficient_scope": 403,
+    "tenant_inactive": 403,
     "blocked": 403,
     "unknown_tool": 404,
     "not_found": 404,
@@ -75,6 +76,8 @@ def _describe(spec: ToolSpec) -> dict[str, Any]:
 def _unauthorized(failure: AuthFailure, services: Services) -> Response:
     if failure.rate is not None:  # the source failed too often
         return _error("rate_limited", failure.description, headers=failure.rate.headers())
+    if failure.missing is not None:  # a valid credential, an inactive tenant
+        return _error("tenant_inactive", failure.description, missing=list(failure.missing))
     return _error(
         failure.error or "unauthorized", failure.description,
         headers={"WWW-Authenticate": bearer_challenge(

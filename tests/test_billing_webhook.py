@@ -94,13 +94,29 @@ def _refusals(world: OAuthWorld, reason: str) -> int:
                           " 'billing.webhook_refused' AND deny_reason = :r", r=reason)[0][0])
 
 
-@pytest.mark.req("HUMAN-ACTIVATION")
+@pytest.mark.req("HUMAN-ACTIVATION", "HUMAN-TENANT-INACTIVE")
 def test_verified_owner_then_payment_activates(world: OAuthWorld) -> None:
     tenant = _pending_tenant(world, verified=True)
+
+    async def key(db: Database) -> str:
+        from breeze_mcp.auth.api_keys import create_api_key
+        return (await create_api_key(db, tenant, name="early", scopes="ai:read"))[1]
+
+    early = _db_run(world, key)
+
+    def list_tools() -> httpx.Response:
+        return httpx.get(f"{world.url}/api/v1/tools", timeout=10,
+                         headers={"Authorization": f"Bearer {early}"})
+
+    waiting = list_tools()
+    assert waiting.status_code == 403, waiting.text
+    assert waiting.json()["error"] == "tenant_inactive"
+    assert waiting.json()["missing"] == ["a payment method"]
     r = _send(world, _event(tenant))
     assert r.status_code == 200, r.text
     assert r.json() == {"status": "processed", "tenant_status": "active", "activated": True}
     assert _status(world, tenant) == "active"
+    assert list_tools().status_code == 200  # the key works from the next request
     actions = [row[0] for row in _superuser(
         world, "SELECT action FROM audit_log WHERE tenant_id = :t ORDER BY id", t=tenant.id)]
     assert actions[-2:] == ["tenant.activated", "billing.webhook"]

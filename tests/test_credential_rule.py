@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import httpx
 import pytest
 
 from breeze_mcp.auth.accounts import create_user
@@ -150,17 +151,35 @@ def test_holder_without_access_is_refused_on_every_path(world: OAuthWorld, chang
     _audited(world, "no_access")
 
 
-@pytest.mark.req("AUTH-ONE-RULE")
+@pytest.mark.req("AUTH-ONE-RULE", "HUMAN-TENANT-INACTIVE")
 def test_tenant_not_active_is_refused_on_every_path(world: OAuthWorld) -> None:
+    """A valid credential of a tenant that is not active is a 403 ``tenant_inactive`` saying
+    what the tenant lacks (not a 401: the credential is fine); the refresh is invalid_grant."""
     held = _held(world)
     _all_work(world, held)
-    _system_sql(world, "UPDATE tenants SET status = 'suspended' WHERE id = :t", t=world.tenant.id)
+    _system_sql(world, "UPDATE tenants SET status = 'pending_verification',"
+                " payment_method_at = NULL WHERE id = :t", t=world.tenant.id)
     try:
-        _all_refused(world, held)
+        r = mcp_call(world, held.access, "tools/list")
+        assert r.status_code == 403, r.text
+        data = r.json()["error"]["data"]
+        assert data["error"] == "tenant_inactive"
+        assert data["missing"] == ["a payment method"]  # the owner's email is verified
+        r = httpx.get(f"{world.url}/api/v1/tools", timeout=10,
+                      headers={"Authorization": f"Bearer {held.key}"})
+        assert r.status_code == 403 and r.json()["error"] == "tenant_inactive", r.text
+        assert "a payment method" in r.json()["message"]
+        r = refresh(world, held.client_id, held.refresh)
+        assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text
+        _system_sql(world, "UPDATE tenants SET status = 'suspended' WHERE id = :t",
+                    t=world.tenant.id)
+        r = mcp_call(world, held.key, "tools/list")
+        assert r.status_code == 403 and "suspended" in r.json()["error"]["message"], r.text
     finally:
         _system_sql(world, "UPDATE tenants SET status = 'active' WHERE id = :t",
                     t=world.tenant.id)
     _all_work(world, held)
+    _audited(world, "tenant_inactive")
 
 
 @pytest.mark.req("AUTH-ONE-RULE")

@@ -17,6 +17,7 @@ from psycopg.errors import IntegrityError
 from breeze_mcp import audit
 from breeze_mcp.auth.passwords import check_strength, hash_password
 from breeze_mcp.db import Database
+from breeze_mcp.db.engine import Transaction
 from breeze_mcp.db.models import ROLES, memberships, oauth_grants, tenants, users, web_sessions
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "Role",
     "Tenant",
     "User",
+    "activation_missing",
     "create_tenant",
     "create_user",
     "cut_access",
@@ -238,6 +240,29 @@ async def cut_access(
             await tx.finish(None)  # each revocation carries its own entry
         revoked += len(grant_ids)
     return AccessCut(sessions=ended, grants=revoked)
+
+
+async def activation_missing(tx: Transaction, tenant_id: uuid.UUID) -> list[str]:
+    """What the tenant of ``tx`` still lacks to be active, in words for its callers (empty
+    for an active tenant)."""
+    verified_owner = sa.exists().where(
+        memberships.c.tenant_id == tenants.c.id, memberships.c.role == "owner",
+        memberships.c.user_id == users.c.id, users.c.email_verified_at.is_not(None))
+    row = (await tx.execute(
+        sa.select(tenants.c.status, tenants.c.payment_method_at,
+                  sa.or_(tenants.c.email_verified_at.is_not(None), verified_owner)
+                  .label("verified"))
+        .where(tenants.c.id == tenant_id))).first()
+    if row is None or row.status == "active":
+        return []
+    if row.status == "suspended":
+        return ["the tenant is suspended: its owner should contact support"]
+    missing = []
+    if not row.verified:
+        missing.append("a verified owner email (follow the link in the verification mail)")
+    if row.payment_method_at is None:
+        missing.append("a payment method")
+    return missing
 
 
 async def _user_id(db: Database, email: str) -> uuid.UUID:

@@ -19,7 +19,7 @@ __all__ = ["CredentialRejected", "Reason", "usable_scopes"]
 
 #: Why authentication failed, as the audit log records it.
 Reason = Literal["missing", "malformed", "unknown", "expired", "revoked", "wrong_resource",
-                 "no_access", "throttled"]
+                 "no_access", "tenant_inactive", "throttled"]
 
 
 class CredentialRejected(Exception):
@@ -42,8 +42,8 @@ def usable_scopes(row: Any) -> frozenset[str]:
         raise CredentialRejected("revoked")
     if row.expired:
         raise CredentialRejected("expired")
-    if row.tenant_status != "active":
-        raise CredentialRejected("no_access", f"tenant is {row.tenant_status}")
+    if row.tenant_status != "active":  # a valid credential of a tenant not (yet) active
+        raise CredentialRejected("tenant_inactive", f"tenant is {row.tenant_status}")
     if row.role is None or row.disabled_at is not None:
         raise CredentialRejected("no_access", "the holder no longer has access to the tenant")
     scopes = effective_scopes(row.role, row.scopes)

@@ -230,6 +230,7 @@ _REFRESH_REFUSED = {
     "revoked": "the grant has been revoked",
     "expired": "the refresh token has expired",
     "no_access": "the user no longer has access",
+    "tenant_inactive": "the tenant is not active",
 }
 
 
