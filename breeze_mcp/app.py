@@ -20,7 +20,15 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from breeze_mcp import __version__, admin_api, oauth_endpoints, rest, web, webhooks
+from breeze_mcp import (
+    __version__,
+    admin_api,
+    oauth_endpoints,
+    rest,
+    signup_api,
+    web,
+    webhooks,
+)
 from breeze_mcp.config import Settings
 from breeze_mcp.db import Database
 from breeze_mcp.db.setup import check_database
@@ -98,6 +106,10 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             Route("/api/v1/tools/{name}", rest.call_endpoint, methods=["POST"]),
             Route("/api/v1/openapi.json", rest.openapi_endpoint, methods=["GET"]),
             Route("/api/v1/billing/webhook", webhooks.billing_webhook, methods=["POST"]),
+            Route("/api/v1/signup", signup_api.signup_endpoint, methods=["POST"]),
+            Route("/api/v1/verify-email", signup_api.verify_email, methods=["POST"]),
+            Route("/api/v1/verify-email/resend", signup_api.resend_verification,
+                  methods=["POST"]),
             Route("/api/v1/oauth/grants", admin_api.list_grants, methods=["GET"]),
             Route("/api/v1/oauth/grants/{grant_id}", admin_api.revoke_one_grant,
                   methods=["DELETE"]),

@@ -221,8 +221,16 @@ class Settings(BaseSettings):
     smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port.")
     smtp_username: str | None = Field(None, description="SMTP login (optional).")
     smtp_password: SecretStr | None = Field(None, description="SMTP password (optional).")
-    smtp_starttls: bool = Field(True, description="Use STARTTLS when the server offers it.")
+    smtp_starttls: bool = Field(
+        True, description="Require STARTTLS on the SMTP connection (port 465: implicit TLS). "
+        "Turn off only for a server on the same host.")
     smtp_from: str = Field("Breeze MCP <no-reply@localhost>", description="From address.")
+    email_verification_ttl: int = Field(
+        24 * 3600, ge=600, le=30 * 86400,
+        description="Lifetime of an email verification link, seconds.")
+    signup_rate_limit: str = Field(
+        "10/hour", description="Sign-ups and verification resends per source address "
+        "(limits notation).")
     access_token_ttl: int = Field(
         1800, ge=60, le=86400, description="OAuth access-token lifetime, seconds."
     )
@@ -289,7 +297,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("api_key_rate_limit", "grant_rate_limit", "dcr_rate_limit",
-                     "dcr_global_rate_limit", "auth_failure_rate_limit")
+                     "dcr_global_rate_limit", "auth_failure_rate_limit", "signup_rate_limit")
     @classmethod
     def _check_limit(cls, value: str) -> str:
         from limits import parse

@@ -9,6 +9,7 @@ from breeze_mcp.auth.client_ip import IPNetwork, parse_networks
 from breeze_mcp.auth.rate_limit import RateLimiter
 from breeze_mcp.config import Settings
 from breeze_mcp.db import Database
+from breeze_mcp.mail import Mailer
 from breeze_mcp.tools.registry import Registry
 
 __all__ = ["Services", "allowed_hosts", "build_services"]
@@ -21,6 +22,7 @@ class Services:
     registry: Registry
     limiter: RateLimiter
     trusted_proxies: tuple[IPNetwork, ...]
+    mailer: Mailer
     #: ``Host`` values ``/mcp`` accepts, and browser ``Origin`` values (lower-case), both
     #: derived from the settings once (see :func:`allowed_hosts`).
     allowed_hosts: frozenset[str] = frozenset()
@@ -55,6 +57,7 @@ def build_services(settings: Settings, db: Database, registry: Registry | None =
         registry=registry if registry is not None else default_registry(),
         limiter=RateLimiter(redis_url),
         trusted_proxies=parse_networks(settings.trusted_proxies),
+        mailer=Mailer(settings, settings.state_dir / "outbox"),
         allowed_hosts=allowed_hosts(settings.public_url),
         allowed_origins=frozenset(
             o.rstrip("/").lower() for o in (settings.public_url, *settings.allowed_origins)),

@@ -28,6 +28,7 @@ __all__ = [
     "billing_events",
     "device_notes",
     "devices",
+    "email_verifications",
     "isolation_events",
     "memberships",
     "metadata",
@@ -410,4 +411,18 @@ billing_events = sa.Table(
     sa.CheckConstraint("id ~ '^evt_[A-Za-z0-9_-]{1,200}$'", name="billing_events_id_check"),
     _check_in("type", ("payment_method.attached", "payment_method.detached"),
               "billing_events_type_check"),
+)
+
+
+email_verifications = sa.Table(
+    "email_verifications",
+    metadata,
+    _uuid_pk(),
+    sa.Column("digest", BYTEA, nullable=False, unique=True),
+    sa.Column("user_id", sa.Uuid, sa.ForeignKey("users.id", ondelete="CASCADE"),
+              nullable=False, index=True),
+    sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
+    sa.Column("expires_at", sa.TIMESTAMP(timezone=True), nullable=False),
+    sa.Column("used_at", sa.TIMESTAMP(timezone=True)),
+    sa.Column("superseded_at", sa.TIMESTAMP(timezone=True)),
 )

@@ -78,6 +78,7 @@ RUNTIME_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "oauth_clients": _CRUD,
     "web_sessions": ("SELECT", "INSERT", "UPDATE"),
     "billing_events": ("SELECT", "INSERT"),
+    "email_verifications": ("SELECT", "INSERT", "UPDATE"),
     "oauth_grants": ("SELECT", "INSERT", "UPDATE"),
     "oauth_codes": ("SELECT", "INSERT", "UPDATE"),
     "oauth_refresh_tokens": ("SELECT", "INSERT", "UPDATE"),

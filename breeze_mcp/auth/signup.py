@@ -1,0 +1,205 @@
+"""Sign-up and email verification.
+
+:func:`sign_up` creates a tenant in ``pending_verification`` with its owner, in one transaction,
+and mails a verification link. The answer is the same whether or not the address is already
+registered: an existing account gets a "someone tried to sign up with your address" mail
+instead. :func:`verify` checks a link, with exactly these outcomes: ``verified``, ``replaced``
+(a newer link was sent; checked before expiry), ``already_used``, ``expired``, ``invalid``. A
+successful verification marks the owner's tenants verified and activates any that has a
+payment method, in the same transaction (:func:`breeze_mcp.auth.billing.activate_if_ready`).
+:func:`resend` supersedes every earlier link and answers the same whether or not the address
+exists. Links are single use, expire (``BREEZE_EMAIL_VERIFICATION_TTL``) and are stored as
+digests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Literal
+
+import sqlalchemy as sa
+
+from breeze_mcp import audit
+from breeze_mcp.auth.accounts import AccountError, normalise_email
+from breeze_mcp.auth.billing import activate_if_ready
+from breeze_mcp.auth.passwords import check_strength, hash_password
+from breeze_mcp.auth.principal import RequestContext
+from breeze_mcp.auth.tokens import digest, mint
+from breeze_mcp.config import Settings
+from breeze_mcp.db import Database
+from breeze_mcp.db.models import email_verifications, memberships, tenants, users
+from breeze_mcp.mail import Mailer, message
+
+__all__ = ["VERIFY_PREFIX", "Outcome", "resend", "sign_up", "verify"]
+
+VERIFY_PREFIX = "bzv"
+Outcome = Literal["verified", "replaced", "already_used", "expired", "invalid"]
+
+
+@dataclass(frozen=True)
+class _Link:
+    token: str
+    url: str
+
+
+def _link(settings: Settings) -> _Link:
+    token = mint(VERIFY_PREFIX)
+    return _Link(token, f"{settings.public_url}/verify-email?token={token}")
+
+
+def _entry(action: str, request: RequestContext, *, user_id: uuid.UUID | None = None,
+           tenant_id: uuid.UUID | None = None, outcome: audit.Outcome = "success",
+           deny_reason: str | None = None, **parameters: object) -> audit.AuditEntry:
+    return audit.AuditEntry(
+        actor_type="user", actor_id=str(user_id) if user_id else None, acting_user_id=user_id,
+        auth_path="session", action=action, tenant_id=tenant_id,
+        decision="allowed" if outcome == "success" else "denied", outcome=outcome,
+        deny_reason=deny_reason, request_id=request.request_id, client_ip=request.client_ip,
+        user_agent=request.user_agent, parameters=dict(parameters))
+
+
+def _slug(name: str) -> str:
+    base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:50].strip("-") or "tenant"
+    return f"{base}-{secrets.token_hex(3)}"
+
+
+async def sign_up(db: Database, mailer: Mailer, settings: Settings, *, organization: str,
+                  email: str, password: str, request: RequestContext) -> None:
+    """Create the pending tenant and its owner and mail the link, or (an address already
+    registered) mail its owner a warning; :class:`AccountError` for bad input only."""
+    organization = organization.strip()
+    if not 1 <= len(organization) <= 200 or not organization.isprintable():
+        raise AccountError("organization: 1 to 200 printable characters")
+    email = normalise_email(email)
+    try:
+        check_strength(password, email=email)
+    except ValueError as exc:
+        raise AccountError(f"password: {exc}") from None
+    async with db.system() as tx:
+        existing = (await tx.execute(
+            sa.select(users.c.id).where(sa.func.lower(users.c.email) == email.lower())
+        )).scalar_one_or_none()
+        if existing is not None:
+            await tx.finish(_entry("auth.signup", request, user_id=existing, outcome="blocked",
+                                   deny_reason="email_registered"))
+    if existing is not None:
+        await mailer.send(message(
+            settings, email, "Someone tried to sign up with your address",
+            "Someone (perhaps you) tried to create a Breeze MCP account with this address,\n"
+            "which already has one. Nothing was changed.\n\n"
+            f"To sign in: {settings.public_url}/login\n"))
+        return
+    tenant_id, user_id, link = uuid.uuid4(), uuid.uuid4(), _link(settings)
+    async with db.tenant(tenant_id) as tx:
+        await tx.execute(tenants.insert().values(
+            id=tenant_id, slug=_slug(organization), name=organization,
+            status="pending_verification"))
+        await tx.execute(users.insert().values(
+            id=user_id, email=email, password_hash=hash_password(password)))
+        await tx.execute(memberships.insert().values(tenant_id=tenant_id, user_id=user_id,
+                                                     role="owner"))
+        await tx.execute(email_verifications.insert().values(
+            digest=digest(link.token), user_id=user_id,
+            expires_at=sa.func.now() + dt.timedelta(seconds=settings.email_verification_ttl)))
+        await tx.finish(_entry("auth.signup", request, user_id=user_id, tenant_id=tenant_id,
+                               organization=organization))
+    await mailer.send(_verification_mail(settings, email, link))
+
+
+def _verification_mail(settings: Settings, email: str, link: _Link) -> EmailMessage:
+    hours = settings.email_verification_ttl // 3600
+    return message(
+        settings, email, "Verify your email for Breeze MCP",
+        "Welcome to Breeze MCP. Verify your email address with this link (valid for "
+        f"{hours} hours, usable once):\n\n{link.url}\n\n"
+        "If you did not sign up, ignore this message.\n")
+
+
+async def verify(db: Database, token: str, request: RequestContext) -> Outcome:
+    """Check and use a verification link; its outcome (audited, each one)."""
+    if not token.startswith(VERIFY_PREFIX + "_") or len(token) > 100:
+        outcome: Outcome = "invalid"
+        user_id = None
+    else:
+        async with db.system() as tx:
+            row = (await tx.execute(
+                sa.select(email_verifications.c.user_id, email_verifications.c.used_at,
+                          email_verifications.c.superseded_at,
+                          (email_verifications.c.expires_at <= sa.func.now()).label("expired"))
+                .where(email_verifications.c.digest == digest(token))
+            )).first()
+        user_id = row.user_id if row is not None else None
+        outcome = ("invalid" if row is None else "already_used" if row.used_at is not None
+                   else "replaced" if row.superseded_at is not None
+                   else "expired" if row.expired else "verified")
+    if outcome != "verified":
+        async with db.system() as tx:
+            await tx.finish(_entry("auth.email_verification", request, user_id=user_id,
+                                   outcome="blocked", deny_reason=outcome))
+        return outcome
+    assert user_id is not None
+    async with db.system(user_id=user_id) as tx:
+        owned = list((await tx.execute(
+            sa.select(memberships.c.tenant_id)
+            .where(memberships.c.user_id == user_id, memberships.c.role == "owner"))).scalars())
+    # One transaction: the link used, the address verified, the tenant the person signed up
+    # (and owns) marked verified and, if it has a payment method, activated. A tenant
+    # transaction may touch the global tables; with no tenant owned, none is touched.
+    async with db.tenant(owned[0] if owned else uuid.uuid4(), user_id=user_id) as tx:
+        used = (await tx.execute(
+            email_verifications.update()
+            .where(email_verifications.c.digest == digest(token),
+                   email_verifications.c.used_at.is_(None),
+                   email_verifications.c.superseded_at.is_(None),
+                   email_verifications.c.expires_at > sa.func.now())
+            .values(used_at=sa.func.now()).returning(email_verifications.c.id))).first()
+        if used is None:  # a concurrent use won: this one is the second
+            outcome = "already_used"
+        else:
+            await tx.execute(users.update().where(users.c.id == user_id).values(
+                email_verified_at=sa.func.coalesce(users.c.email_verified_at, sa.func.now())))
+            for tenant_id in owned[:1]:
+                await tx.execute(tenants.update().where(tenants.c.id == tenant_id).values(
+                    email_verified_at=sa.func.coalesce(tenants.c.email_verified_at,
+                                                       sa.func.now()),
+                    status=sa.case((tenants.c.status == "pending_verification",
+                                    "pending_payment"), else_=tenants.c.status)))
+                await activate_if_ready(tx, tenant_id, request, by="system:signup")
+        await tx.finish(_entry("auth.email_verification", request, user_id=user_id,
+                               tenant_id=owned[0] if owned else None,
+                               outcome="success" if used is not None else "blocked",
+                               deny_reason=None if used is not None else "already_used"))
+    return outcome
+
+
+async def resend(db: Database, mailer: Mailer, settings: Settings, email: str,
+                 request: RequestContext) -> None:
+    """A new link for an unverified address, superseding every earlier one; nothing (but the
+    same answer) for an unknown or verified address."""
+    try:
+        email = normalise_email(email)
+    except AccountError:
+        return
+    link = _link(settings)
+    async with db.system() as tx:
+        user = (await tx.execute(
+            sa.select(users.c.id, users.c.email_verified_at)
+            .where(sa.func.lower(users.c.email) == email.lower()))).first()
+        if user is None or user.email_verified_at is not None:
+            return
+        await tx.execute(
+            email_verifications.update()
+            .where(email_verifications.c.user_id == user.id,
+                   email_verifications.c.used_at.is_(None),
+                   email_verifications.c.superseded_at.is_(None))
+            .values(superseded_at=sa.func.now()))
+        await tx.execute(email_verifications.insert().values(
+            digest=digest(link.token), user_id=user.id,
+            expires_at=sa.func.now() + dt.timedelta(seconds=settings.email_verification_ttl)))
+        await tx.finish(_entry("auth.email_verification_resent", request, user_id=user.id))
+    await mailer.send(_verification_mail(settings, email, link))
