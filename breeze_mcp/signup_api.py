@@ -27,13 +27,6 @@ from breeze_mcp.services import Services
 
 __all__ = ["resend_verification", "signup_endpoint", "verify_email"]
 
-MESSAGES: dict[signup.Outcome, tuple[int, str]] = {
-    "verified": (200, "Your email address is verified."),
-    "replaced": (410, "A newer verification link was sent: use the link in the latest mail."),
-    "already_used": (410, "This link was already used; your address is verified. Sign in."),
-    "expired": (410, "This link has expired. Ask for a new one."),
-    "invalid": (400, "This is not a valid verification link."),
-}
 _ACCEPTED = {"status": "check_your_email",
              "message": "If the address can receive mail, a message is on its way."}
 
@@ -95,7 +88,7 @@ async def verify_email(request: Request) -> Response:
         return fields
     outcome = await signup.verify(services.db, fields["token"],
                                   request_context(request, services))
-    status, message = MESSAGES[outcome]
+    status, message = signup.MESSAGES[outcome]
     return JSONResponse({"status": outcome, "message": message}, status_code=status)
 
 

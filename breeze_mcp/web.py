@@ -8,6 +8,7 @@ sign-in, to a pre-session cookie) and is read through :mod:`breeze_mcp.forms`.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import uuid
 from collections.abc import Iterable
@@ -41,6 +42,8 @@ __all__ = [
     "login_submit",
     "logout",
     "render",
+    "verify_email_page",
+    "verify_email_resend",
 ]
 
 _templates = jinja2.Environment(
@@ -343,3 +346,55 @@ def form_target_for(redirect_uri: str) -> str:
     if parts.scheme in ("http", "https"):
         return f"{parts.scheme}://{parts.netloc}"
     return f"{parts.scheme}:"
+
+
+_VERIFY_TITLES = {"verified": "Email verified", "replaced": "This link was replaced",
+                  "already_used": "Link already used", "expired": "This link has expired",
+                  "invalid": "Not a verification link"}
+
+
+async def verify_email_page(request: Request) -> Response:
+    """``GET /verify-email?token=…``: the link of the verification mail, and its outcome; a
+    replaced or expired link offers a one-click resend."""
+    from breeze_mcp.auth import signup
+
+    services: Services = request.app.state.services
+    query = page_query(request)
+    if isinstance(query, Response):
+        return query
+    token = query.get("token") or ""
+    outcome = await signup.verify(services.db, token, request_context(request, services))
+    status, message = signup.MESSAGES[outcome]
+    return render(request, "verify_email.html", {
+        "title": _VERIFY_TITLES[outcome], "message": message, "ok": outcome == "verified",
+        "resend": outcome in ("replaced", "expired"), "token": token,
+        "sign_in": outcome in ("verified", "already_used")}, status=status)
+
+
+async def verify_email_resend(request: Request) -> Response:
+    """``POST /verify-email/resend``: a new link to where the given one was sent (the same
+    answer whatever the link), rate-limited per source like sign-ups."""
+    from breeze_mcp.auth import signup
+    from breeze_mcp.mail import MailError
+
+    services: Services = request.app.state.services
+    form = await page_form(request)
+    if isinstance(form, Response):
+        return form
+    if not check_csrf(request, form):
+        return error_page(request, "Form expired", "Reload the page and try again.", status=403)
+    ctx = request_context(request, services)
+    decision = await services.limiter.hit(
+        f"signup:{rate_limit_key(ctx.client_ip or '')}", services.settings.signup_rate_limit)
+    if not decision.allowed:
+        response = error_page(request, "Too many requests",
+                              "Wait a few minutes and try again.", status=429)
+        response.headers.update(decision.headers())
+        return response
+    with contextlib.suppress(MailError):
+        await signup.resend_for_link(services.db, services.mailer, services.settings,
+                                     form.get("token") or "", ctx)
+    return render(request, "verify_email.html", {
+        "title": "Check your email", "ok": True, "resend": False, "sign_in": False,
+        "message": "If that link was ours and the address is not verified yet, a new link "
+                   "is on its way. Earlier links no longer work."}, status=202)

@@ -239,3 +239,33 @@ async def test_an_unreachable_smtp_server_is_a_mail_error(settings: Any, tmp_pat
                                           "smtp_starttls": False})
     with pytest.raises(MailError):
         await Mailer(refused, tmp_path).send(message(refused, "a@example.com", "Hi", "x"))
+
+
+@pytest.mark.req("HUMAN-SIGNUP")
+def test_the_verification_page_and_its_one_click_resend(world: OAuthWorld,
+                                                        inbox: tuple[Inbox, int]) -> None:
+    email = _address()
+    _signup(world, email)
+    first = inbox[0].last_link(email)
+    httpx.post(f"{world.url}/api/v1/verify-email/resend", json={"email": email}, timeout=30)
+    wait_for(lambda: len(inbox[0].to(email)) == 2, timeout=10)
+    with httpx.Client(base_url=world.url, timeout=30) as browser:
+        page = browser.get("/verify-email", params={"token": first})
+        assert page.status_code == 410 and "This link was replaced" in page.text
+        assert "newer verification link" in page.text
+        fields = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', page.text))
+        assert fields["token"] == first
+        forged = browser.post("/verify-email/resend", data={"token": first,
+                                                           "csrf_token": "forged"})
+        assert forged.status_code == 403
+        assert len(inbox[0].to(email)) == 2
+        resent = browser.post("/verify-email/resend", data=fields)
+        assert resent.status_code == 202 and "on its way" in resent.text
+        wait_for(lambda: len(inbox[0].to(email)) == 3, timeout=10)
+        newest = inbox[0].last_link(email)
+        done = browser.get("/verify-email", params={"token": newest})
+        assert done.status_code == 200 and "Email verified" in done.text
+        assert 'href="/login"' in done.text
+        again = browser.get("/verify-email", params={"token": newest})
+        assert again.status_code == 410 and "already used" in again.text
+        assert browser.get("/verify-email").status_code == 400  # no token: invalid

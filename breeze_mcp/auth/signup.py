@@ -35,10 +35,20 @@ from breeze_mcp.db import Database
 from breeze_mcp.db.models import email_verifications, memberships, tenants, users
 from breeze_mcp.mail import Mailer, message
 
-__all__ = ["VERIFY_PREFIX", "Outcome", "resend", "sign_up", "verify"]
+__all__ = ["MESSAGES", "VERIFY_PREFIX", "Outcome", "resend", "resend_for_link", "sign_up", "verify"]
 
 VERIFY_PREFIX = "bzv"
 Outcome = Literal["verified", "replaced", "already_used", "expired", "invalid"]
+
+
+#: Each outcome's HTTP status and the message that matches it, for the API and the page.
+MESSAGES: dict[Outcome, tuple[int, str]] = {
+    "verified": (200, "Your email address is verified."),
+    "replaced": (410, "A newer verification link was sent: use the link in the latest mail."),
+    "already_used": (410, "This link was already used; your address is verified. Sign in."),
+    "expired": (410, "This link has expired. Ask for a new one."),
+    "invalid": (400, "This is not a valid verification link."),
+}
 
 
 @dataclass(frozen=True)
@@ -203,3 +213,18 @@ async def resend(db: Database, mailer: Mailer, settings: Settings, email: str,
             expires_at=sa.func.now() + dt.timedelta(seconds=settings.email_verification_ttl)))
         await tx.finish(_entry("auth.email_verification_resent", request, user_id=user.id))
     await mailer.send(_verification_mail(settings, email, link))
+
+
+async def resend_for_link(db: Database, mailer: Mailer, settings: Settings, token: str,
+                          request: RequestContext) -> None:
+    """:func:`resend` to the address an earlier link (replaced or expired) was sent to: the
+    one-click resend of the verification page. Nothing for an unknown link."""
+    if not token.startswith(VERIFY_PREFIX + "_") or len(token) > 100:
+        return
+    async with db.system() as tx:
+        email = (await tx.execute(
+            sa.select(users.c.email).join(email_verifications,
+                                          email_verifications.c.user_id == users.c.id)
+            .where(email_verifications.c.digest == digest(token)))).scalar_one_or_none()
+    if email is not None:
+        await resend(db, mailer, settings, email, request)
