@@ -138,6 +138,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             Route("/login", web.login_page, methods=["GET"]),
             Route("/login", web.login_submit, methods=["POST"]),
             Route("/logout", web.logout, methods=["POST"]),
+            Route("/signup", web.signup_page, methods=["GET"]),
+            Route("/signup", web.signup_submit, methods=["POST"]),
             Route("/verify-email", web.verify_email_page, methods=["GET"]),
             Route("/verify-email/resend", web.verify_email_resend, methods=["POST"]),
             Route("/account/connections", web.connections_page, methods=["GET"]),

@@ -42,6 +42,8 @@ __all__ = [
     "login_submit",
     "logout",
     "render",
+    "signup_page",
+    "signup_submit",
     "verify_email_page",
     "verify_email_resend",
 ]
@@ -372,8 +374,9 @@ async def verify_email_page(request: Request) -> Response:
 
 
 async def verify_email_resend(request: Request) -> Response:
-    """``POST /verify-email/resend``: a new link to where the given one was sent (the same
-    answer whatever the link), rate-limited per source like sign-ups."""
+    """``POST /verify-email/resend``: a new link to where the given one was sent, or to the
+    given address (the sign-up page's "send it again"); the same answer whatever the link or
+    address, rate-limited per source like sign-ups."""
     from breeze_mcp.auth import signup
     from breeze_mcp.mail import MailError
 
@@ -392,9 +395,55 @@ async def verify_email_resend(request: Request) -> Response:
         response.headers.update(decision.headers())
         return response
     with contextlib.suppress(MailError):
-        await signup.resend_for_link(services.db, services.mailer, services.settings,
-                                     form.get("token") or "", ctx)
+        if form.get("email"):  # from the sign-up page's "send it again"
+            await signup.resend(services.db, services.mailer, services.settings,
+                                form.get("email") or "", ctx)
+        else:
+            await signup.resend_for_link(services.db, services.mailer, services.settings,
+                                         form.get("token") or "", ctx)
     return render(request, "verify_email.html", {
         "title": "Check your email", "ok": True, "resend": False, "sign_in": False,
         "message": "If that link was ours and the address is not verified yet, a new link "
                    "is on its way. Earlier links no longer work."}, status=202)
+
+
+async def signup_page(request: Request) -> Response:
+    return render(request, "signup.html", {"organization": "", "email": "", "error": None,
+                                           "done": None})
+
+
+async def signup_submit(request: Request) -> Response:
+    """``POST /signup``: the page's side of :func:`breeze_mcp.auth.signup.sign_up` (the same
+    answer whether or not the address is registered)."""
+    from breeze_mcp.auth import signup
+    from breeze_mcp.auth.accounts import AccountError
+    from breeze_mcp.mail import MailError
+
+    services: Services = request.app.state.services
+    form = await page_form(request)
+    if isinstance(form, Response):
+        return form
+    if not check_csrf(request, form):
+        return error_page(request, "Form expired", "Reload the page and try again.", status=403)
+    organization, email = form.get("organization") or "", form.get("email") or ""
+    ctx = request_context(request, services)
+    decision = await services.limiter.hit(
+        f"signup:{rate_limit_key(ctx.client_ip or '')}", services.settings.signup_rate_limit)
+    if not decision.allowed:
+        response = error_page(request, "Too many sign-ups",
+                              "Wait a while and try again.", status=429)
+        response.headers.update(decision.headers())
+        return response
+    done = "Check your email: if the address can receive mail, a message with a link to " \
+        "verify it is on its way."
+    try:
+        await signup.sign_up(services.db, services.mailer, services.settings,
+                             organization=organization, email=email,
+                             password=form.get("password") or "", request=ctx)
+    except AccountError as exc:
+        return render(request, "signup.html", {"organization": organization, "email": email,
+                                               "error": str(exc), "done": None}, status=400)
+    except MailError:
+        done = ("Your account is created, but the mail could not be sent right now. Send it "
+                "again in a moment with the button below.")
+    return render(request, "signup.html", {"done": done, "email": email}, status=202)

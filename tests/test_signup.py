@@ -269,3 +269,28 @@ def test_the_verification_page_and_its_one_click_resend(world: OAuthWorld,
         again = browser.get("/verify-email", params={"token": newest})
         assert again.status_code == 410 and "already used" in again.text
         assert browser.get("/verify-email").status_code == 400  # no token: invalid
+
+
+@pytest.mark.req("HUMAN-SIGNUP")
+def test_the_signup_page(world: OAuthWorld, inbox: tuple[Inbox, int]) -> None:
+    email = _address()
+    with httpx.Client(base_url=world.url, timeout=30) as browser:
+        page = browser.get("/signup")
+        assert page.status_code == 200 and 'name="organization"' in page.text
+        fields = dict(re.findall(r'name="(csrf_token)" value="([^"]*)"', page.text))
+        weak = browser.post("/signup", data={**fields, "organization": "Acme",
+                                             "email": email, "password": "password"})
+        assert weak.status_code == 400 and 'role="alert"' in weak.text
+        assert f'value="{email}"' in weak.text  # the form keeps what was typed
+        assert browser.post("/signup", data={"organization": "Acme", "email": email,
+                                             "password": PASSWORD}).status_code == 403
+        done = browser.post("/signup", data={**fields, "organization": "Acme", "email": email,
+                                             "password": PASSWORD})
+        assert done.status_code == 202 and "Check your email" in done.text
+        token = inbox[0].last_link(email)
+        again = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', done.text))
+        assert again["email"] == email
+        assert browser.post("/verify-email/resend", data=again).status_code == 202
+        wait_for(lambda: len(inbox[0].to(email)) == 2, timeout=10)
+        assert _verify(world, token).json()["status"] == "replaced"
+    assert _tenant_of(world, email)[1] == "pending_verification"
