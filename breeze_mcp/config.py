@@ -243,6 +243,10 @@ class Settings(BaseSettings):
     auth_code_ttl: int = Field(
         300, ge=30, le=600, description="Authorization-code lifetime, seconds."
     )
+    session_idle_timeout: int = Field(
+        7200, ge=300, le=30 * 86400,
+        description="A web session unused for this many seconds ends (the session's absolute "
+        "lifetime is BREEZE_SESSION_TTL).")
     session_ttl: int = Field(
         12 * 3600, ge=300, description="Web-session lifetime, seconds."
     )

@@ -30,10 +30,13 @@ from breeze_mcp.services import Services
 
 __all__ = [
     "StrictTransportSecurity",
+    "account_page",
     "check_csrf",
     "connections_page",
     "current_user",
     "disconnect",
+    "end_all_sessions_submit",
+    "end_session_submit",
     "error_page",
     "form_error_page",
     "form_target_for",
@@ -194,7 +197,8 @@ def check_csrf(request: Request, form: Fields) -> bool:
 
 async def current_user(request: Request) -> sessions.SessionUser | None:
     services: Services = request.app.state.services
-    return await sessions.load_session(services.db, request.cookies.get(cookies(request).session))
+    return await sessions.load_session(services.db, request.cookies.get(cookies(request).session),
+                                       idle_timeout=services.settings.session_idle_timeout)
 
 
 def safe_next(value: object, default: str = "/account/connections") -> str:
@@ -447,3 +451,78 @@ async def signup_submit(request: Request) -> Response:
         done = ("Your account is created, but the mail could not be sent right now. Send it "
                 "again in a moment with the button below.")
     return render(request, "signup.html", {"done": done, "email": email}, status=202)
+
+
+def _session_entry(request: Request, user: sessions.SessionUser, action: str,
+                   **parameters: object) -> audit.AuditEntry:
+    ctx = request_context(request, request.app.state.services)
+    return audit.AuditEntry(
+        actor_type="user", actor_id=str(user.user_id), acting_user_id=user.user_id,
+        auth_path="session", action=action, decision="allowed", outcome="success",
+        request_id=ctx.request_id, client_ip=ctx.client_ip, user_agent=ctx.user_agent,
+        parameters=dict(parameters))
+
+
+async def account_page(request: Request) -> Response:
+    """``/account``: where the person is signed in, with *Sign out* per session and *Sign out
+    everywhere*."""
+    user = await current_user(request)
+    if user is None:
+        return RedirectResponse("/login?next=/account", status_code=303)
+    services: Services = request.app.state.services
+    query = page_query(request)
+    if isinstance(query, Response):
+        return query
+    rows = await sessions.list_sessions(services.db, user.user_id)
+    shown = [{"id": r.id, "created_at": r.created_at.strftime("%Y-%m-%d %H:%M UTC"),
+              "last_seen_at": r.last_seen_at.strftime("%Y-%m-%d %H:%M UTC"),
+              "client_ip": r.client_ip, "user_agent": (r.user_agent or "")[:120],
+              "current": r.id == user.session_id} for r in rows]
+    return render(request, "account.html", {
+        "user_email": user.email, "sessions": shown,
+        "message": "Signed out there." if query.get("done") == "ended" else None})
+
+
+async def end_session_submit(request: Request) -> Response:
+    """Sign out one of the person's own other sessions (a session of someone else is
+    untouched: the statement itself checks the owner)."""
+    services: Services = request.app.state.services
+    user = await current_user(request)
+    if user is None:
+        return RedirectResponse("/login?next=/account", status_code=303)
+    form = await page_form(request)
+    if isinstance(form, Response):
+        return form
+    if not check_csrf(request, form):
+        return error_page(request, "Form expired", "Reload the page and try again.", status=403)
+    try:
+        session_id = uuid.UUID(request.path_params["session_id"])
+    except ValueError:
+        return error_page(request, "Not found", "No such session.", status=404)
+    ended = await sessions.end_sessions(
+        services.db, user.user_id, session_id,
+        _session_entry(request, user, "auth.session_ended", session_id=str(session_id)))
+    if not ended:
+        return error_page(request, "Not found", "No such session.", status=404)
+    return RedirectResponse("/account?done=ended", status_code=303)
+
+
+async def end_all_sessions_submit(request: Request) -> Response:
+    """*Sign out everywhere*: every session of the person, this one included."""
+    services: Services = request.app.state.services
+    user = await current_user(request)
+    if user is None:
+        return RedirectResponse("/login", status_code=303)
+    form = await page_form(request)
+    if isinstance(form, Response):
+        return form
+    if not check_csrf(request, form):
+        return error_page(request, "Form expired", "Reload the page and try again.", status=403)
+    await sessions.end_sessions(
+        services.db, user.user_id, None,
+        _session_entry(request, user, "auth.sessions_ended", reason="signed_out_everywhere"))
+    names = cookies(request)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(names.session, path="/", secure=names.secure, httponly=True,
+                           samesite="lax")
+    return response

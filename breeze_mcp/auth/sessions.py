@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from breeze_mcp import audit
 from breeze_mcp.auth.tokens import digest, mint
 from breeze_mcp.db import Database
 from breeze_mcp.db.engine import Row
@@ -35,6 +36,8 @@ __all__ = [
     "csrf_token",
     "csrf_valid",
     "end_session",
+    "end_sessions",
+    "list_sessions",
     "load_session",
     "login_candidate",
     "new_csrf_cookie",
@@ -89,7 +92,10 @@ async def login_candidate(db: Database, email: str) -> Row | None:
         )).first()
 
 
-async def load_session(db: Database, token: str | None) -> SessionUser | None:
+async def load_session(db: Database, token: str | None, *,
+                       idle_timeout: int = 7200) -> SessionUser | None:
+    """The signed-in person of a session cookie: a live session (not ended, within its
+    absolute lifetime, used within ``idle_timeout`` seconds) of an enabled user."""
     if not token or not token.startswith(SESSION_PREFIX + "_") or len(token) > 100:
         return None
     async with db.system() as conn:
@@ -100,17 +106,46 @@ async def load_session(db: Database, token: str | None) -> SessionUser | None:
             .where(web_sessions.c.digest == digest(token),
                    web_sessions.c.revoked_at.is_(None),
                    web_sessions.c.expires_at > sa.func.now(),
+                   web_sessions.c.last_seen_at
+                   > sa.func.now() - dt.timedelta(seconds=idle_timeout),
                    users.c.disabled_at.is_(None))
         )).first()
         if row is None:
             return None
-        await conn.execute(  # at most once every five minutes
+        await conn.execute(  # at most once a minute: the idle clock's resolution
             web_sessions.update()
             .where(web_sessions.c.id == row.id,
-                   web_sessions.c.last_seen_at < sa.func.now() - dt.timedelta(minutes=5))
+                   web_sessions.c.last_seen_at < sa.func.now() - dt.timedelta(minutes=1))
             .values(last_seen_at=sa.func.now()))
         await conn.finish(None)  # bookkeeping, not an action
     return SessionUser(row.id, row.user_id, row.email, row.display_name)
+
+
+async def list_sessions(db: Database, user_id: uuid.UUID) -> list[Row]:
+    """The person's live sessions, most recently used first: id, created_at, last_seen_at,
+    client_ip, user_agent."""
+    async with db.system(user_id=user_id) as tx:
+        return (await tx.execute(
+            sa.select(web_sessions.c.id, web_sessions.c.created_at, web_sessions.c.last_seen_at,
+                      web_sessions.c.client_ip, web_sessions.c.user_agent)
+            .where(web_sessions.c.user_id == user_id, web_sessions.c.revoked_at.is_(None),
+                   web_sessions.c.expires_at > sa.func.now())
+            .order_by(web_sessions.c.last_seen_at.desc()))).all()
+
+
+async def end_sessions(db: Database, user_id: uuid.UUID, session_id: uuid.UUID | None,
+                       entry: audit.AuditEntry) -> int:
+    """End one of the person's own sessions (``session_id``) or all of them (None), audited
+    with ``entry``; how many ended (0 for a session that is not theirs)."""
+    only = web_sessions.c.id == session_id if session_id is not None else sa.true()
+    async with db.system(user_id=user_id) as tx:
+        ended = (await tx.execute(
+            web_sessions.update()
+            .where(web_sessions.c.user_id == user_id, web_sessions.c.revoked_at.is_(None), only)
+            .values(revoked_at=sa.func.now()))).rowcount
+        await tx.finish(audit.AuditEntry(**{**vars(entry),
+                                            "parameters": {**entry.parameters, "ended": ended}}))
+    return ended
 
 
 async def end_session(db: Database, token: str | None) -> None:
