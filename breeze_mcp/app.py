@@ -143,6 +143,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             Route("/verify-email", web.verify_email_page, methods=["GET"]),
             Route("/verify-email/resend", web.verify_email_resend, methods=["POST"]),
             Route("/account", web.account_page, methods=["GET"]),
+            Route("/account/password", web.password_page, methods=["GET"]),
+            Route("/account/password", web.password_submit, methods=["POST"]),
             Route("/account/sessions/end-all", web.end_all_sessions_submit, methods=["POST"]),
             Route("/account/sessions/{session_id}/end", web.end_session_submit,
                   methods=["POST"]),

@@ -44,6 +44,8 @@ __all__ = [
     "login_page",
     "login_submit",
     "logout",
+    "password_page",
+    "password_submit",
     "render",
     "signup_page",
     "signup_submit",
@@ -480,7 +482,10 @@ async def account_page(request: Request) -> Response:
               "current": r.id == user.session_id} for r in rows]
     return render(request, "account.html", {
         "user_email": user.email, "sessions": shown,
-        "message": "Signed out there." if query.get("done") == "ended" else None})
+        "message": {"ended": "Signed out there.",
+                    "password": "Password changed. You are signed out everywhere else, and "
+                                "your connected apps must connect again."}.get(
+                                    query.get("done", ""))})
 
 
 async def end_session_submit(request: Request) -> Response:
@@ -526,3 +531,45 @@ async def end_all_sessions_submit(request: Request) -> Response:
     response.delete_cookie(names.session, path="/", secure=names.secure, httponly=True,
                            samesite="lax")
     return response
+
+
+async def password_page(request: Request) -> Response:
+    if await current_user(request) is None:
+        return RedirectResponse("/login?next=/account/password", status_code=303)
+    return render(request, "password.html", {"error": None})
+
+
+async def password_submit(request: Request) -> Response:
+    """A password change with the current password: every other session and every grant
+    end in the same request; this browser gets a new session (rotated)."""
+    from breeze_mcp.auth.accounts import AccountError, change_password
+
+    services: Services = request.app.state.services
+    user = await current_user(request)
+    if user is None:
+        return RedirectResponse("/login?next=/account/password", status_code=303)
+    form = await page_form(request)
+    if isinstance(form, Response):
+        return form
+    if not check_csrf(request, form):
+        return error_page(request, "Form expired", "Reload the page and try again.", status=403)
+    decision = await services.limiter.hit(f"password-change:{user.user_id}", "5/15minute")
+    if not decision.allowed:
+        response = error_page(request, "Too many attempts", "Wait a while and try again.",
+                              status=429)
+        response.headers.update(decision.headers())
+        return response
+    try:
+        await change_password(services.db, user.user_id, form.get("current_password") or "",
+                              form.get("new_password") or "")
+    except AccountError as exc:
+        return render(request, "password.html", {"error": str(exc)}, status=400)
+    ctx = request_context(request, services)
+    token = await sessions.create_session(services.db, user.user_id,
+                                          ttl=services.settings.session_ttl,
+                                          client_ip=ctx.client_ip, user_agent=ctx.user_agent)
+    done = RedirectResponse("/account?done=password", status_code=303)
+    names = cookies(request)
+    set_cookie(done, names, names.session, token, max_age=services.settings.session_ttl)
+    set_cookie(done, names, names.csrf, sessions.new_csrf_cookie())
+    return done

@@ -172,3 +172,37 @@ def test_the_last_owner_cannot_be_removed(world: OAuthWorld) -> None:
     owner = world.tech_email.replace("tech-", "owner-")
     with pytest.raises(AccountError, match="last owner"):
         _db_run(world, lambda db: remove_member(db, world.tenant, owner))
+
+
+@pytest.mark.req("HUMAN-CUT-ACCESS", "HUMAN-SESSIONS")
+def test_a_web_password_change_cuts_everything_but_the_browser_that_asked(
+    world: OAuthWorld,
+) -> None:
+    person = Person(world)
+    other = HumanAgent(world, person.email)
+    try:
+        page = other.http.get("/login")
+        fields = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', page.text))
+        assert other.http.post("/login", data={**fields, "email": person.email,
+                                               "password": PASSWORD}).status_code == 303
+        _works(world, person)
+        form = person.browser.http.get("/account/password")
+        csrf = dict(re.findall(r'name="(csrf_token)" value="([^"]*)"', form.text))
+        wrong = person.browser.http.post("/account/password", data={
+            **csrf, "current_password": "not it at all, sorry", "new_password": "x" * 20})
+        assert wrong.status_code == 400 and "not right" in wrong.text
+        _works(world, person)  # nothing changed
+        old_cookie = person.browser.http.cookies.get("breeze_session")
+        done = person.browser.http.post("/account/password", data={
+            **csrf, "current_password": PASSWORD,
+            "new_password": "a brand new Strong passphrase 9"})
+        assert done.status_code == 303 and done.headers["location"] == "/account?done=password"
+        assert person.signed_in()  # this browser: a new session
+        assert person.browser.http.cookies.get("breeze_session") != old_cookie
+        assert other.http.get("/account").status_code == 303  # the other browser: signed out
+        assert mcp_call(world, person.access, "tools/list").status_code == 401
+        r = refresh(world, person.client_id, person.refresh)
+        assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+    finally:
+        other.close()
+        person.close()

@@ -27,6 +27,7 @@ __all__ = [
     "Tenant",
     "User",
     "activation_missing",
+    "change_password",
     "create_tenant",
     "create_user",
     "cut_access",
@@ -299,6 +300,33 @@ async def set_password(db: Database, email: str, password: str, *,
             actor, "user.password_reset", acting_user_id=user_id,
             parameters={"user_id": str(user_id)}))
     return user_id, await cut_access(db, user_id, reason="password_reset", actor=actor)
+
+
+async def change_password(db: Database, user_id: uuid.UUID, current: str, new: str
+                          ) -> AccessCut:
+    """A person changes their own password, proving the current one: every web session of
+    theirs and every OAuth grant they made end in the same call (the caller signs the browser
+    that asked in again, with a new session). :class:`AccountError` changes nothing."""
+    from breeze_mcp.auth.passwords import verify_password
+
+    async with db.system(user_id=user_id) as tx:
+        row = (await tx.execute(sa.select(users.c.email, users.c.password_hash)
+                                .where(users.c.id == user_id).with_for_update())).first()
+        if row is None or not verify_password(row.password_hash, current):
+            raise AccountError("the current password is not right")
+        try:
+            check_strength(new, email=row.email)
+        except ValueError as exc:
+            raise AccountError(f"new password: {exc}") from None
+        if verify_password(row.password_hash, new):
+            raise AccountError("the new password is the current one")
+        await tx.execute(users.update().where(users.c.id == user_id)
+                         .values(password_hash=hash_password(new)))
+        await tx.finish(audit.AuditEntry(
+            actor_type="user", actor_id=str(user_id), acting_user_id=user_id,
+            auth_path="session", action="user.password_changed", decision="allowed",
+            outcome="success", parameters={"user_id": str(user_id)}))
+    return await cut_access(db, user_id, reason="password_changed", actor=f"user:{user_id}")
 
 
 async def set_suspended(db: Database, email: str, suspended: bool, *,
