@@ -8,8 +8,13 @@ sign-in, to a pre-session cookie) and is read through :mod:`breeze_mcp.forms`.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
+import json
 import secrets
+import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -21,7 +26,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from breeze_mcp import audit
-from breeze_mcp.auth import oauth, sessions
+from breeze_mcp.auth import mfa, oauth, sessions
 from breeze_mcp.auth.client_ip import rate_limit_key
 from breeze_mcp.auth.passwords import verify_password
 from breeze_mcp.edge import request_context
@@ -41,12 +46,17 @@ __all__ = [
     "form_error_page",
     "form_target_for",
     "login_form",
+    "login_mfa_submit",
     "login_page",
     "login_submit",
     "logout",
     "password_page",
     "password_submit",
     "render",
+    "security_confirm",
+    "security_disable",
+    "security_page",
+    "security_start",
     "signup_page",
     "signup_submit",
     "verify_email_page",
@@ -211,11 +221,6 @@ def safe_next(value: object, default: str = "/account/connections") -> str:
     return value
 
 
-def mfa_required(user_id: uuid.UUID) -> bool:
-    """Hook for the second factor (TOTP): no account has one yet, so never."""
-    return False
-
-
 def login_form(request: Request, *, next_url: str, email: str = "", error: str | None = None,
                client_name: str | None = None, status: int = 200) -> HTMLResponse:
     return render(request, "login.html", {
@@ -264,11 +269,73 @@ async def login_submit(request: Request) -> Response:
                            "bad_credentials")
         return login_form(request, next_url=next_url, email=email, status=401,
                           error="Wrong email or password.")
-    if mfa_required(row.id):  # pragma: no cover - no second factor yet
-        return error_page(request, "Second factor required", "MFA is not available yet.")
-    token = await sessions.create_session(services.db, row.id, ttl=services.settings.session_ttl,
+    if await mfa.enabled(services.db, row.id):  # the second factor before any session
+        return render(request, "mfa.html", {
+            "ticket": _mfa_ticket(services, row.id, email, next_url), "error": None})
+    return await _signed_in(request, services, row.id, email, next_url)
+
+
+_TICKET_SECONDS = 300
+
+
+def _mfa_ticket(services: Services, user_id: uuid.UUID, email: str, next_url: str) -> str:
+    """The proof, for the code step, that the password was right: who, until when, where to
+    go next; signed with the session key."""
+    body = base64.urlsafe_b64encode(json.dumps(
+        [str(user_id), email, int(time.time()) + _TICKET_SECONDS, next_url]).encode()).decode()
+    mac = hmac.new(services.settings.secret("session_key").encode(),
+                   b"breeze-mfa-ticket:" + body.encode(), hashlib.sha256).hexdigest()
+    return f"{body}.{mac}"
+
+
+def _open_ticket(services: Services, ticket: str) -> tuple[uuid.UUID, str, str] | None:
+    body, _, mac = ticket.partition(".")
+    expected = hmac.new(services.settings.secret("session_key").encode(),
+                        b"breeze-mfa-ticket:" + body.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, mac):
+        return None
+    try:
+        user_id, email, until, next_url = json.loads(base64.urlsafe_b64decode(body))
+        if int(until) < time.time():
+            return None
+        return uuid.UUID(user_id), str(email), safe_next(next_url)
+    except (ValueError, TypeError):
+        return None
+
+
+async def login_mfa_submit(request: Request) -> Response:
+    """The code step of sign-in (and so of OAuth consent, which signs in through here)."""
+    services: Services = request.app.state.services
+    form = await page_form(request)
+    if isinstance(form, Response):
+        return form
+    if not check_csrf(request, form):
+        return error_page(request, "Form expired", "Sign in again.", status=403)
+    opened = _open_ticket(services, form.get("ticket") or "")
+    if opened is None:
+        return login_form(request, next_url="/account/connections", status=401,
+                          error="That sign-in took too long. Sign in again.")
+    user_id, email, next_url = opened
+    decision = await services.limiter.hit(f"mfa:{user_id}", "5/5minute")
+    if not decision.allowed:
+        response = error_page(request, "Too many codes", "Wait a few minutes and sign in "
+                              "again.", status=429)
+        response.headers.update(decision.headers())
+        return response
+    if await mfa.verify(services.db, services.settings, user_id, form.get("code") or "") is None:
+        return render(request, "mfa.html", {"ticket": form.get("ticket"),
+                                            "error": "That code is not right (each code works "
+                                            "once)."}, status=401)
+    return await _signed_in(request, services, user_id, email, next_url)
+
+
+async def _signed_in(request: Request, services: Services, user_id: uuid.UUID, email: str,
+                     next_url: str) -> Response:
+    """A new session (rotated at every sign-in), audited, and on to ``next_url``."""
+    ctx = request_context(request, services)
+    token = await sessions.create_session(services.db, user_id, ttl=services.settings.session_ttl,
                                           client_ip=ctx.client_ip, user_agent=ctx.user_agent)
-    await _audit_login(services, ctx, row.id, email, "success", None)
+    await _audit_login(services, ctx, user_id, email, "success", None)
     redirect = RedirectResponse(next_url, status_code=303)
     names = cookies(request)
     set_cookie(redirect, names, names.session, token, max_age=services.settings.session_ttl)
@@ -573,3 +640,114 @@ async def password_submit(request: Request) -> Response:
     set_cookie(done, names, names.session, token, max_age=services.settings.session_ttl)
     set_cookie(done, names, names.csrf, sessions.new_csrf_cookie())
     return done
+
+
+async def security_page(request: Request) -> Response:
+    """``/account/security``: two-factor sign-in on or off."""
+    services: Services = request.app.state.services
+    user = await current_user(request)
+    if user is None:
+        return RedirectResponse("/login?next=/account/security", status_code=303)
+    return render(request, "security.html", {
+        "is_on": await mfa.enabled(services.db, user.user_id), "enrolment": None,
+        "recovery_codes": None, "error": None})
+
+
+async def _security_form(request: Request) -> tuple[sessions.SessionUser, Fields] | Response:
+    user = await current_user(request)
+    if user is None:
+        return RedirectResponse("/login?next=/account/security", status_code=303)
+    form = await page_form(request)
+    if isinstance(form, Response):
+        return form
+    if not check_csrf(request, form):
+        return error_page(request, "Form expired", "Reload the page and try again.", status=403)
+    services: Services = request.app.state.services
+    decision = await services.limiter.hit(f"mfa-manage:{user.user_id}", "10/15minute")
+    if not decision.allowed:
+        response = error_page(request, "Too many attempts", "Wait a while and try again.",
+                              status=429)
+        response.headers.update(decision.headers())
+        return response
+    return user, form
+
+
+async def security_start(request: Request) -> Response:
+    """Enrolment, step 1: the password, then the QR code and the secret."""
+    from breeze_mcp.auth.accounts import AccountError
+
+    services: Services = request.app.state.services
+    checked = await _security_form(request)
+    if isinstance(checked, Response):
+        return checked
+    user, form = checked
+    try:
+        enrolment = await mfa.start(services.db, services.settings, user.user_id,
+                                    form.get("password") or "")
+    except AccountError as exc:
+        return render(request, "security.html", {
+            "is_on": await mfa.enabled(services.db, user.user_id), "enrolment": None,
+            "recovery_codes": None, "error": str(exc)}, status=400)
+    return render(request, "security.html", {"is_on": False, "enrolment": enrolment,
+                                             "recovery_codes": None, "error": None})
+
+
+async def security_confirm(request: Request) -> Response:
+    """Enrolment, step 2: a code turns it on; the recovery codes, shown once. The session
+    is rotated: a privilege change."""
+    from breeze_mcp.auth.accounts import AccountError
+
+    services: Services = request.app.state.services
+    checked = await _security_form(request)
+    if isinstance(checked, Response):
+        return checked
+    user, form = checked
+    try:
+        codes = await mfa.confirm(services.db, services.settings, user.user_id,
+                                  form.get("code") or "")
+    except AccountError as exc:
+        return render(request, "security.html", {
+            "is_on": False, "enrolment": None, "recovery_codes": None,
+            "error": f"{exc}. Start the set-up again."}, status=400)
+    response = render(request, "security.html", {"is_on": True, "enrolment": None,
+                                                 "recovery_codes": codes, "error": None})
+    await _rotate_session(request, services, user, response)
+    return response
+
+
+async def security_disable(request: Request) -> Response:
+    """Turn it off (password and code): like a password change, every session and every
+    grant of the person end; this browser gets a new session."""
+    from breeze_mcp.auth.accounts import AccountError, cut_access
+
+    services: Services = request.app.state.services
+    checked = await _security_form(request)
+    if isinstance(checked, Response):
+        return checked
+    user, form = checked
+    try:
+        await mfa.disable(services.db, services.settings, user.user_id,
+                          form.get("password") or "", form.get("code") or "")
+    except AccountError as exc:
+        return render(request, "security.html", {"is_on": True, "enrolment": None,
+                                                 "recovery_codes": None, "error": str(exc)},
+                      status=400)
+    await cut_access(services.db, user.user_id, reason="mfa_disabled",
+                     actor=f"user:{user.user_id}")
+    done = RedirectResponse("/account/security", status_code=303)
+    await _rotate_session(request, services, user, done, end_old=False)
+    return done
+
+
+async def _rotate_session(request: Request, services: Services, user: sessions.SessionUser,
+                          response: Response, *, end_old: bool = True) -> None:
+    """A new session for this browser (its old one ended), set on ``response``."""
+    if end_old:
+        await sessions.end_sessions(services.db, user.user_id, user.session_id,
+                                    _session_entry(request, user, "auth.session_rotated"))
+    ctx = request_context(request, services)
+    token = await sessions.create_session(services.db, user.user_id,
+                                          ttl=services.settings.session_ttl,
+                                          client_ip=ctx.client_ip, user_agent=ctx.user_agent)
+    names = cookies(request)
+    set_cookie(response, names, names.session, token, max_age=services.settings.session_ttl)

@@ -43,7 +43,7 @@ EXEMPT: dict[str, dict[str, str]] = {
     "breeze_mcp.tools.notes": dict.fromkeys(
         ["add_note", "list_notes"], "handlers, reached through the exported ToolSpec"),
     "breeze_mcp.web": dict.fromkeys(
-        ["cookies", "csrf_binding", "mfa_required", "page_form", "page_query",
+        ["cookies", "csrf_binding", "page_form", "page_query",
          "pre_session_cookie", "safe_next", "set_cookie"],
         "helpers of the console's own pages, used nowhere else"),
 }

@@ -32,6 +32,8 @@ __all__ = [
     "isolation_events",
     "memberships",
     "metadata",
+    "mfa_recovery_codes",
+    "mfa_totp",
     "patch_jobs",
     "script_runs",
     "tenants",
@@ -425,4 +427,27 @@ email_verifications = sa.Table(
     sa.Column("expires_at", sa.TIMESTAMP(timezone=True), nullable=False),
     sa.Column("used_at", sa.TIMESTAMP(timezone=True)),
     sa.Column("superseded_at", sa.TIMESTAMP(timezone=True)),
+)
+
+
+mfa_totp = sa.Table(
+    "mfa_totp",
+    metadata,
+    sa.Column("user_id", sa.Uuid, sa.ForeignKey("users.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("secret_sealed", BYTEA, nullable=False),
+    sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
+    sa.Column("enabled_at", sa.TIMESTAMP(timezone=True)),
+    sa.Column("last_step", sa.BigInteger, nullable=False, server_default="0"),
+)
+
+mfa_recovery_codes = sa.Table(
+    "mfa_recovery_codes",
+    metadata,
+    _uuid_pk(),
+    sa.Column("user_id", sa.Uuid, sa.ForeignKey("users.id", ondelete="CASCADE"),
+              nullable=False, index=True),
+    sa.Column("digest", BYTEA, nullable=False, unique=True),
+    sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
+    sa.Column("used_at", sa.TIMESTAMP(timezone=True)),
 )

@@ -79,6 +79,8 @@ RUNTIME_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "web_sessions": ("SELECT", "INSERT", "UPDATE"),
     "billing_events": ("SELECT", "INSERT"),
     "email_verifications": ("SELECT", "INSERT", "UPDATE"),
+    "mfa_totp": _CRUD,
+    "mfa_recovery_codes": _CRUD,
     "oauth_grants": ("SELECT", "INSERT", "UPDATE"),
     "oauth_codes": ("SELECT", "INSERT", "UPDATE"),
     "oauth_refresh_tokens": ("SELECT", "INSERT", "UPDATE"),
