@@ -239,6 +239,25 @@ def cmd_member_remove(settings: Settings, args: argparse.Namespace) -> None:
           f"removed {args.email} from {args.tenant}; {_cut_words(cut)}")
 
 
+def cmd_tenant_require_mfa(settings: Settings, args: argparse.Namespace) -> None:
+    from breeze_mcp.auth.accounts import find_tenant
+    from breeze_mcp.auth.mfa import require_for_roles
+
+    roles = [r.strip() for r in args.roles.split(",") if r.strip()] if args.roles else []
+    unknown = [r for r in roles if r not in ("owner", "admin", "technician", "readonly")]
+    if unknown:
+        raise CliError(f"unknown role {unknown[0]!r}: use owner, admin, technician, readonly")
+
+    async def work(db: Database) -> None:
+        tenant = await find_tenant(db, args.tenant)
+        await require_for_roles(db, tenant.id, roles)
+
+    _with_db(settings, work)
+    _emit(args, {"tenant": args.tenant, "mfa_required_roles": sorted(set(roles))},
+          f"two-factor sign-in required in {args.tenant} for: "
+          + (", ".join(sorted(set(roles))) or "no role"))
+
+
 def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> None:
     from breeze_mcp.auth.accounts import find_tenant
     from breeze_mcp.tools.demo import seed_demo_data
@@ -519,6 +538,13 @@ def build_parser() -> argparse.ArgumentParser:
     tc.set_defaults(func=cmd_tenant_create)
     tl = tsub.add_parser("list", parents=[common], help="list tenants")
     tl.set_defaults(func=cmd_tenant_list)
+    tm = tsub.add_parser("require-mfa", parents=[common],
+                         help="require two-factor sign-in of some roles (taken to set-up at "
+                         "sign-in)")
+    tm.add_argument("--tenant", required=True, help="tenant slug or id")
+    tm.add_argument("--roles", default="", help="comma-separated roles, e.g. owner,admin; "
+                    "empty: none")
+    tm.set_defaults(func=cmd_tenant_require_mfa)
 
     user = sub.add_parser("user", parents=[common], help="manage users")
     usub = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")

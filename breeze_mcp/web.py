@@ -272,6 +272,8 @@ async def login_submit(request: Request) -> Response:
     if await mfa.enabled(services.db, row.id):  # the second factor before any session
         return render(request, "mfa.html", {
             "ticket": _mfa_ticket(services, row.id, email, next_url), "error": None})
+    if await mfa.required(services.db, row.id):  # required of their role: set it up first
+        next_url = "/account/security?required=1"
     return await _signed_in(request, services, row.id, email, next_url)
 
 
@@ -648,9 +650,13 @@ async def security_page(request: Request) -> Response:
     user = await current_user(request)
     if user is None:
         return RedirectResponse("/login?next=/account/security", status_code=303)
+    query = page_query(request)
+    if isinstance(query, Response):
+        return query
     return render(request, "security.html", {
         "is_on": await mfa.enabled(services.db, user.user_id), "enrolment": None,
-        "recovery_codes": None, "error": None})
+        "recovery_codes": None, "error": None,
+        "required": query.get("required") == "1"})
 
 
 async def _security_form(request: Request) -> tuple[sessions.SessionUser, Fields] | Response:

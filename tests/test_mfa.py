@@ -211,3 +211,28 @@ def test_turning_it_off_needs_password_and_code_and_cuts_access(world: OAuthWorl
     actions = {row[0] for row in _superuser(
         world, "SELECT action FROM audit_log WHERE acting_user_id = :u", u=user_id)}
     assert {"mfa.enrolled", "mfa.disabled", "auth.sessions_ended"} <= actions
+
+
+@pytest.mark.req("HUMAN-MFA")
+def test_a_required_role_is_taken_to_set_up_at_sign_in(world: OAuthWorld) -> None:
+    email, _ = _person(world)  # a technician
+
+    async def require(roles: list[str]) -> None:
+        db = Database(world.test_db.runtime_url, pool_size=1)
+        try:
+            await mfa.require_for_roles(db, world.tenant.id, roles)
+        finally:
+            await db.dispose()
+
+    asyncio.run(require(["technician"]))
+    try:
+        browser, r = _sign_in(world, email)
+        assert r.status_code == 303 and r.headers["location"] == "/account/security?required=1"
+        page = browser.get(r.headers["location"])
+        assert "requires two-factor sign-in" in page.text and "Set up" in page.text
+        browser.close()
+    finally:
+        asyncio.run(require([]))
+    browser, r = _sign_in(world, email)
+    assert r.status_code == 303 and r.headers["location"] != "/account/security?required=1"
+    browser.close()

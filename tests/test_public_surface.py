@@ -21,7 +21,8 @@ EXEMPT: dict[str, dict[str, str]] = {
     "breeze_mcp.cli": dict.fromkeys(
         ["CliError", "build_parser", "cmd_api_key_create", "cmd_api_key_list",
          "cmd_api_key_revoke", "cmd_demo_data", "cmd_migrate", "cmd_serve",
-         "cmd_member_remove", "cmd_tenant_create", "cmd_tenant_list", "cmd_user_create",
+         "cmd_member_remove", "cmd_tenant_create", "cmd_tenant_list",
+         "cmd_tenant_require_mfa", "cmd_user_create",
          "cmd_user_set_password", "cmd_user_suspend"],
         "the command line is the interface: `main` runs it, the commands are its parts"),
     "breeze_mcp.edge": {"prm_url": "a part of the exported bearer_challenge"},

@@ -30,10 +30,10 @@ from breeze_mcp.auth.passwords import verify_password
 from breeze_mcp.auth.tokens import digest
 from breeze_mcp.config import Settings
 from breeze_mcp.db import Database
-from breeze_mcp.db.models import mfa_recovery_codes, mfa_totp, users
+from breeze_mcp.db.models import memberships, mfa_recovery_codes, mfa_totp, tenants, users
 
-__all__ = ["RECOVERY_CODES", "Enrolment", "confirm", "disable", "enabled", "seal", "start",
-           "unseal", "verify"]
+__all__ = ["RECOVERY_CODES", "Enrolment", "confirm", "disable", "enabled", "require_for_roles",
+           "required", "seal", "start", "unseal", "verify"]
 
 RECOVERY_CODES = 10
 _ISSUER = "Breeze MCP"
@@ -76,6 +76,27 @@ async def _check_password(db: Database, user_id: uuid.UUID, password: str) -> st
     if row is None or not verify_password(row.password_hash, password):
         raise AccountError("the password is not right")
     return str(row.email)
+
+
+async def required(db: Database, user_id: uuid.UUID) -> bool:
+    """Whether a tenant the person belongs to requires two-factor sign-in of their role."""
+    async with db.system(user_id=user_id) as tx:
+        return bool((await tx.execute(
+            sa.select(sa.func.count()).select_from(memberships)
+            .join(tenants, tenants.c.id == memberships.c.tenant_id)
+            .where(memberships.c.user_id == user_id,
+                   memberships.c.role == sa.func.any(tenants.c.mfa_required_roles))
+        )).scalar_one() > 0)
+
+
+async def require_for_roles(db: Database, tenant_id: uuid.UUID, roles: list[str], *,
+                            actor: str = "system:cli") -> None:
+    """Set the roles of a tenant that must use two-factor sign-in (empty: none)."""
+    async with db.tenant(tenant_id) as tx:
+        await tx.execute(tenants.update().where(tenants.c.id == tenant_id)
+                         .values(mfa_required_roles=sorted(set(roles))))
+        await tx.finish(audit.operator_entry(actor, "tenant.mfa_required", tenant_id=tenant_id,
+                                             parameters={"roles": sorted(set(roles))}))
 
 
 async def enabled(db: Database, user_id: uuid.UUID) -> bool:

@@ -87,6 +87,7 @@ tenants = sa.Table(
     sa.Column("email_verified_at", sa.TIMESTAMP(timezone=True)),
     sa.Column("payment_method_at", sa.TIMESTAMP(timezone=True)),
     sa.Column("activated_at", sa.TIMESTAMP(timezone=True)),
+    sa.Column("mfa_required_roles", ARRAY(sa.Text), nullable=False, server_default="{}"),
     sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
     _check_in("status", TENANT_STATUSES, "tenants_status_check"),
     sa.CheckConstraint("slug ~ '^[a-z0-9][a-z0-9-]{0,62}$'", name="tenants_slug_check"),
