@@ -148,6 +148,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             Route("/account/security/start", web.security_start, methods=["POST"]),
             Route("/account/security/confirm", web.security_confirm, methods=["POST"]),
             Route("/account/security/disable", web.security_disable, methods=["POST"]),
+            Route("/account/security/recovery-codes", web.security_recovery_codes,
+                  methods=["POST"]),
             Route("/account/password", web.password_page, methods=["GET"]),
             Route("/account/password", web.password_submit, methods=["POST"]),
             Route("/account/sessions/end-all", web.end_all_sessions_submit, methods=["POST"]),

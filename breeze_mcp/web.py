@@ -56,6 +56,7 @@ __all__ = [
     "security_confirm",
     "security_disable",
     "security_page",
+    "security_recovery_codes",
     "security_start",
     "signup_page",
     "signup_submit",
@@ -719,6 +720,27 @@ async def security_confirm(request: Request) -> Response:
                                                  "recovery_codes": codes, "error": None})
     await _rotate_session(request, services, user, response)
     return response
+
+
+async def security_recovery_codes(request: Request) -> Response:
+    """New recovery codes (password and a code); the old ones stop working."""
+    from breeze_mcp.auth.accounts import AccountError
+
+    services: Services = request.app.state.services
+    checked = await _security_form(request)
+    if isinstance(checked, Response):
+        return checked
+    user, form = checked
+    try:
+        codes = await mfa.regenerate_recovery_codes(
+            services.db, services.settings, user.user_id, form.get("password") or "",
+            form.get("code") or "")
+    except AccountError as exc:
+        return render(request, "security.html", {"is_on": True, "enrolment": None,
+                                                 "recovery_codes": None, "error": str(exc)},
+                      status=400)
+    return render(request, "security.html", {"is_on": True, "enrolment": None,
+                                             "recovery_codes": codes, "error": None})
 
 
 async def security_disable(request: Request) -> Response:

@@ -236,3 +236,26 @@ def test_a_required_role_is_taken_to_set_up_at_sign_in(world: OAuthWorld) -> Non
     browser, r = _sign_in(world, email)
     assert r.status_code == 303 and r.headers["location"] != "/account/security?required=1"
     browser.close()
+
+
+@pytest.mark.req("HUMAN-MFA")
+def test_recovery_codes_are_regenerated_with_password_and_code(world: OAuthWorld) -> None:
+    _wait_for_a_fresh_step()
+    email, _ = _person(world)
+    browser, secret, old = _enrol(world, email)
+    page = browser.get("/account/security")
+    form = {**_fields(page.text), "password": PASSWORD}
+    refused = browser.post("/account/security/recovery-codes", data={**form, "code": "000000"})
+    assert refused.status_code == 400
+    fresh = browser.post("/account/security/recovery-codes", data={**form,
+                                                                   "code": _code(secret)})
+    assert fresh.status_code == 200
+    new = re.findall(r"<code>([0-9a-f]{8}-[0-9a-f]{8})</code>", fresh.text)
+    assert len(new) == mfa.RECOVERY_CODES and not set(new) & set(old)
+    browser.close()
+    signing_in, step = _sign_in(world, email)
+    assert signing_in.post("/login/mfa", data={**_fields(step.text),
+                                               "code": old[0]}).status_code == 401
+    assert signing_in.post("/login/mfa", data={**_fields(step.text),
+                                               "code": new[0]}).status_code == 303
+    signing_in.close()

@@ -32,8 +32,9 @@ from breeze_mcp.config import Settings
 from breeze_mcp.db import Database
 from breeze_mcp.db.models import memberships, mfa_recovery_codes, mfa_totp, tenants, users
 
-__all__ = ["RECOVERY_CODES", "Enrolment", "confirm", "disable", "enabled", "require_for_roles",
-           "required", "seal", "start", "unseal", "verify"]
+__all__ = ["RECOVERY_CODES", "Enrolment", "confirm", "disable", "enabled",
+           "regenerate_recovery_codes", "require_for_roles", "required", "seal", "start",
+           "unseal", "verify"]
 
 RECOVERY_CODES = 10
 _ISSUER = "Breeze MCP"
@@ -196,6 +197,23 @@ async def verify(db: Database, settings: Settings, user_id: uuid.UUID, code: str
         await tx.finish(_entry(user_id, action, outcome="success" if kind else "blocked",
                                deny_reason=None if kind else "wrong_or_replayed_code"))
     return kind
+
+
+async def regenerate_recovery_codes(db: Database, settings: Settings, user_id: uuid.UUID,
+                                    password: str, code: str) -> list[str]:
+    """New recovery codes (the old ones stop working), for the password and a code."""
+    await _check_password(db, user_id, password)
+    if await verify(db, settings, user_id, code) is None:
+        raise AccountError("that code is not right")
+    codes = [f"{secrets.token_hex(4)}-{secrets.token_hex(4)}" for _ in range(RECOVERY_CODES)]
+    async with db.system(user_id=user_id) as tx:
+        await tx.execute(mfa_recovery_codes.delete()
+                         .where(mfa_recovery_codes.c.user_id == user_id))
+        for value in codes:
+            await tx.execute(mfa_recovery_codes.insert().values(user_id=user_id,
+                                                                digest=digest(value)))
+        await tx.finish(_entry(user_id, "mfa.recovery_codes_regenerated"))
+    return codes
 
 
 async def disable(db: Database, settings: Settings, user_id: uuid.UUID, password: str,
