@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 import uuid
 from typing import Any
@@ -362,7 +361,7 @@ def _basic_credentials(request: Request) -> tuple[str, str] | None:
         return None
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):  # binascii.Error, and non-ASCII input
         raise InvalidClient("malformed Basic credentials") from None
     client_id, sep, secret = decoded.partition(":")
     if not sep:

@@ -270,6 +270,16 @@ def test_a_nul_in_basic_client_credentials_is_invalid_client(world: OAuthWorld) 
 
 
 @pytest.mark.req("HARD-NO-5XX")
+def test_non_ascii_basic_credentials_are_invalid_client(world: OAuthWorld) -> None:
+    """A Basic value that is not ASCII at all (found by the no-5xx property test: base64
+    decoding refuses it with a ValueError of its own)."""
+    for path in ("/token", "/revoke"):
+        r = httpx.post(f"{world.url}{path}", content="token=bzr_x&grant_type=refresh_token",
+                       headers={**FORM, "Authorization": b"Basic \xc2\x80"}, timeout=30)
+        oauth_error(r, 401, "invalid_client")
+
+
+@pytest.mark.req("HARD-NO-5XX")
 @pytest.mark.parametrize("resource", ["https://h:99999/mcp", "https://[::1/mcp",
                                       "https://h:port/mcp"])
 def test_a_malformed_resource_is_invalid_target(world: OAuthWorld, human: HumanAgent,
