@@ -19,7 +19,6 @@ from starlette.responses import JSONResponse, Response
 
 from breeze_mcp.auth import signup
 from breeze_mcp.auth.accounts import AccountError
-from breeze_mcp.auth.client_ip import rate_limit_key
 from breeze_mcp.edge import read_body, request_context
 from breeze_mcp.json_wire import loads
 from breeze_mcp.mail import MailError
@@ -53,9 +52,8 @@ async def _json_fields(request: Request, services: Services,
 
 
 async def _limited(request: Request, services: Services) -> JSONResponse | None:
-    context = request_context(request, services)
-    decision = await services.limiter.hit(
-        f"signup:{rate_limit_key(context.client_ip or '')}", services.settings.signup_rate_limit)
+    decision = await signup.hit_limit(services.limiter, services.settings,
+                                      request_context(request, services))
     if decision.allowed:
         return None
     return JSONResponse({"error": "rate_limited", "message": decision.message},

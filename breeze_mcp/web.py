@@ -26,7 +26,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from breeze_mcp import audit
-from breeze_mcp.auth import mfa, oauth, sessions
+from breeze_mcp.auth import mfa, oauth, sessions, signup
 from breeze_mcp.auth.client_ip import rate_limit_key
 from breeze_mcp.auth.passwords import verify_password
 from breeze_mcp.edge import request_context
@@ -434,7 +434,6 @@ _VERIFY_TITLES = {"verified": "Email verified", "replaced": "This link was repla
 async def verify_email_page(request: Request) -> Response:
     """``GET /verify-email?token=…``: the link of the verification mail, and its outcome; a
     replaced or expired link offers a one-click resend."""
-    from breeze_mcp.auth import signup
 
     services: Services = request.app.state.services
     query = page_query(request)
@@ -453,7 +452,6 @@ async def verify_email_resend(request: Request) -> Response:
     """``POST /verify-email/resend``: a new link to where the given one was sent, or to the
     given address (the sign-up page's "send it again"); the same answer whatever the link or
     address, rate-limited per source like sign-ups."""
-    from breeze_mcp.auth import signup
     from breeze_mcp.mail import MailError
 
     services: Services = request.app.state.services
@@ -463,8 +461,7 @@ async def verify_email_resend(request: Request) -> Response:
     if not check_csrf(request, form):
         return error_page(request, "Form expired", "Reload the page and try again.", status=403)
     ctx = request_context(request, services)
-    decision = await services.limiter.hit(
-        f"signup:{rate_limit_key(ctx.client_ip or '')}", services.settings.signup_rate_limit)
+    decision = await signup.hit_limit(services.limiter, services.settings, ctx)
     if not decision.allowed:
         response = error_page(request, "Too many requests",
                               "Wait a few minutes and try again.", status=429)
@@ -491,7 +488,6 @@ async def signup_page(request: Request) -> Response:
 async def signup_submit(request: Request) -> Response:
     """``POST /signup``: the page's side of :func:`breeze_mcp.auth.signup.sign_up` (the same
     answer whether or not the address is registered)."""
-    from breeze_mcp.auth import signup
     from breeze_mcp.auth.accounts import AccountError
     from breeze_mcp.mail import MailError
 
@@ -503,8 +499,7 @@ async def signup_submit(request: Request) -> Response:
         return error_page(request, "Form expired", "Reload the page and try again.", status=403)
     organization, email = form.get("organization") or "", form.get("email") or ""
     ctx = request_context(request, services)
-    decision = await services.limiter.hit(
-        f"signup:{rate_limit_key(ctx.client_ip or '')}", services.settings.signup_rate_limit)
+    decision = await signup.hit_limit(services.limiter, services.settings, ctx)
     if not decision.allowed:
         response = error_page(request, "Too many sign-ups",
                               "Wait a while and try again.", status=429)

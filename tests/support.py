@@ -175,3 +175,19 @@ async def owner_api_key(db: Any, tenant: Any, *, scopes: str = "ai:read") -> tup
                               password="correct horse battery staple", role="owner")
     return await api_keys.create_api_key(db, tenant, name="k", scopes=scopes,
                                          creator_email=owner.email)
+
+
+def superuser_sql(test_db: ProvisionedDatabase, sql: str, **params: Any) -> list[Any]:
+    """Run SQL as the cluster superuser (row-level security does not apply): for reading
+    what a test must see whatever the tenant (pre-tenant audit entries) and for setting up
+    states no API reaches. Returns the rows, if any."""
+    import sqlalchemy as sa
+
+    url = make_url(sqlalchemy_url(test_db.admin_url)).set(database=test_db.name)
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(sa.text(sql), params)
+            return list(result) if result.returns_rows else []
+    finally:
+        engine.dispose()

@@ -16,15 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from breeze_mcp.auth import billing
 from breeze_mcp.auth.accounts import Tenant, create_tenant, create_user
 from breeze_mcp.db import Database
-from breeze_mcp.db.engine import sqlalchemy_url
 from tests.oauth_support import PASSWORD, OAuthWorld, module_world
-from tests.support import ProvisionedDatabase
+from tests.support import ProvisionedDatabase, superuser_sql
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +56,7 @@ def _pending_tenant(world: OAuthWorld, *, verified: bool) -> Tenant:
 
 
 def _superuser(world: OAuthWorld, sql: str, **params: Any) -> list[Any]:
-    url = make_url(sqlalchemy_url(world.test_db.admin_url)).set(database=world.test_db.name)
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            result = conn.execute(sa.text(sql), params)
-            return list(result) if result.returns_rows else []
-    finally:
-        engine.dispose()
+    return superuser_sql(world.test_db, sql, **params)
 
 
 def _status(world: OAuthWorld, tenant: Tenant) -> str:

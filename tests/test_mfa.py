@@ -16,15 +16,12 @@ from typing import Any
 import httpx
 import pyotp
 import pytest
-import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy.engine import make_url
 
 from breeze_mcp.auth import mfa
 from breeze_mcp.auth.accounts import create_user
 from breeze_mcp.db import Database
-from breeze_mcp.db.engine import sqlalchemy_url
 from tests.oauth_support import (
     PASSWORD,
     OAuthWorld,
@@ -33,7 +30,7 @@ from tests.oauth_support import (
     pkce_pair,
     register,
 )
-from tests.support import ProvisionedDatabase
+from tests.support import ProvisionedDatabase, superuser_sql
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +40,7 @@ def world(test_db: ProvisionedDatabase,
 
 
 def _superuser(world: OAuthWorld, sql: str, **params: Any) -> list[Any]:
-    url = make_url(sqlalchemy_url(world.test_db.admin_url)).set(database=world.test_db.name)
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            result = conn.execute(sa.text(sql), params)
-            return list(result) if result.returns_rows else []
-    finally:
-        engine.dispose()
+    return superuser_sql(world.test_db, sql, **params)
 
 
 def _person(world: OAuthWorld) -> tuple[str, uuid.UUID]:

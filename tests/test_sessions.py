@@ -11,12 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
-from breeze_mcp.db.engine import sqlalchemy_url
 from tests.oauth_support import PASSWORD, OAuthWorld, module_world
-from tests.support import ProvisionedDatabase
+from tests.support import ProvisionedDatabase, superuser_sql
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +23,7 @@ def world(test_db: ProvisionedDatabase,
 
 
 def _superuser(world: OAuthWorld, sql: str, **params: Any) -> list[Any]:
-    url = make_url(sqlalchemy_url(world.test_db.admin_url)).set(database=world.test_db.name)
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            result = conn.execute(sa.text(sql), params)
-            return list(result) if result.returns_rows else []
-    finally:
-        engine.dispose()
+    return superuser_sql(world.test_db, sql, **params)
 
 
 def _browser(world: OAuthWorld, email: str, agent: str) -> httpx.Client:

@@ -20,14 +20,11 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from aiosmtpd.controller import Controller
-from sqlalchemy.engine import make_url
 
 from breeze_mcp.auth import billing
-from breeze_mcp.db.engine import sqlalchemy_url
 from tests.oauth_support import PASSWORD, OAuthWorld, module_world
-from tests.support import ProvisionedDatabase, free_port, wait_for
+from tests.support import ProvisionedDatabase, free_port, superuser_sql, wait_for
 
 
 class Inbox:
@@ -73,14 +70,7 @@ def world(test_db: ProvisionedDatabase, tmp_path_factory: pytest.TempPathFactory
 
 
 def _superuser(world: OAuthWorld, sql: str, **params: Any) -> list[Any]:
-    url = make_url(sqlalchemy_url(world.test_db.admin_url)).set(database=world.test_db.name)
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            result = conn.execute(sa.text(sql), params)
-            return list(result) if result.returns_rows else []
-    finally:
-        engine.dispose()
+    return superuser_sql(world.test_db, sql, **params)
 
 
 def _signup(world: OAuthWorld, email: str, organization: str = "Acme IT") -> httpx.Response:

@@ -27,15 +27,18 @@ import sqlalchemy as sa
 from breeze_mcp import audit
 from breeze_mcp.auth.accounts import AccountError, normalise_email
 from breeze_mcp.auth.billing import activate_if_ready
+from breeze_mcp.auth.client_ip import rate_limit_key
 from breeze_mcp.auth.passwords import check_strength, hash_password
 from breeze_mcp.auth.principal import RequestContext
+from breeze_mcp.auth.rate_limit import RateDecision, RateLimiter
 from breeze_mcp.auth.tokens import digest, mint
 from breeze_mcp.config import Settings
 from breeze_mcp.db import Database
 from breeze_mcp.db.models import email_verifications, memberships, tenants, users
 from breeze_mcp.mail import Mailer, message
 
-__all__ = ["MESSAGES", "VERIFY_PREFIX", "Outcome", "resend", "resend_for_link", "sign_up", "verify"]
+__all__ = ["MESSAGES", "VERIFY_PREFIX", "Outcome", "hit_limit", "resend", "resend_for_link",
+           "sign_up", "verify"]
 
 VERIFY_PREFIX = "bzv"
 Outcome = Literal["verified", "replaced", "already_used", "expired", "invalid"]
@@ -55,6 +58,14 @@ MESSAGES: dict[Outcome, tuple[int, str]] = {
 class _Link:
     token: str
     url: str
+
+
+async def hit_limit(limiter: RateLimiter, settings: Settings,
+                    request: RequestContext) -> RateDecision:
+    """Count a sign-up or a resend against its source address (IPv6 /64): the one limit the
+    API and the pages share (``BREEZE_SIGNUP_RATE_LIMIT``)."""
+    return await limiter.hit(f"signup:{rate_limit_key(request.client_ip or '')}",
+                             settings.signup_rate_limit)
 
 
 def _link(settings: Settings) -> _Link:
