@@ -217,7 +217,7 @@ class Settings(BaseSettings):
     billing_webhook_secret: SecretStr | None = Field(
         None, description="HMAC secret of the billing provider's webhooks."
     )
-    smtp_host: str | None = Field(None, description="SMTP server for verification mail.")
+    smtp_host: str | None = Field(None, description="SMTP server for the mail Breeze sends.")
     smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port.")
     smtp_username: str | None = Field(None, description="SMTP login (optional).")
     smtp_password: SecretStr | None = Field(None, description="SMTP password (optional).")
@@ -228,9 +228,12 @@ class Settings(BaseSettings):
     email_verification_ttl: int = Field(
         24 * 3600, ge=600, le=30 * 86400,
         description="Lifetime of an email verification link, seconds.")
+    password_reset_ttl: int = Field(
+        3600, ge=300, le=86400,
+        description="Lifetime of a password reset link, seconds.")
     signup_rate_limit: str = Field(
-        "10/hour", description="Sign-ups and verification resends per source address "
-        "(limits notation).")
+        "10/hour", description="Sign-ups, verification resends and password-reset requests "
+        "per source address (limits notation).")
     access_token_ttl: int = Field(
         1800, ge=60, le=86400, description="OAuth access-token lifetime, seconds."
     )

@@ -18,6 +18,7 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 
 import aiosmtplib
+from starlette.background import BackgroundTask
 
 from breeze_mcp.config import Settings
 
@@ -71,6 +72,17 @@ class Mailer:
                         settings.smtp_port, type(exc).__name__)
             raise MailError(f"the mail server did not accept the message ({type(exc).__name__})"
                             ) from None
+
+    def after_response(self, mail: EmailMessage | None) -> BackgroundTask | None:
+        """A task sending ``mail`` once the response is out, its failure logged: for answers
+        that must not say, even by their timing, whether a mail was due."""
+        return None if mail is None else BackgroundTask(self._send_logged, mail)
+
+    async def _send_logged(self, mail: EmailMessage) -> None:
+        try:
+            await self.send(mail)
+        except MailError as exc:
+            log.warning("a mail sent after its response was lost: %s", exc)
 
     def _to_outbox(self, mail: EmailMessage) -> None:
         self._outbox.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -4,9 +4,15 @@
   {"status": "check_your_email"}``, the same whether or not the address is registered;
 * ``POST /api/v1/verify-email`` ``{"token"}`` → ``{"status": <outcome>, "message"}``: 200
   ``verified``; 410 ``replaced``, ``already_used``, ``expired``; 400 ``invalid``;
-* ``POST /api/v1/verify-email/resend`` ``{"email"}`` → ``202 {"status": "check_your_email"}``.
+* ``POST /api/v1/verify-email/resend`` ``{"email"}`` → ``202 {"status": "check_your_email"}``;
+* ``POST /api/v1/password-reset`` ``{"email"}`` → ``202 {"status": "check_your_email"}``, the
+  same whether or not the address has an account (the mail leaves after the answer);
+* ``POST /api/v1/password-reset/confirm`` ``{"token", "password"}`` → ``{"status": <outcome>,
+  "message"}``: 200 ``reset``; 410 ``replaced``, ``already_used``, ``expired``; 400 ``invalid``;
+  a weak password is ``400 invalid_request`` and leaves the link usable.
 
-Sign-ups and resends are rate-limited per source address (``BREEZE_SIGNUP_RATE_LIMIT``).
+Sign-ups, resends and reset requests are rate-limited per source address
+(``BREEZE_SIGNUP_RATE_LIMIT``).
 """
 
 from __future__ import annotations
@@ -17,14 +23,15 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from breeze_mcp.auth import signup
+from breeze_mcp.auth import password_reset, signup
 from breeze_mcp.auth.accounts import AccountError
 from breeze_mcp.edge import read_body, request_context
 from breeze_mcp.json_wire import loads
 from breeze_mcp.mail import MailError
 from breeze_mcp.services import Services
 
-__all__ = ["resend_verification", "signup_endpoint", "verify_email"]
+__all__ = ["confirm_password_reset", "request_password_reset", "resend_verification",
+           "signup_endpoint", "verify_email"]
 
 _ACCEPTED = {"status": "check_your_email",
              "message": "If the address can receive mail, a message is on its way."}
@@ -103,3 +110,32 @@ async def resend_verification(request: Request) -> Response:
         await signup.resend(services.db, services.mailer, services.settings, fields["email"],
                             request_context(request, services))
     return JSONResponse(_ACCEPTED, status_code=202)
+
+
+async def request_password_reset(request: Request) -> Response:
+    services: Services = request.app.state.services
+    fields = await _json_fields(request, services, ("email",))
+    if isinstance(fields, Response):
+        return fields
+    if (refused := await _limited(request, services)) is not None:
+        return refused
+    mail = await password_reset.request_reset(services.db, services.limiter, services.settings,
+                                              fields["email"],
+                                              request_context(request, services))
+    return JSONResponse(_ACCEPTED, status_code=202,
+                        background=services.mailer.after_response(mail))
+
+
+async def confirm_password_reset(request: Request) -> Response:
+    services: Services = request.app.state.services
+    fields = await _json_fields(request, services, ("token", "password"))
+    if isinstance(fields, Response):
+        return fields
+    try:
+        outcome, _ = await password_reset.reset(services.db, fields["token"],
+                                                fields["password"],
+                                                request_context(request, services))
+    except AccountError as exc:
+        return _error("invalid_request", str(exc), 400)
+    status, message = password_reset.MESSAGES[outcome]
+    return JSONResponse({"status": outcome, "message": message}, status_code=status)

@@ -26,9 +26,10 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from breeze_mcp import audit
-from breeze_mcp.auth import mfa, oauth, sessions, signup
+from breeze_mcp.auth import mfa, oauth, password_reset, sessions, signup
 from breeze_mcp.auth.client_ip import rate_limit_key
 from breeze_mcp.auth.passwords import verify_password
+from breeze_mcp.auth.principal import RequestContext
 from breeze_mcp.edge import request_context
 from breeze_mcp.forms import Fields, FormError, read_form, read_query
 from breeze_mcp.services import Services
@@ -43,6 +44,8 @@ __all__ = [
     "end_all_sessions_submit",
     "end_session_submit",
     "error_page",
+    "forgot_password_page",
+    "forgot_password_submit",
     "form_error_page",
     "form_target_for",
     "login_form",
@@ -53,6 +56,8 @@ __all__ = [
     "password_page",
     "password_submit",
     "render",
+    "reset_password_page",
+    "reset_password_submit",
     "security_confirm",
     "security_disable",
     "security_page",
@@ -448,12 +453,10 @@ async def verify_email_page(request: Request) -> Response:
         "sign_in": outcome in ("verified", "already_used")}, status=status)
 
 
-async def verify_email_resend(request: Request) -> Response:
-    """``POST /verify-email/resend``: a new link to where the given one was sent, or to the
-    given address (the sign-up page's "send it again"); the same answer whatever the link or
-    address, rate-limited per source like sign-ups."""
-    from breeze_mcp.mail import MailError
-
+async def _mail_form(request: Request) -> tuple[Fields, RequestContext] | Response:
+    """The prologue of an anonymous form that makes us send mail (sign-up, verification
+    resend, forgot password): the form read, its CSRF token checked, the source address
+    counted against the sign-up limit."""
     services: Services = request.app.state.services
     form = await page_form(request)
     if isinstance(form, Response):
@@ -464,9 +467,23 @@ async def verify_email_resend(request: Request) -> Response:
     decision = await signup.hit_limit(services.limiter, services.settings, ctx)
     if not decision.allowed:
         response = error_page(request, "Too many requests",
-                              "Wait a few minutes and try again.", status=429)
+                              "Wait a while and try again.", status=429)
         response.headers.update(decision.headers())
         return response
+    return form, ctx
+
+
+async def verify_email_resend(request: Request) -> Response:
+    """``POST /verify-email/resend``: a new link to where the given one was sent, or to the
+    given address (the sign-up page's "send it again"); the same answer whatever the link or
+    address, rate-limited per source like sign-ups."""
+    from breeze_mcp.mail import MailError
+
+    services: Services = request.app.state.services
+    read = await _mail_form(request)
+    if isinstance(read, Response):
+        return read
+    form, ctx = read
     with contextlib.suppress(MailError):
         if form.get("email"):  # from the sign-up page's "send it again"
             await signup.resend(services.db, services.mailer, services.settings,
@@ -492,19 +509,11 @@ async def signup_submit(request: Request) -> Response:
     from breeze_mcp.mail import MailError
 
     services: Services = request.app.state.services
-    form = await page_form(request)
-    if isinstance(form, Response):
-        return form
-    if not check_csrf(request, form):
-        return error_page(request, "Form expired", "Reload the page and try again.", status=403)
+    read = await _mail_form(request)
+    if isinstance(read, Response):
+        return read
+    form, ctx = read
     organization, email = form.get("organization") or "", form.get("email") or ""
-    ctx = request_context(request, services)
-    decision = await signup.hit_limit(services.limiter, services.settings, ctx)
-    if not decision.allowed:
-        response = error_page(request, "Too many sign-ups",
-                              "Wait a while and try again.", status=429)
-        response.headers.update(decision.headers())
-        return response
     done = "Check your email: if the address can receive mail, a message with a link to " \
         "verify it is on its way."
     try:
@@ -518,6 +527,80 @@ async def signup_submit(request: Request) -> Response:
         done = ("Your account is created, but the mail could not be sent right now. Send it "
                 "again in a moment with the button below.")
     return render(request, "signup.html", {"done": done, "email": email}, status=202)
+
+
+async def forgot_password_page(request: Request) -> Response:
+    return render(request, "forgot_password.html", {"done": False, "email": "",
+                                                    "error": None})
+
+
+async def forgot_password_submit(request: Request) -> Response:
+    """``POST /forgot-password``: the same page whether or not the address has an account;
+    the mail, if one is due, leaves after the answer (:mod:`breeze_mcp.auth.password_reset`)."""
+    services: Services = request.app.state.services
+    read = await _mail_form(request)
+    if isinstance(read, Response):
+        return read
+    form, ctx = read
+    mail = await password_reset.request_reset(services.db, services.limiter, services.settings,
+                                              form.get("email") or "", ctx)
+    response = render(request, "forgot_password.html", {"done": True}, status=202)
+    response.background = services.mailer.after_response(mail)
+    return response
+
+
+_RESET_TITLES = {"reset": "Password changed", "replaced": "This link was replaced",
+                 "already_used": "Link already used", "expired": "This link has expired",
+                 "invalid": "Not a reset link"}
+
+
+def _reset_result(request: Request, outcome: password_reset.Outcome) -> HTMLResponse:
+    status, message = password_reset.MESSAGES[outcome]
+    return render(request, "reset_password.html", {
+        "title": _RESET_TITLES[outcome], "form": False, "ok": outcome == "reset",
+        "message": message}, status=status)
+
+
+async def reset_password_page(request: Request) -> Response:
+    """``GET /reset-password?token=…``: the link of the reset mail; the new-password form
+    while it is usable (opening it uses nothing), else what happened to it."""
+    services: Services = request.app.state.services
+    query = page_query(request)
+    if isinstance(query, Response):
+        return query
+    token = query.get("token") or ""
+    found = await password_reset.state(services.db, token)
+    if found != "usable":
+        return _reset_result(request, found)
+    return render(request, "reset_password.html", {
+        "title": "Choose a new password", "form": True, "token": token, "error": None})
+
+
+async def reset_password_submit(request: Request) -> Response:
+    """``POST /reset-password``: the new password set, the link used, and every session and
+    grant of the person ended, in this request."""
+    from breeze_mcp.auth.accounts import AccountError
+
+    services: Services = request.app.state.services
+    form = await page_form(request)
+    if isinstance(form, Response):
+        return form
+    if not check_csrf(request, form):
+        return error_page(request, "Form expired", "Reload the page and try again.", status=403)
+    token = form.get("token") or ""
+    try:
+        outcome, _ = await password_reset.reset(services.db, token, form.get("password") or "",
+                                                request_context(request, services))
+    except AccountError as exc:
+        return render(request, "reset_password.html", {
+            "title": "Choose a new password", "form": True, "token": token,
+            "error": str(exc)}, status=400)
+    response = _reset_result(request, outcome)
+    if outcome == "reset":  # this browser's session (if any) ended with the others
+        names = cookies(request)
+        response.delete_cookie(names.session, path="/", secure=names.secure, httponly=True,
+                               samesite="lax")
+    return response
 
 
 def _session_entry(request: Request, user: sessions.SessionUser, action: str,

@@ -72,3 +72,36 @@ def test_sign_up_verify_enrol_sign_out_and_in(world: OAuthWorld, browser: Any,  
         assert "Where you are signed in" in page.content()
     finally:
         page.close()
+
+
+@pytest.mark.req("HUMAN-PASSWORD-RESET")
+def test_forgot_password_from_the_sign_in_page(world: OAuthWorld, browser: Any,  # noqa: F811
+                                               inbox: tuple[Inbox, int]) -> None:  # noqa: F811
+    email = f"forgot-{uuid.uuid4().hex[:8]}@example.com"
+    page = browser.new_page()
+    try:
+        page.goto(f"{world.url}/signup")
+        page.fill("#organization", "Forgetful MSP")
+        page.fill("#email", email)
+        page.fill("#password", PASSWORD)
+        page.click("button[type=submit]")
+
+        page.goto(f"{world.url}/login")
+        page.click("text=Forgot your password?")
+        page.fill("#email", email)
+        page.click("button[type=submit]")
+        assert "a mail with a link to choose a new password" in page.content()
+
+        page.goto(f"{world.url}/reset-password?token="
+                  f"{inbox[0].last_link(email, 'reset-password')}")
+        page.fill("#password", "a fresh Browser passphrase 8")
+        page.click("button[type=submit]")
+        assert "Password changed" in page.content()
+        page.click("a[href='/login']")
+        page.fill("#email", email)
+        page.fill("#password", "a fresh Browser passphrase 8")
+        page.click("button[type=submit]")
+        page.goto(f"{world.url}/account")
+        assert "Where you are signed in" in page.content()
+    finally:
+        page.close()

@@ -40,11 +40,12 @@ class Inbox:
     def to(self, address: str) -> list[Message]:
         return [m for m in self.messages if str(m["To"]).lower() == address.lower()]
 
-    def last_link(self, address: str) -> str:
+    def last_link(self, address: str, page: str = "verify-email") -> str:
+        """The token of the link to ``page`` in the last mail to ``address``."""
         wait_for(lambda: bool(self.to(address)), timeout=10)
         body = self.to(address)[-1].get_payload(decode=True)
         assert isinstance(body, bytes)
-        match = re.search(r"https?://\S+/verify-email\?token=(\S+)", body.decode())
+        match = re.search(rf"https?://\S+/{page}\?token=(\S+)", body.decode())
         assert match, body
         return match.group(1)
 
@@ -150,7 +151,7 @@ def test_each_verification_outcome(world: OAuthWorld, inbox: tuple[Inbox, int]) 
     r = _verify(world, first)
     assert (r.status_code, r.json()["status"]) == (410, "replaced")
     assert "newer" in r.json()["message"]
-    _superuser(world, "UPDATE email_verifications SET expires_at = now() - interval '1 s'"
+    _superuser(world, "UPDATE mail_links SET expires_at = now() - interval '1 s'"
                " WHERE user_id = (SELECT id FROM users WHERE email = :e)"
                " AND superseded_at IS NULL", e=email)
     r = _verify(world, second)

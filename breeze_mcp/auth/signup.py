@@ -14,33 +14,29 @@ digests.
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import secrets
 import uuid
-from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Literal
 
 import sqlalchemy as sa
 
 from breeze_mcp import audit
+from breeze_mcp.auth import mail_links
 from breeze_mcp.auth.accounts import AccountError, normalise_email
 from breeze_mcp.auth.billing import activate_if_ready
 from breeze_mcp.auth.client_ip import rate_limit_key
 from breeze_mcp.auth.passwords import check_strength, hash_password
 from breeze_mcp.auth.principal import RequestContext
 from breeze_mcp.auth.rate_limit import RateDecision, RateLimiter
-from breeze_mcp.auth.tokens import digest, mint
 from breeze_mcp.config import Settings
 from breeze_mcp.db import Database
-from breeze_mcp.db.models import email_verifications, memberships, tenants, users
+from breeze_mcp.db.models import memberships, tenants, users
 from breeze_mcp.mail import Mailer, message
 
-__all__ = ["MESSAGES", "VERIFY_PREFIX", "Outcome", "hit_limit", "resend", "resend_for_link",
-           "sign_up", "verify"]
+__all__ = ["MESSAGES", "Outcome", "hit_limit", "resend", "resend_for_link", "sign_up", "verify"]
 
-VERIFY_PREFIX = "bzv"
 Outcome = Literal["verified", "replaced", "already_used", "expired", "invalid"]
 
 
@@ -54,23 +50,13 @@ MESSAGES: dict[Outcome, tuple[int, str]] = {
 }
 
 
-@dataclass(frozen=True)
-class _Link:
-    token: str
-    url: str
-
-
 async def hit_limit(limiter: RateLimiter, settings: Settings,
                     request: RequestContext) -> RateDecision:
-    """Count a sign-up or a resend against its source address (IPv6 /64): the one limit the
-    API and the pages share (``BREEZE_SIGNUP_RATE_LIMIT``)."""
+    """Count a sign-up, a verification resend or a password-reset request (anything an
+    anonymous caller can make us mail) against its source address (IPv6 /64): the one limit
+    the API and the pages share (``BREEZE_SIGNUP_RATE_LIMIT``)."""
     return await limiter.hit(f"signup:{rate_limit_key(request.client_ip or '')}",
                              settings.signup_rate_limit)
-
-
-def _link(settings: Settings) -> _Link:
-    token = mint(VERIFY_PREFIX)
-    return _Link(token, f"{settings.public_url}/verify-email?token={token}")
 
 
 def _entry(action: str, request: RequestContext, *, user_id: uuid.UUID | None = None,
@@ -115,7 +101,7 @@ async def sign_up(db: Database, mailer: Mailer, settings: Settings, *, organizat
             "which already has one. Nothing was changed.\n\n"
             f"To sign in: {settings.public_url}/login\n"))
         return
-    tenant_id, user_id, link = uuid.uuid4(), uuid.uuid4(), _link(settings)
+    tenant_id, user_id = uuid.uuid4(), uuid.uuid4()
     async with db.tenant(tenant_id) as tx:
         await tx.execute(tenants.insert().values(
             id=tenant_id, slug=_slug(organization), name=organization,
@@ -124,40 +110,26 @@ async def sign_up(db: Database, mailer: Mailer, settings: Settings, *, organizat
             id=user_id, email=email, password_hash=hash_password(password)))
         await tx.execute(memberships.insert().values(tenant_id=tenant_id, user_id=user_id,
                                                      role="owner"))
-        await tx.execute(email_verifications.insert().values(
-            digest=digest(link.token), user_id=user_id,
-            expires_at=sa.func.now() + dt.timedelta(seconds=settings.email_verification_ttl)))
+        token = await mail_links.issue(tx, "verify_email", user_id,
+                                       settings.email_verification_ttl)
         await tx.finish(_entry("auth.signup", request, user_id=user_id, tenant_id=tenant_id,
                                organization=organization))
-    await mailer.send(_verification_mail(settings, email, link))
+    await mailer.send(_verification_mail(settings, email, token))
 
 
-def _verification_mail(settings: Settings, email: str, link: _Link) -> EmailMessage:
+def _verification_mail(settings: Settings, email: str, token: str) -> EmailMessage:
     hours = settings.email_verification_ttl // 3600
     return message(
         settings, email, "Verify your email for Breeze MCP",
         "Welcome to Breeze MCP. Verify your email address with this link (valid for "
-        f"{hours} hours, usable once):\n\n{link.url}\n\n"
+        f"{hours} hours, usable once):\n\n{settings.public_url}/verify-email?token={token}\n\n"
         "If you did not sign up, ignore this message.\n")
 
 
 async def verify(db: Database, token: str, request: RequestContext) -> Outcome:
     """Check and use a verification link; its outcome (audited, each one)."""
-    if not token.startswith(VERIFY_PREFIX + "_") or len(token) > 100:
-        outcome: Outcome = "invalid"
-        user_id = None
-    else:
-        async with db.system() as tx:
-            row = (await tx.execute(
-                sa.select(email_verifications.c.user_id, email_verifications.c.used_at,
-                          email_verifications.c.superseded_at,
-                          (email_verifications.c.expires_at <= sa.func.now()).label("expired"))
-                .where(email_verifications.c.digest == digest(token))
-            )).first()
-        user_id = row.user_id if row is not None else None
-        outcome = ("invalid" if row is None else "already_used" if row.used_at is not None
-                   else "replaced" if row.superseded_at is not None
-                   else "expired" if row.expired else "verified")
+    found, user_id = await mail_links.state(db, "verify_email", token)
+    outcome: Outcome = "verified" if found == "usable" else found
     if outcome != "verified":
         async with db.system() as tx:
             await tx.finish(_entry("auth.email_verification", request, user_id=user_id,
@@ -172,14 +144,8 @@ async def verify(db: Database, token: str, request: RequestContext) -> Outcome:
     # (and owns) marked verified and, if it has a payment method, activated. A tenant
     # transaction may touch the global tables; with no tenant owned, none is touched.
     async with db.tenant(owned[0] if owned else uuid.uuid4(), user_id=user_id) as tx:
-        used = (await tx.execute(
-            email_verifications.update()
-            .where(email_verifications.c.digest == digest(token),
-                   email_verifications.c.used_at.is_(None),
-                   email_verifications.c.superseded_at.is_(None),
-                   email_verifications.c.expires_at > sa.func.now())
-            .values(used_at=sa.func.now()).returning(email_verifications.c.id))).first()
-        if used is None:  # a concurrent use won: this one is the second
+        used = await mail_links.use(tx, "verify_email", token)
+        if not used:  # a concurrent use won: this one is the second
             outcome = "already_used"
         else:
             await tx.execute(users.update().where(users.c.id == user_id).values(
@@ -193,8 +159,8 @@ async def verify(db: Database, token: str, request: RequestContext) -> Outcome:
                 await activate_if_ready(tx, tenant_id, request, by="system:signup")
         await tx.finish(_entry("auth.email_verification", request, user_id=user_id,
                                tenant_id=owned[0] if owned else None,
-                               outcome="success" if used is not None else "blocked",
-                               deny_reason=None if used is not None else "already_used"))
+                               outcome="success" if used else "blocked",
+                               deny_reason=None if used else "already_used"))
     return outcome
 
 
@@ -206,36 +172,22 @@ async def resend(db: Database, mailer: Mailer, settings: Settings, email: str,
         email = normalise_email(email)
     except AccountError:
         return
-    link = _link(settings)
     async with db.system() as tx:
         user = (await tx.execute(
             sa.select(users.c.id, users.c.email_verified_at)
             .where(sa.func.lower(users.c.email) == email.lower()))).first()
         if user is None or user.email_verified_at is not None:
             return
-        await tx.execute(
-            email_verifications.update()
-            .where(email_verifications.c.user_id == user.id,
-                   email_verifications.c.used_at.is_(None),
-                   email_verifications.c.superseded_at.is_(None))
-            .values(superseded_at=sa.func.now()))
-        await tx.execute(email_verifications.insert().values(
-            digest=digest(link.token), user_id=user.id,
-            expires_at=sa.func.now() + dt.timedelta(seconds=settings.email_verification_ttl)))
+        token = await mail_links.issue(tx, "verify_email", user.id,
+                                       settings.email_verification_ttl)
         await tx.finish(_entry("auth.email_verification_resent", request, user_id=user.id))
-    await mailer.send(_verification_mail(settings, email, link))
+    await mailer.send(_verification_mail(settings, email, token))
 
 
 async def resend_for_link(db: Database, mailer: Mailer, settings: Settings, token: str,
                           request: RequestContext) -> None:
     """:func:`resend` to the address an earlier link (replaced or expired) was sent to: the
     one-click resend of the verification page. Nothing for an unknown link."""
-    if not token.startswith(VERIFY_PREFIX + "_") or len(token) > 100:
-        return
-    async with db.system() as tx:
-        email = (await tx.execute(
-            sa.select(users.c.email).join(email_verifications,
-                                          email_verifications.c.user_id == users.c.id)
-            .where(email_verifications.c.digest == digest(token)))).scalar_one_or_none()
+    email = await mail_links.holder_email(db, "verify_email", token)
     if email is not None:
         await resend(db, mailer, settings, email, request)

@@ -20,6 +20,7 @@ __all__ = [
     "AUDIT_OUTCOMES",
     "DEVICE_STATUSES",
     "JOB_STATUSES",
+    "MAIL_LINK_PURPOSES",
     "ROLES",
     "TENANT_STATUSES",
     "alerts",
@@ -28,8 +29,8 @@ __all__ = [
     "billing_events",
     "device_notes",
     "devices",
-    "email_verifications",
     "isolation_events",
+    "mail_links",
     "memberships",
     "metadata",
     "mfa_recovery_codes",
@@ -417,17 +418,23 @@ billing_events = sa.Table(
 )
 
 
-email_verifications = sa.Table(
-    "email_verifications",
+#: What a mailed single-use link is for (each purpose's links supersede only each other).
+MAIL_LINK_PURPOSES = ("verify_email", "reset_password")
+
+mail_links = sa.Table(
+    "mail_links",
     metadata,
     _uuid_pk(),
     sa.Column("digest", BYTEA, nullable=False, unique=True),
     sa.Column("user_id", sa.Uuid, sa.ForeignKey("users.id", ondelete="CASCADE"),
-              nullable=False, index=True),
+              nullable=False),
+    sa.Column("purpose", sa.Text, nullable=False),
     sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
     sa.Column("expires_at", sa.TIMESTAMP(timezone=True), nullable=False),
     sa.Column("used_at", sa.TIMESTAMP(timezone=True)),
     sa.Column("superseded_at", sa.TIMESTAMP(timezone=True)),
+    _check_in("purpose", MAIL_LINK_PURPOSES, "mail_links_purpose_check"),
+    sa.Index("ix_mail_links_user_id_purpose", "user_id", "purpose"),
 )
 
 

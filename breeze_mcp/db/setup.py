@@ -78,7 +78,7 @@ RUNTIME_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "oauth_clients": _CRUD,
     "web_sessions": ("SELECT", "INSERT", "UPDATE"),
     "billing_events": ("SELECT", "INSERT"),
-    "email_verifications": ("SELECT", "INSERT", "UPDATE"),
+    "mail_links": ("SELECT", "INSERT", "UPDATE"),
     "mfa_totp": _CRUD,
     "mfa_recovery_codes": _CRUD,
     "oauth_grants": ("SELECT", "INSERT", "UPDATE"),
