@@ -628,8 +628,11 @@ async def account_page(request: Request) -> Response:
               "last_seen_at": r.last_seen_at.strftime("%Y-%m-%d %H:%M UTC"),
               "client_ip": r.client_ip, "user_agent": (r.user_agent or "")[:120],
               "current": r.id == user.session_id} for r in rows]
+    from breeze_mcp.auth.accounts import organizations_of
+
     return render(request, "account.html", {
         "user_email": user.email, "sessions": shown,
+        "organizations": await organizations_of(services.db, user.user_id),
         "message": {"ended": "Signed out there.",
                     "password": "Password changed. You are signed out everywhere else, and "
                                 "your connected apps must connect again."}.get(

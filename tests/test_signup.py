@@ -285,3 +285,30 @@ def test_the_signup_page(world: OAuthWorld, inbox: tuple[Inbox, int]) -> None:
         wait_for(lambda: len(inbox[0].to(email)) == 2, timeout=10)
         assert _verify(world, token).json()["status"] == "replaced"
     assert _tenant_of(world, email)[1] == "pending_verification"
+
+
+@pytest.mark.req("HUMAN-ACTIVATION")
+def test_the_owners_account_page_says_what_is_missing(world: OAuthWorld,
+                                                      inbox: tuple[Inbox, int]) -> None:
+    from tests.oauth_support import HumanAgent
+
+    email = _address()
+    _signup(world, email, organization="Waiting Room Ltd")
+    tenant_id, _ = _tenant_of(world, email)
+    agent = HumanAgent(world, email)
+    try:
+        page = agent.http.get("/login")
+        fields = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', page.text))
+        assert agent.http.post("/login", data={**fields, "email": email,
+                                               "password": PASSWORD}).status_code == 303
+        account = agent.http.get("/account").text
+        assert "Waiting Room Ltd" in account and "Not active yet" in account
+        assert "a verified owner email" in account and "a payment method" in account
+        _verify(world, inbox[0].last_link(email))
+        account = agent.http.get("/account").text
+        assert "a verified owner email" not in account and "a payment method" in account
+        _attach(world, tenant_id)
+        account = agent.http.get("/account").text
+        assert "Not active yet" not in account and "Active" in account
+    finally:
+        agent.close()

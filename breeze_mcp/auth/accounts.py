@@ -23,6 +23,7 @@ from breeze_mcp.db.models import ROLES, memberships, oauth_grants, tenants, user
 __all__ = [
     "AccessCut",
     "AccountError",
+    "Organization",
     "Role",
     "Tenant",
     "User",
@@ -34,6 +35,7 @@ __all__ = [
     "find_tenant",
     "list_tenants",
     "normalise_email",
+    "organizations_of",
     "remove_member",
     "set_password",
     "set_suspended",
@@ -241,6 +243,37 @@ async def cut_access(
             await tx.finish(None)  # each revocation carries its own entry
         revoked += len(grant_ids)
     return AccessCut(sessions=ended, grants=revoked)
+
+
+@dataclass(frozen=True)
+class Organization:
+    """A tenant as one of its members sees it: their role, its status, what it still lacks."""
+
+    id: uuid.UUID
+    slug: str
+    name: str
+    status: str
+    role: str
+    missing: list[str]
+
+
+async def organizations_of(db: Database, user_id: uuid.UUID) -> list[Organization]:
+    """Every tenant the person belongs to, by name, with what each inactive one still lacks
+    (the owner's console says it)."""
+    async with db.system(user_id=user_id) as tx:
+        rows = (await tx.execute(
+            sa.select(tenants.c.id, tenants.c.slug, tenants.c.name, tenants.c.status,
+                      memberships.c.role)
+            .join(tenants, tenants.c.id == memberships.c.tenant_id)
+            .where(memberships.c.user_id == user_id).order_by(tenants.c.name))).all()
+    found = []
+    for row in rows:
+        missing: list[str] = []
+        if row.status != "active":
+            async with db.tenant(row.id, user_id=user_id) as tx:
+                missing = await activation_missing(tx, row.id)
+        found.append(Organization(row.id, row.slug, row.name, row.status, row.role, missing))
+    return found
 
 
 async def activation_missing(tx: Transaction, tenant_id: uuid.UUID) -> list[str]:
