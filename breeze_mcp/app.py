@@ -23,6 +23,7 @@ from starlette.types import ASGIApp
 from breeze_mcp import (
     __version__,
     admin_api,
+    console,
     oauth_endpoints,
     rest,
     signup_api,
@@ -166,6 +167,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             Route("/account/connections", web.connections_page, methods=["GET"]),
             Route("/account/connections/{grant_id}/disconnect", web.disconnect,
                   methods=["POST"]),
+            # The web console.
+            *console.ROUTES,
         ],
         lifespan=lifespan,
         exception_handlers={

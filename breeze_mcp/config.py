@@ -174,6 +174,9 @@ class Settings(BaseSettings):
     grant_rate_limit: str = Field(
         "300/minute", description="Per-OAuth-grant limit (`limits` notation)."
     )
+    console_rate_limit: str = Field(
+        "300/minute", description="Per-person limit on the web console's tool calls and "
+        "page requests, in each organization (`limits` notation).")
     dcr_rate_limit: str = Field(
         "60/minute",
         description="Dynamic Client Registrations per source address (IPv6 folded to /64); "
@@ -303,7 +306,8 @@ class Settings(BaseSettings):
             return [item.strip().lower() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("api_key_rate_limit", "grant_rate_limit", "dcr_rate_limit",
+    @field_validator("api_key_rate_limit", "grant_rate_limit", "console_rate_limit",
+                     "dcr_rate_limit",
                      "dcr_global_rate_limit", "auth_failure_rate_limit", "signup_rate_limit")
     @classmethod
     def _check_limit(cls, value: str) -> str:

@@ -151,7 +151,8 @@ def render(
     # redirect that follows a form submission).
     targets = " ".join(sorted({t for t in form_targets if t}))
     csp = (
-        f"default-src 'none'; style-src 'nonce-{nonce}'; img-src 'self'; "
+        f"default-src 'none'; style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; "
+        "img-src 'self'; "
         f"form-action 'self' {targets}".rstrip()
         + "; frame-ancestors 'none'; base-uri 'none'"
     )

@@ -22,14 +22,18 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from breeze_mcp import audit
+from breeze_mcp.auth.credentials import CredentialRejected, usable_scopes
+from breeze_mcp.auth.principal import ALL_SCOPES, Principal
 from breeze_mcp.auth.tokens import digest, mint
 from breeze_mcp.db import Database
-from breeze_mcp.db.engine import Row
-from breeze_mcp.db.models import users, web_sessions
+from breeze_mcp.db.engine import Row, Transaction
+from breeze_mcp.db.models import memberships, tenants, users, web_sessions
 
 __all__ = [
+    "STEP_UP_SECONDS",
     "CookieNames",
     "SessionUser",
+    "console_principal",
     "cookie_names",
     "create_session",
     "csrf_binding",
@@ -40,10 +44,16 @@ __all__ = [
     "list_sessions",
     "load_session",
     "login_candidate",
+    "mark_stepped_up",
     "new_csrf_cookie",
+    "set_console_tenant",
 ]
 
 SESSION_PREFIX = "bzs"
+
+#: How long a confirmation of who one is (password or code) lets a session take Tier 3
+#: actions in the console.
+STEP_UP_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,10 @@ class SessionUser:
     user_id: uuid.UUID
     email: str
     display_name: str | None
+    #: The organization the console acts in (None until the first console page).
+    console_tenant_id: uuid.UUID | None = None
+    #: Whether the person confirmed who they are within the last ``STEP_UP_SECONDS``.
+    stepped_up: bool = False
 
 
 async def create_session(
@@ -101,7 +115,10 @@ async def load_session(db: Database, token: str | None, *,
     async with db.system() as conn:
         row = (await conn.execute(
             sa.select(web_sessions.c.id, users.c.id.label("user_id"), users.c.email,
-                      users.c.display_name)
+                      users.c.display_name, web_sessions.c.console_tenant_id,
+                      sa.func.coalesce(web_sessions.c.stepped_up_at > sa.func.now()
+                                       - dt.timedelta(seconds=STEP_UP_SECONDS), False)
+                      .label("stepped_up"))
             .join(users, users.c.id == web_sessions.c.user_id)
             .where(web_sessions.c.digest == digest(token),
                    web_sessions.c.revoked_at.is_(None),
@@ -118,7 +135,64 @@ async def load_session(db: Database, token: str | None, *,
                    web_sessions.c.last_seen_at < sa.func.now() - dt.timedelta(minutes=1))
             .values(last_seen_at=sa.func.now()))
         await conn.finish(None)  # bookkeeping, not an action
-    return SessionUser(row.id, row.user_id, row.email, row.display_name)
+    return SessionUser(row.id, row.user_id, row.email, row.display_name,
+                       row.console_tenant_id, row.stepped_up)
+
+
+async def console_principal(tx: Transaction, user: SessionUser, tenant_id: uuid.UUID, *,
+                            rate_limit: str) -> Principal:
+    """The Principal of a console request in ``tenant_id`` (``tx``: that tenant's
+    transaction), or :class:`~breeze_mcp.auth.credentials.CredentialRejected`. The person's
+    role at this request caps the scopes through the table that caps API keys and consent
+    (:func:`~breeze_mcp.auth.credentials.usable_scopes`): a session asks for every scope."""
+    row = (await tx.execute(
+        sa.select(tenants.c.status.label("tenant_status"), memberships.c.role)
+        .select_from(tenants)
+        .outerjoin(memberships, sa.and_(memberships.c.tenant_id == tenants.c.id,
+                                        memberships.c.user_id == user.user_id))
+        .where(tenants.c.id == tenant_id))).first()
+    if row is None:
+        raise CredentialRejected("no_access", "not a member of the organization")
+    scopes = usable_scopes(_SessionClaim(row.tenant_status, row.role))
+    return Principal(
+        tenant_id=tenant_id, actor_type="user", actor_id=str(user.user_id),
+        auth_path="session", credential_id=str(user.session_id), scopes=scopes,
+        acting_user_id=user.user_id, role=row.role,
+        rate_limits=((f"console:{tenant_id}:{user.user_id}", rate_limit),))
+
+
+@dataclass(frozen=True)
+class _SessionClaim:
+    """A live session's claim, in the shape :func:`usable_scopes` judges (the session itself
+    was checked by :func:`load_session`: not ended, not expired, its person enabled)."""
+
+    tenant_status: str
+    role: str | None
+    revoked: bool = False
+    expired: bool = False
+    disabled_at: None = None
+    scopes: tuple[str, ...] = ALL_SCOPES
+
+
+async def set_console_tenant(db: Database, user: SessionUser, tenant_id: uuid.UUID) -> None:
+    """Remember the organization this session's console acts in (its membership is checked
+    on every request, not here)."""
+    async with db.system(user_id=user.user_id) as tx:
+        await tx.execute(web_sessions.update()
+                         .where(web_sessions.c.id == user.session_id,
+                                web_sessions.c.user_id == user.user_id)
+                         .values(console_tenant_id=tenant_id))
+        await tx.finish(None)  # a preference, not an action
+
+
+async def mark_stepped_up(tx: Transaction, user: SessionUser) -> None:
+    """The person confirmed who they are: Tier 3 console actions are allowed for
+    ``STEP_UP_SECONDS``. In the caller's transaction, which it finishes with the audit
+    entry of the confirmation."""
+    await tx.execute(web_sessions.update()
+                     .where(web_sessions.c.id == user.session_id,
+                            web_sessions.c.user_id == user.user_id)
+                     .values(stepped_up_at=sa.func.now()))
 
 
 async def list_sessions(db: Database, user_id: uuid.UUID) -> list[Row]:

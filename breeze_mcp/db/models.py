@@ -324,6 +324,12 @@ web_sessions = sa.Table(
     sa.Column("revoked_at", sa.TIMESTAMP(timezone=True)),
     sa.Column("client_ip", INET),
     sa.Column("user_agent", sa.Text),
+    # The organization the console acts in (one of the person's memberships; chosen at the
+    # first console page, switched by the person). Not a tenant wall: the membership is
+    # checked in the tenant's own transaction on every request. (Not named tenant_id: every
+    # table with that column is a tenant table, walled by row-level security.)
+    sa.Column("console_tenant_id", sa.Uuid, sa.ForeignKey("tenants.id", ondelete="SET NULL")),
+    sa.Column("stepped_up_at", sa.TIMESTAMP(timezone=True)),
 )
 
 oauth_grants = sa.Table(
