@@ -115,11 +115,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
                   methods=["POST"]),
             Route("/api/v1/verify-email/resend", signup_api.resend_verification,
                   methods=["POST"]),
-            Route("/api/v1/oauth/grants", admin_api.list_grants, methods=["GET"]),
-            Route("/api/v1/oauth/grants/{grant_id}", admin_api.revoke_one_grant,
-                  methods=["DELETE"]),
-            Route("/api/v1/oauth/clients/{client_id}/grants", admin_api.revoke_client_grants,
-                  methods=["DELETE"]),
+            # The admin API: every endpoint declared with admin_api.admin_endpoint.
+            *admin_api.routes(),
             # OAuth 2.1 authorization server and discovery.
             Route("/.well-known/oauth-protected-resource",
                   oauth_endpoints.protected_resource_metadata, methods=["GET"]),

@@ -12,7 +12,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from breeze_mcp import __version__
+from breeze_mcp import __version__, admin_api
 from breeze_mcp.auth.principal import ALL_SCOPES, Principal, scope_for_tier
 from breeze_mcp.db.engine import Transaction
 from breeze_mcp.edge import (
@@ -189,7 +189,7 @@ def openapi_document(services: Services) -> dict[str, Any]:
             }
         }
     }
-    paths.update(_admin_paths(error))
+    paths.update(admin_api.openapi_paths(error))
     for spec in services.registry:
         if spec.base_tier >= 4:
             continue
@@ -237,51 +237,6 @@ def openapi_document(services: Services) -> dict[str, Any]:
                                                  "message": {"type": "string"}}}},
         },
         "paths": paths,
-    }
-
-
-def _admin_paths(error: dict[str, Any]) -> dict[str, Any]:
-    """The OAuth grant administration endpoints (:mod:`breeze_mcp.admin_api`): an API key
-    created by an owner or admin; revoking also needs ``ai:write``."""
-
-    def operation(summary: str, operation_id: str, scope: str, ok: str,
-                  parameters: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "summary": summary,
-            "description": f"Needs an API key with {scope}, created by an owner or admin of "
-            "the tenant (the role is checked on every request). OAuth access tokens are "
-            "refused.",
-            "operationId": operation_id,
-            "security": [{"bearer": [scope]}],
-            "x-required-scope": scope,
-            "x-required-role": ["owner", "admin"],
-            "parameters": parameters,
-            "responses": {
-                "200": {"description": ok,
-                        "content": {"application/json": {"schema": {"type": "object"}}}},
-                **{str(code): {"description": desc,
-                               "content": {"application/json": {"schema": error}}}
-                   for code, desc in ((401, "Missing or invalid credential"),
-                                      (403, "Not an owner's or admin's API key, or a key "
-                                       "without the scope"),
-                                      (404, "No such live grant"))},
-            },
-        }
-
-    def in_path(name: str) -> dict[str, Any]:
-        return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-
-    return {
-        "/api/v1/oauth/grants": {"get": operation(
-            "List the tenant's OAuth grants", "list_oauth_grants", "ai:read", "Grants",
-            [{"name": "include_revoked", "in": "query", "required": False,
-              "schema": {"type": "boolean"}}])},
-        "/api/v1/oauth/grants/{grant_id}": {"delete": operation(
-            "Revoke one OAuth grant and every token of it", "revoke_oauth_grant", "ai:write",
-            "The revoked grant's id", [in_path("grant_id")])},
-        "/api/v1/oauth/clients/{client_id}/grants": {"delete": operation(
-            "Revoke every grant of one OAuth client", "revoke_oauth_client_grants",
-            "ai:write", "The revoked grants' ids", [in_path("client_id")])},
     }
 
 

@@ -365,7 +365,7 @@ async def test_rest_listing_and_admin_endpoints_are_metered(
                                          headers=_headers(key, source))
             assert revoke.status_code == 429
     assert [r.action for r in tenant_entries(test_db, str(info.id))] == [
-        "admin.list_grants", "rest.list_tools", "admin.revoke_grant"]
+        "admin.list_oauth_grants", "rest.list_tools", "admin.revoke_oauth_grant"]
 
 
 # Admin ids -------------------------------------------------------------------------------
