@@ -92,7 +92,8 @@ class Console:
 
     async def call(self, name: str, arguments: Mapping[str, Any]) -> CallResult:
         """A tool call through the one pipeline: in the request's transaction while it is
-        open, else in a tenant transaction of its own."""
+        open, else in a tenant transaction of its own (make such calls after leaving
+        :func:`open_console`'s block, so its connection is back in the pool first)."""
         tx = self.tx if self.tx.state is State.OPEN else None
         return await call_tool(self.services, self.principal, name, arguments, self.context,
                                tx)
@@ -241,19 +242,22 @@ def _query_arguments(spec: ToolSpec | None, query: Mapping[str, str]) -> dict[st
 async def _tool_page(request: Request, page: str, calls: list[tuple[str, dict[str, Any]]],
                      template: str, context: dict[str, Any]) -> Response:
     """A page made of tool calls (each through the pipeline, each audited); the first
-    refused call is the page's answer."""
+    refused call is the page's answer. The first call runs in the door's transaction; the
+    others each in their own, once the door's connection is back in the pool (a page never
+    holds two connections, so a busy pool cannot deadlock on pages waiting for a second)."""
     async with open_console(request, page, metered=False) as console:
         if isinstance(console, Response):
             return console
-        results = []
-        for name, arguments in calls:
-            result = await console.call(name, arguments)
-            if result.status != "ok":
-                return _call_failed(request, console, result, page=page)
-            results.append(result.result or {})
-        return console_render(request, console, template, {**context, "results": results,
-                                                           "tools": _tools(console)},
-                              page=page)
+        results = [await console.call(*calls[0])]
+    for name, arguments in calls[1:]:
+        if results[-1].status != "ok":
+            break
+        results.append(await console.call(name, arguments))
+    if results[-1].status != "ok":
+        return _call_failed(request, console, results[-1], page=page)
+    return console_render(request, console, template, {
+        **context, "results": [r.result or {} for r in results], "tools": _tools(console)},
+        page=page)
 
 
 def _tools(console: Console) -> dict[str, ToolSpec]:
@@ -415,7 +419,7 @@ async def step_up_submit(request: Request) -> Response:
                                  error="That did not match. Try again.")
         await sessions.mark_stepped_up(console.tx, user)
         await console.tx.finish(entry)
-        return await _run(request, console, name, arguments, back)
+    return await _run(request, console, name, arguments, back)  # the door's connection is back
 
 
 #: The console's device and alert pages, and its one tool-call form target.
