@@ -220,7 +220,7 @@ def _iso(moment: dt.datetime) -> str:
 # -- filters -------------------------------------------------------------------------------
 
 #: (name, the query's filters, which entries they select), given the cast.
-Case = Callable[[Cast, list[Any]], tuple[dict[str, str], Callable[[Any], bool]]]
+Case = Callable[[Cast, list[Any]], tuple[dict[str, Any], Callable[[Any], bool]]]
 FILTERS: list[tuple[str, Case]] = [
     ("path api_key", lambda c, rows: ({"path": "api_key"}, lambda r: r.auth_path == "api_key")),
     ("path session", lambda c, rows: ({"path": "session"}, lambda r: r.auth_path == "session")),
@@ -383,7 +383,7 @@ def _csv_rows(text: str) -> list[dict[str, str]]:
 
 @pytest.mark.req("AUDIT-EXPORT", "ADMIN-API-AUDIT")
 def test_export_holds_exactly_the_filtered_entries(cast: Cast) -> None:
-    filters = {"path": "api_key", "to": _iso(cast.bound)}
+    filters: dict[str, Any] = {"path": "api_key", "to": _iso(cast.bound)}
     expected = walk(cast, limit=200, **filters)
     assert len(expected) >= 7
     jsonl = query(cast, endpoint=EXPORT, format="jsonl", **filters)
