@@ -144,8 +144,9 @@ def _audit_render(request: Request, console: Console, *, form: Mapping[str, str]
     """The audit page: the filter form (as typed), the entries, the next page and the
     export links carrying the same filters."""
     filters = {name: value for name, value in form.items()
-               if name not in ("cursor", "format") and value}
-    next_query = urlencode({**filters, "cursor": next_cursor}) if next_cursor else None
+               if name not in ("cursor", "format", "limit") and value}
+    paged = {**filters, **({"limit": form["limit"]} if form.get("limit") else {})}
+    next_query = urlencode({**paged, "cursor": next_cursor}) if next_cursor else None
     return console_render(request, console, "audit.html", {
         "form": form,
         "error": error,
