@@ -139,8 +139,8 @@ def _row_view(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def _audit_render(request: Request, console: Console, *, form: Mapping[str, str],
-                  rows: list[Any], next_cursor: str | None, error: str | None = None,
-                  status: int = 200) -> Response:
+                  rows: list[Any], next_cursor: str | None,
+                  error: AuditQueryError | None = None) -> Response:
     """The audit page: the filter form (as typed), the entries, the next page and the
     export links carrying the same filters."""
     filters = {name: value for name, value in form.items()
@@ -149,13 +149,14 @@ def _audit_render(request: Request, console: Console, *, form: Mapping[str, str]
     next_query = urlencode({**paged, "cursor": next_cursor}) if next_cursor else None
     return console_render(request, console, "audit.html", {
         "form": form,
-        "error": error,
+        "error": error.message if error else None,
+        "error_field": error.name if error else None,
         "entries": [_row_view(entry_json(row)) for row in rows],
         "next_query": next_query,
         "export_jsonl": urlencode({**filters, "format": "jsonl"}),
         "export_csv": urlencode({**filters, "format": "csv"}),
         "max_page_size": MAX_PAGE_SIZE,
-    }, page="audit", status=status)
+    }, page="audit", status=400 if error else 200)
 
 
 def _form(query: Fields) -> dict[str, str]:
@@ -181,7 +182,7 @@ async def audit_page(request: Request) -> Response:
             await console.tx.finish(_entry(console.principal, console.context,
                                            "console.audit", _given(query), exc.message))
             return _audit_render(request, console, form=_form(query), rows=[],
-                                 next_cursor=None, error=exc.message, status=400)
+                                 next_cursor=None, error=exc)
         await console.tx.finish(_entry(console.principal, console.context, "console.audit",
                                        _page_parameters(asked)))
         return _audit_render(request, console, form=_form(query), rows=page.entries,
@@ -205,7 +206,7 @@ async def audit_export_page(request: Request) -> Response:
                                            "console.audit_export", _given(query),
                                            exc.message))
             return _audit_render(request, console, form=_form(query), rows=[],
-                                 next_cursor=None, error=exc.message, status=400)
+                                 next_cursor=None, error=exc)
         first = await read_batch(console.tx, console.principal.tenant_id, asked, None)
         await console.tx.finish(_entry(console.principal, console.context,
                                        "console.audit_export",

@@ -643,8 +643,10 @@ def test_a_bad_filter_is_shown_on_the_page(cast: Cast, admin: HumanAgent) -> Non
     since = last_id(cast)
     page = admin.http.get("/console/audit", params={"tier": "9", "actor": "someone"})
     assert page.status_code == 400
-    assert re.search(r'<p class="error" role="alert">tier: [^<]+</p>', page.text)
+    assert re.search(r'<p class="error" role="alert" id="audit-error">tier: [^<]+</p>', page.text)
     assert 'value="someone"' in page.text  # the form keeps what was typed
+    assert re.search(r'<select id="f-tier" name="tier" aria-invalid="true"', page.text)
+    assert "Export every entry" not in page.text and "<table" not in page.text
     [entry] = entries_since(cast, since, "console.audit")
     assert entry.outcome == "error" and entry.error.startswith("tier:")
     assert entry.parameters == {"tier": "9", "actor": "someone"}
@@ -668,7 +670,7 @@ def test_the_console_exports_what_it_shows(cast: Cast, admin: HumanAgent) -> Non
     assert all(e.parameters["path"] == "session" and e.auth_path == "session"
                and e.acting_user_id == cast.admin_id for e in exports)
     bad = admin.http.get("/console/audit/export", params={"format": "pdf"})
-    assert bad.status_code == 400 and 'role="alert">format:' in bad.text
+    assert bad.status_code == 400 and 'role="alert" id="audit-error">format:' in bad.text
 
 
 @pytest.mark.req("CONSOLE-AUDIT")
