@@ -170,8 +170,8 @@ class AuditFilters(BaseModel):
             **{name: getattr(self, name) for name in AuditFilters.model_fields})
 
     def parameters(self) -> dict[str, Any]:
-        """The filters given, by their query names, in canonical form: for links, for the
-        audit entry of the read, and signed into a cursor."""
+        """The filters given, by their query names, in canonical form (times in UTC): the
+        parameters of the read's audit entry, and what a cursor is signed with."""
         shown: dict[str, Any] = {}
         for name, info in AuditFilters.model_fields.items():
             value = getattr(self, name)
