@@ -23,6 +23,7 @@ from starlette.types import ASGIApp
 from breeze_mcp import (
     __version__,
     admin_api,
+    audit_endpoints,
     console,
     oauth_endpoints,
     rest,
@@ -166,6 +167,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
                   methods=["POST"]),
             # The web console.
             *console.ROUTES,
+            *audit_endpoints.ROUTES,
         ],
         lifespan=lifespan,
         exception_handlers={

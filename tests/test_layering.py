@@ -1,9 +1,9 @@
 """Where SQL may live, read off the package's source (ARCH-SQL-PLACES).
 
 Statements are built and run only in ``db/``, the ``auth/`` services (accounts, keys, OAuth,
-sessions), ``tools/`` (and their sample data) and the audit writer; the HTTP modules and the
-entry points call service functions. The runtime has one database stack: nothing imports
-SQLAlchemy's asyncio extension.
+sessions), ``tools/`` (and their sample data), the audit writer and the audit log's reader;
+the HTTP modules and the entry points call service functions. The runtime has one database
+stack: nothing imports SQLAlchemy's asyncio extension.
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ import breeze_mcp
 
 PACKAGE = Path(breeze_mcp.__file__).parent
 # Packages and modules allowed to build and run statements.
-SQL_PLACES = ("db/", "auth/", "tools/", "audit.py")
+SQL_PLACES = ("db/", "auth/", "tools/", "audit.py",
+              # The audit log's reader (query, cursor, export) beside its one writer: the
+              # console page and the admin API share it.
+              "audit_query.py")
 _SQL_IMPORTS = ("sqlalchemy", "breeze_mcp.db.models", "breeze_mcp.db.statements")
 
 

@@ -312,7 +312,8 @@ def test_forms_never_5xx(target: Target, data: st.DataObject) -> None:
 
 QUERY_PATHS = ["/authorize", "/login", "/account/connections", "/", "/healthz",
                "/.well-known/oauth-authorization-server", "/.well-known/oauth-protected-resource",
-               "/api/v1/tools", "/api/v1/openapi.json", "/api/v1/oauth/grants", "/mcp"]
+               "/api/v1/tools", "/api/v1/openapi.json", "/api/v1/oauth/grants", "/mcp",
+               "/api/v1/audit", "/api/v1/audit/export"]
 
 
 @pytest.mark.req("HARD-FUZZ", "HARD-NO-5XX")
@@ -329,7 +330,11 @@ def test_queries_and_paths_never_5xx(target: Target, data: st.DataObject) -> Non
     fields = data.draw(st.lists(st.tuples(
         st.one_of(st.sampled_from(["client_id", "redirect_uri", "response_type", "scope",
                                    "state", "code_challenge", "code_challenge_method",
-                                   "resource", "next", "include_revoked"]), text), text),
+                                   "resource", "next", "include_revoked",
+                                   # the audit log's filters
+                                   "from", "to", "actor", "path", "action", "tier",
+                                   "decision", "outcome", "cursor", "limit", "format"]),
+                  text), text),
         max_size=8), label="query")
     query = "&".join(f"{_quote(k)}={_quote(v)}" for k, v in fields)
     _send(target, method, f"{path}?{query}" if query else path,

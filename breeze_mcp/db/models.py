@@ -253,6 +253,9 @@ audit_log = sa.Table(
     _check_in("decision", AUDIT_DECISIONS, "audit_log_decision_check"),
     _check_in("outcome", AUDIT_OUTCOMES, "audit_log_outcome_check"),
     sa.CheckConstraint("risk_tier BETWEEN 1 AND 4", name="audit_log_risk_tier_check"),
+    # The audit log's reader walks one tenant's entries by (occurred_at, id), newest first
+    # (keyset pages and exports; a time range is a range of this index).
+    sa.Index("ix_audit_log_tenant_occurred_at_id", "tenant_id", "occurred_at", "id"),
 )
 
 
