@@ -23,7 +23,9 @@ from starlette.types import ASGIApp
 from breeze_mcp import (
     __version__,
     admin_api,
+    admin_apps,  # noqa: F401 - declares its admin endpoints (before admin_api.routes())
     console,
+    console_apps,
     oauth_endpoints,
     rest,
     signup_api,
@@ -166,6 +168,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
                   methods=["POST"]),
             # The web console.
             *console.ROUTES,
+            *console_apps.ROUTES,
         ],
         lifespan=lifespan,
         exception_handlers={
