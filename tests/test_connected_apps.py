@@ -44,7 +44,7 @@ from tests.oauth_support import (
     refresh,
     register,
 )
-from tests.support import LiveServer, ProvisionedDatabase, superuser_sql
+from tests.support import LiveServer, ProvisionedDatabase, superuser_sql, wait_for
 from tests.test_console import entries, fields_of, last_id
 
 ALL = "ai:read ai:write ai:execute"
@@ -464,16 +464,65 @@ def test_the_database_refuses_a_grant_or_a_code_of_a_blocked_client(env: Env) ->
             code_challenge=pkce_pair()[1], request=RequestContext(request_id="test"),
             requested_scopes=["ai:read"])
 
+    authorized = superuser_sql(world.test_db, "SELECT last_authorized_at FROM oauth_clients"
+                               " WHERE client_id = :c", c=conn.client_id)
     with pytest.raises(oauth.ClientBlocked):
         run_db(world, consent_anyway)
     [refused] = entries(world, since, action="oauth.grant_created")
     assert (refused["decision"], refused["deny_reason"], refused["client_id"]) == (
         "denied", "client_blocked", conn.client_id)
+    assert superuser_sql(world.test_db, "SELECT last_authorized_at FROM oauth_clients"
+                         " WHERE client_id = :c", c=conn.client_id) == authorized
     # Once it has run out, the app may connect again: nothing to lift.
     superuser_sql(world.test_db, "UPDATE oauth_client_blocks SET created_at = now() -"
                   " interval '2 hours', until = now() - interval '1 second'"
                   " WHERE client_id = :c", c=conn.client_id)
     assert works(env, connect(env, "tech", client_id=conn.client_id))
+
+
+@pytest.mark.req("OAUTH-CLIENT-BLOCK")
+def test_a_consent_waits_for_a_block_being_written_then_sees_it(env: Env) -> None:
+    """A consent that starts while a block of its client is being written (not yet
+    committed) waits on the client's row, then is refused: it cannot slip a grant past the
+    block's revocations."""
+    world = env.world
+    client_id = register(world, client_name="Raced by a block")["client_id"]
+    tech = superuser_sql(world.test_db, "SELECT id FROM users WHERE email = :e",
+                         e=world.tech_email)[0][0]
+
+    def consent_waits() -> bool:  # on the lock of the client's row
+        return bool(superuser_sql(
+            world.test_db, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type ="
+            " 'Lock' AND query LIKE '%FROM oauth_clients%FOR NO KEY UPDATE%'")[0][0])
+
+    async def race(db: Database) -> None:
+        client = await oauth.get_client(db, client_id)
+        assert client is not None
+        async with db.tenant(world.tenant.id) as block:
+            assert await oauth.blocks.lock_client(block, client_id) is not None
+            await oauth.blocks.put_block(block, world.tenant.id, client_id,
+                                         dt.datetime.now(dt.UTC) + dt.timedelta(days=1), None)
+            consent = asyncio.create_task(oauth.create_authorization(
+                db, world.settings, tenant_id=world.tenant.id, client=client, user_id=tech,
+                scopes=["ai:read"], resource=world.mcp_url, redirect_uri=REDIRECT,
+                code_challenge=pkce_pair()[1], request=RequestContext(request_id="race"),
+                requested_scopes=["ai:read"]))
+            await asyncio.to_thread(wait_for, consent_waits)
+            assert not consent.done()
+            await block.finish(None)
+        with pytest.raises(oauth.ClientBlocked):
+            await consent
+
+    async def go() -> None:
+        db = Database(world.test_db.runtime_url, pool_size=2)  # the block's and the consent's
+        try:
+            await race(db)
+        finally:
+            await db.dispose()
+
+    asyncio.run(go())
+    assert superuser_sql(world.test_db, "SELECT count(*) FROM oauth_grants WHERE client_id = :c",
+                         c=client_id)[0][0] == 0
 
 
 NOW = dt.datetime(2030, 1, 1, 12, tzinfo=dt.UTC)

@@ -9,9 +9,9 @@ and the revocation of the client's grants that comes with a block, are
 (``until > now()``) on each request: nothing is cached, so every instance sees a block, and
 its end, at once.
 
-A block and a consent of the same client take turns on the client's row (a block locks it
-with :func:`lock_client`; a consent updates it before it looks for a block), so a grant made
-while a block is written is either revoked by the block or refused.
+A block and a consent of the same client take turns on the client's row (each locks it with
+:func:`lock_client` first, a consent before it looks for a block), so a grant made while a
+block is written is either revoked by the block or refused.
 """
 
 from __future__ import annotations
@@ -138,7 +138,8 @@ class Block:
 
 async def lock_client(tx: Transaction, client_id: str) -> Row | None:
     """The client's row (client_id, client_name, redirect_uris), locked until ``tx`` ends
-    so that no consent of the client runs meanwhile; None if there is no such client."""
+    so that no block or consent of the client runs meanwhile; None if there is no such
+    client."""
     return (await tx.execute(
         sa.select(oauth_clients.c.client_id, oauth_clients.c.client_name,
                   oauth_clients.c.redirect_uris)

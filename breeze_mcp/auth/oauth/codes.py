@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from breeze_mcp import audit
-from breeze_mcp.auth.oauth.blocks import ClientBlocked, blocked_until
+from breeze_mcp.auth.oauth.blocks import ClientBlocked, blocked_until, lock_client
 from breeze_mcp.auth.oauth.clients import Client
 from breeze_mcp.auth.oauth.errors import AccessDenied, InvalidScope
 from breeze_mcp.auth.oauth.grants import CODE_PREFIX, canonical_scopes, grant_audit
@@ -78,12 +78,9 @@ async def create_authorization(
         granted = canonical_scopes(list(effective_scopes(role, scopes)))
         if not granted:
             raise InvalidScope("no scope left to grant")
-        # The client's row before the block check: a block locks it (blocks.lock_client), so
-        # a block being written is waited for, then seen.
-        await conn.execute(
-            oauth_clients.update().where(oauth_clients.c.client_id == client.client_id)
-            .values(expires_at=None, last_authorized_at=sa.func.now())
-        )
+        # The client's row, locked before the block check as a block locks it first: a
+        # block being written is waited for, then seen.
+        await lock_client(conn, client.client_id)
         until = await blocked_until(conn, tenant_id, client.client_id)
         if until is not None:
             await conn.finish(audit.AuditEntry(
@@ -108,6 +105,10 @@ async def create_authorization(
             scopes=granted,
             expires_at=sa.func.now() + dt.timedelta(seconds=settings.auth_code_ttl),
         ))
+        await conn.execute(
+            oauth_clients.update().where(oauth_clients.c.client_id == client.client_id)
+            .values(expires_at=None, last_authorized_at=sa.func.now())
+        )
         narrowed = [s for s in canonical_scopes(requested_scopes) if s not in granted]
         await conn.finish(grant_audit(
             "oauth.grant_created", tenant_id, grant_id, client.client_id, user_id, granted,
