@@ -23,8 +23,10 @@ from starlette.types import ASGIApp
 from breeze_mcp import (
     __version__,
     admin_api,
+    admin_apps,  # noqa: F401 - declares its admin endpoints (before admin_api.routes())
     audit_endpoints,
     console,
+    console_apps,
     oauth_endpoints,
     rest,
     signup_api,
@@ -168,6 +170,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             # The web console.
             *console.ROUTES,
             *audit_endpoints.ROUTES,
+            *console_apps.ROUTES,
         ],
         lifespan=lifespan,
         exception_handlers={

@@ -6,7 +6,8 @@
 * ``POST /register`` (RFC 7591), rate-limited per source and capped globally.
 * ``GET/POST /authorize``: sign-in, then consent; PKCE S256 only; exact redirect URI match
   (any port for loopback); ``resource`` validated and bound (RFC 8707); ``iss`` (RFC 9207)
-  and ``state`` in the response. A bad client or redirect URI is an error page, never a
+  and ``state`` in the response; an organization that blocked the client is neither offered
+  nor accepted. A bad client or redirect URI is an error page, never a
   redirect; so is any other error before the user approved, unless the signed-in user already
   holds a live grant for the client (RFC 9700 §4.11.2: no open redirector).
 * ``POST /token``: ``authorization_code`` and ``refresh_token``; ``Cache-Control: no-store``.
@@ -16,6 +17,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import logging
 import uuid
 from typing import Any
@@ -37,6 +39,7 @@ from breeze_mcp.auth.oauth.errors import (
 )
 from breeze_mcp.auth.oauth.registration import (
     parse_registration_body,
+    redirect_host,
     redirect_uri_matches,
     validate_registration,
 )
@@ -180,12 +183,6 @@ def _single(params: Fields, name: str) -> str | None:
     return values[0] if values else None
 
 
-def _redirect_host(redirect_uri: str) -> str:
-    parts = urlsplit(redirect_uri)
-    host = parts.hostname if parts.scheme in ("http", "https") else f"{parts.scheme}://"
-    return host or redirect_uri
-
-
 async def _refused_before_approval(request: Request, services: Services, client: oauth.Client,
                                    redirect_uri: str, error: str, description: str,
                                    base: dict[str, str]) -> Response:
@@ -200,7 +197,7 @@ async def _refused_before_approval(request: Request, services: Services, client:
     return error_page(
         request, "Request not accepted",
         f"{client.display_name} sent a request Breeze cannot accept ({error}: {description}).",
-        hint=f"You were not sent back to {_redirect_host(redirect_uri)}, because this "
+        hint=f"You were not sent back to {redirect_host(redirect_uri)}, because this "
         "application has not been approved from your account yet. Tell its developer, or "
         "reconnect from the application.")
 
@@ -258,10 +255,16 @@ async def authorize(request: Request) -> Response:
     if not choices:
         return await _refused_before_approval(request, services, client, redirect_uri,
                                               "access_denied", "no active organization", base)
+    # Organizations that blocked the client are not offered, nor accepted.
+    blocked = await oauth.blocks.open_blocks(services.db, user.user_id, client.client_id,
+                                             [uuid.UUID(c["id"]) for c in choices])
+    offered = [c for c in choices if uuid.UUID(c["id"]) not in blocked]
+    if not offered:
+        return _blocked_page(request, client, choices, blocked)
 
     if form is None:
-        return _consent_page(request, client, redirect_uri, checked, choices, user.email,
-                             params)
+        return _consent_page(request, client, redirect_uri, checked, offered, user.email,
+                             params, _blocked_in(choices, blocked))
 
     if not check_csrf(request, form):
         return error_page(request, "Form expired",
@@ -275,7 +278,9 @@ async def authorize(request: Request) -> Response:
         tenant_id = uuid.UUID(form.get("tenant_id") or "")
     except ValueError:
         return error_page(request, "Bad request", "No organization was chosen.")
-    role = next((c["role"] for c in choices if c["id"] == str(tenant_id)), None)
+    if tenant_id in blocked:
+        return _blocked_page(request, client, choices, {tenant_id: blocked[tenant_id]})
+    role = next((c["role"] for c in offered if c["id"] == str(tenant_id)), None)
     if role is None:
         return error_page(request, "Bad request", "You are not a member of that organization.",
                           status=403)
@@ -293,6 +298,8 @@ async def authorize(request: Request) -> Response:
             redirect_uri=redirect_uri, code_challenge=checked["code_challenge"],
             request=ctx, requested_scopes=checked["scopes"],
         )
+    except oauth.ClientBlocked as exc:  # blocked since the page was shown
+        return _blocked_page(request, client, choices, {tenant_id: exc.until})
     except OAuthError as exc:
         return _redirect(redirect_uri, {"error": exc.error,
                                         "error_description": exc.description, **base})
@@ -335,9 +342,27 @@ async def _tenant_choices(services: Services, user_id: uuid.UUID) -> list[dict[s
     return [{"id": str(r.id), "name": r.name, "role": r.role} for r in rows]
 
 
+def _blocked_in(choices: list[dict[str, str]],
+                blocked: dict[uuid.UUID, dt.datetime]) -> list[dict[str, str]]:
+    """The organizations of ``choices`` that blocked the client, with their blocks' ends."""
+    return [{"name": c["name"], "until": oauth.blocks.utc_text(blocked[uuid.UUID(c["id"])])}
+            for c in choices if uuid.UUID(c["id"]) in blocked]
+
+
+def _blocked_page(request: Request, client: oauth.Client, choices: list[dict[str, str]],
+                  blocked: dict[uuid.UUID, dt.datetime]) -> Response:
+    """The client is blocked in the organization chosen, or in every one the person has."""
+    where = "; ".join(f"{b['name']} until {b['until']}" for b in _blocked_in(choices, blocked))
+    return error_page(
+        request, "Application blocked",
+        f"An administrator has blocked {client.display_name} in your organization ({where}).",
+        hint="It cannot be connected there until then. An owner or admin can lift the block "
+        "under Connected apps in the console.", status=403)
+
+
 def _consent_page(request: Request, client: oauth.Client, redirect_uri: str,
                   checked: dict[str, Any], choices: list[dict[str, str]],
-                  email: str, params: Fields) -> Response:
+                  email: str, params: Fields, blocked: list[dict[str, str]]) -> Response:
     tenant_id = choices[0]["id"]
     role = choices[0]["role"]
     allowed = effective_scopes(role, checked["scopes"])
@@ -345,9 +370,9 @@ def _consent_page(request: Request, client: oauth.Client, redirect_uri: str,
               for s in checked["scopes"]]
     hidden = [(k, v) for k in AUTHORIZE_PARAMS for v in params.getlist(k)]
     return render(request, "consent.html", {
-        "client_name": client.display_name, "redirect_host": _redirect_host(redirect_uri),
+        "client_name": client.display_name, "redirect_host": redirect_host(redirect_uri),
         "user_email": email, "tenants": choices, "tenant_id": tenant_id, "scopes": scopes,
-        "params": hidden, "error": None,
+        "params": hidden, "error": None, "blocked": blocked,
     }, form_targets=[form_target_for(redirect_uri)])
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from breeze_mcp.audit import ActorType, AuditEntry, AuthPath
 
 __all__ = [
+    "ADMIN_ROLES",
     "ALL_SCOPES",
     "ROLE_SCOPES",
     "SCOPE_CEILING",
@@ -40,6 +41,10 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
     "technician": frozenset(ALL_SCOPES),
     "readonly": frozenset({"ai:read"}),
 }
+
+
+#: Roles that govern the tenant's credentials: every member's OAuth grants, client blocks.
+ADMIN_ROLES: tuple[str, ...] = ("owner", "admin")
 
 
 def effective_scopes(role: str | None, requested: Iterable[str]) -> frozenset[str]:

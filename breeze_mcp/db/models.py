@@ -412,6 +412,25 @@ oauth_access_tokens = sa.Table(
     _grant_fk("oauth_access_tokens"),
 )
 
+#: An owner's or admin's bar on one OAuth client in their tenant, until ``until`` (or until
+#: lifted). At most one open (unlifted) block per client and tenant.
+oauth_client_blocks = sa.Table(
+    "oauth_client_blocks",
+    metadata,
+    _uuid_pk(),
+    _tenant_fk(),
+    sa.Column("client_id", sa.Text,
+              sa.ForeignKey("oauth_clients.client_id", ondelete="CASCADE"), nullable=False),
+    sa.Column("until", sa.TIMESTAMP(timezone=True), nullable=False),
+    sa.Column("created_by", sa.Uuid, sa.ForeignKey("users.id", ondelete="SET NULL")),
+    sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
+    sa.Column("lifted_at", sa.TIMESTAMP(timezone=True)),
+    sa.Column("lifted_by", sa.Uuid, sa.ForeignKey("users.id", ondelete="SET NULL")),
+    sa.CheckConstraint("until > created_at", name="oauth_client_blocks_until_check"),
+    sa.Index("ix_oauth_client_blocks_open", "tenant_id", "client_id", unique=True,
+             postgresql_where=sa.text("lifted_at IS NULL")),
+)
+
 
 billing_events = sa.Table(
     "billing_events",

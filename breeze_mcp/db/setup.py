@@ -85,6 +85,7 @@ RUNTIME_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "oauth_codes": ("SELECT", "INSERT", "UPDATE"),
     "oauth_refresh_tokens": ("SELECT", "INSERT", "UPDATE"),
     "oauth_access_tokens": ("SELECT", "INSERT", "UPDATE"),
+    "oauth_client_blocks": ("SELECT", "INSERT", "UPDATE"),
 }
 
 

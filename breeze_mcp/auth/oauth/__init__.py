@@ -4,6 +4,8 @@
 ``registration``   RFC 7591 §2 client metadata policy and redirect-URI rules (pure)
 ``clients``        RFC 7591 storage and RFC 6749 §2.3 client authentication
 ``grants``         the grant (unit of consent, revocation, rate limit, audit); credential prefixes
+``blocks``         a tenant's block of one client: no new grant, no code exchanged until it ends
+``apps``           connected apps: who sees and revokes which grants, blocks (console and API)
 ``codes``          RFC 6749 §4.1 authorization codes and RFC 7636 PKCE
 ``tokens``         OAuth 2.1 §4.1.3 code exchange and §4.3 refresh rotation
 ``revocation``     grant revocation and RFC 7009 token revocation
@@ -16,6 +18,8 @@ The names callers use are re-exported here: ``from breeze_mcp.auth import oauth`
 
 from __future__ import annotations
 
+from breeze_mcp.auth.oauth import apps, blocks
+from breeze_mcp.auth.oauth.blocks import ClientBlocked
 from breeze_mcp.auth.oauth.clients import (
     Client,
     authenticate_client,
@@ -69,13 +73,16 @@ __all__ = [
     "REFRESH_PREFIX",
     "AuthorizationCodeRequest",
     "Client",
+    "ClientBlocked",
     "OAuthError",
     "RefreshTokenRequest",
     "TokenRequest",
     "TokenResponse",
     "access_lookup",
     "access_principal_from",
+    "apps",
     "authenticate_client",
+    "blocks",
     "consentable_tenants",
     "create_authorization",
     "exchange_code",

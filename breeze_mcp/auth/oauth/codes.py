@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
+from breeze_mcp import audit
+from breeze_mcp.auth.oauth.blocks import ClientBlocked, blocked_until, lock_client
 from breeze_mcp.auth.oauth.clients import Client
 from breeze_mcp.auth.oauth.errors import AccessDenied, InvalidScope
 from breeze_mcp.auth.oauth.grants import CODE_PREFIX, canonical_scopes, grant_audit
@@ -62,7 +64,9 @@ async def create_authorization(
     request: RequestContext,
     requested_scopes: Sequence[str],
 ) -> str:
-    """The human approved: create the grant and a single-use code; returns the code."""
+    """The human approved: create the grant and a single-use code; returns the code.
+    :class:`~breeze_mcp.auth.oauth.blocks.ClientBlocked` (audited) when the client is blocked
+    in the tenant."""
     code = mint_tenant_bound(CODE_PREFIX, tenant_id)
     async with db.tenant(tenant_id, user_id=user_id) as conn:
         role = (await conn.execute(
@@ -74,6 +78,21 @@ async def create_authorization(
         granted = canonical_scopes(list(effective_scopes(role, scopes)))
         if not granted:
             raise InvalidScope("no scope left to grant")
+        # The client's row, locked before the block check as a block locks it first: a
+        # block being written is waited for, then seen.
+        await lock_client(conn, client.client_id)
+        until = await blocked_until(conn, tenant_id, client.client_id)
+        if until is not None:
+            await conn.finish(audit.AuditEntry(
+                actor_type="user", actor_id=str(user_id), acting_user_id=user_id,
+                auth_path="oauth", client_id=client.client_id, tenant_id=tenant_id,
+                action="oauth.grant_created", decision="denied", outcome="blocked",
+                deny_reason="client_blocked", scopes=granted,
+                parameters={"requested": list(requested_scopes),
+                            "blocked_until": until.isoformat()},
+                request_id=request.request_id, client_ip=request.client_ip,
+                user_agent=request.user_agent))
+            raise ClientBlocked(until)
         grant_id = (await conn.execute(
             oauth_grants.insert().values(
                 tenant_id=tenant_id, client_id=client.client_id, user_id=user_id,

@@ -18,7 +18,14 @@ from breeze_mcp import audit
 from breeze_mcp.auth.principal import ALL_SCOPES, RequestContext
 from breeze_mcp.db import Database
 from breeze_mcp.db.engine import Row, Transaction
-from breeze_mcp.db.models import memberships, oauth_clients, oauth_grants, tenants, users
+from breeze_mcp.db.models import (
+    memberships,
+    oauth_clients,
+    oauth_codes,
+    oauth_grants,
+    tenants,
+    users,
+)
 
 __all__ = [
     "ACCESS_PREFIX",
@@ -86,11 +93,20 @@ async def user_has_live_grant(db: Database, user_id: uuid.UUID, client_id: str) 
 
 
 async def list_tenant_grants(tx: Transaction, tenant_id: uuid.UUID, *,
-                             include_revoked: bool = False) -> list[Row]:
-    """Every grant of the tenant, newest first, with its client's name and its user's email
-    (for the admin API)."""
+                             include_revoked: bool = False,
+                             user_id: uuid.UUID | None = None) -> list[Row]:
+    """Every grant of the tenant (or, with ``user_id``, every grant that user made), newest
+    first, with its client's name and registered redirect URIs, the redirect URI its consent
+    sent the code to, and its user's email."""
+    consented_to = (
+        sa.select(sa.func.min(oauth_codes.c.redirect_uri))
+        .where(oauth_codes.c.tenant_id == oauth_grants.c.tenant_id,
+               oauth_codes.c.grant_id == oauth_grants.c.id)
+        .scalar_subquery()
+    )
     query = (
-        sa.select(oauth_grants, oauth_clients.c.client_name, users.c.email)
+        sa.select(oauth_grants, oauth_clients.c.client_name, oauth_clients.c.redirect_uris,
+                  consented_to.label("redirect_uri"), users.c.email)
         .join(oauth_clients, oauth_clients.c.client_id == oauth_grants.c.client_id)
         .join(users, users.c.id == oauth_grants.c.user_id)
         .where(oauth_grants.c.tenant_id == tenant_id)
@@ -98,6 +114,8 @@ async def list_tenant_grants(tx: Transaction, tenant_id: uuid.UUID, *,
     )
     if not include_revoked:
         query = query.where(oauth_grants.c.revoked_at.is_(None))
+    if user_id is not None:
+        query = query.where(oauth_grants.c.user_id == user_id)
     return (await tx.execute(query)).all()
 
 

@@ -39,6 +39,7 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn, cast, get_args
+from urllib.parse import urlsplit
 
 from breeze_mcp.auth.oauth.errors import (
     InvalidClientMetadata,
@@ -59,6 +60,7 @@ __all__ = [
     "TokenEndpointAuthMethod",
     "is_loopback_redirect",
     "parse_registration_body",
+    "redirect_host",
     "redirect_uri_matches",
     "validate_redirect_uri",
     "validate_registration",
@@ -310,6 +312,14 @@ def redirect_uri_matches(registered: Sequence[str], presented: str) -> bool:
         ):
             return True
     return False
+
+
+def redirect_host(redirect_uri: str) -> str:
+    """Where a redirect URI sends the person, as they should read it: the host of an http(s)
+    URI, the scheme of a private-use one (``cursor://``)."""
+    parts = urlsplit(redirect_uri)
+    host = parts.hostname if parts.scheme in ("http", "https") else f"{parts.scheme}://"
+    return host or redirect_uri
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,14 +33,15 @@ async def revoke_grant(
     tx: Transaction, tenant_id: uuid.UUID, grant_id: uuid.UUID, *, reason: str,
     actor_type: audit.ActorType, actor_id: str, request: RequestContext | None,
     action: str = "oauth.grant_revoked", auth_path: audit.AuthPath = "oauth",
-    acting_user_id: uuid.UUID | None = None,
+    acting_user_id: uuid.UUID | None = None, owner: uuid.UUID | None = None,
 ) -> bool:
     """Revoke a grant and every access token, refresh token and pending code of it, in
     ``tx`` (audited there; the caller finishes it): once committed, the very next request
-    with any of them fails. Returns False if there was no live grant with that id."""
+    with any of them fails. With ``owner``, only a grant that user made (checked by the
+    revoking statement itself). Returns False if there was no such live grant."""
     return await _revoke_in(tx, tenant_id, grant_id, reason=reason, actor_type=actor_type,
                             actor_id=actor_id, request=request, action=action,
-                            auth_path=auth_path, acting_user_id=acting_user_id)
+                            auth_path=auth_path, acting_user_id=acting_user_id, owner=owner)
 
 
 async def revoke_client_grants(

@@ -1,7 +1,8 @@
 """The token endpoint's grants: code exchange and refresh rotation (OAuth 2.1 §4.1.3, §4.3).
 
-* Exchanging a code checks client, redirect URI, PKCE (:mod:`.codes`) and resource; a code
-  presented twice revokes what it produced (RFC 6749 §10.5).
+* Exchanging a code checks client, redirect URI, PKCE (:mod:`.codes`) and resource, and that
+  the client is not blocked in the code's tenant (:mod:`.blocks`); a code presented twice
+  revokes what it produced (RFC 6749 §10.5).
 * Refresh rotation is a compare-and-swap on the presented token's row. The immediate
   predecessor of the live token, presented again within the grace window while its successor
   is unused, gets the same successor back (a lost response, not a fork); any other reuse
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from breeze_mcp.auth.credentials import CredentialRejected, usable_scopes
+from breeze_mcp.auth.oauth.blocks import open_block_sql
 from breeze_mcp.auth.oauth.clients import Client
 from breeze_mcp.auth.oauth.codes import verify_pkce
 from breeze_mcp.auth.oauth.errors import (
@@ -168,10 +170,11 @@ class TokenResponse:
 # The token endpoint's statements, prepared on every connection: a code exchange is three
 # round trips (client, code lookup, then every write with the audit entry and COMMIT), a
 # refresh too.
-_CODE_LOOKUP = prepared(
-    "SELECT c.digest, c.grant_id, c.redirect_uri, c.code_challenge, c.resource, c.scopes,"
+_CODE_LOOKUP = prepared(  # (the block's sub-select names columns, never values)
+    "SELECT c.digest, c.grant_id, c.redirect_uri, c.code_challenge, c.resource, c.scopes,"  # noqa: S608
     " c.used_at, c.expires_at <= now() AS expired, g.client_id, g.user_id,"
-    " g.revoked_at AS grant_revoked"
+    " g.revoked_at AS grant_revoked, "
+    + open_block_sql("g.tenant_id", "g.client_id") + " AS blocked_until"
     " FROM oauth_codes c JOIN oauth_grants g ON g.id = c.grant_id AND g.tenant_id = c.tenant_id"
     " WHERE c.digest = %s FOR UPDATE OF c"
 )
@@ -268,6 +271,9 @@ async def exchange_code(
                 raise InvalidGrant("invalid authorization code")
             if row.client_id != client.client_id:
                 raise InvalidGrant("the code was issued to another client")
+            if row.blocked_until is not None:
+                raise InvalidGrant("an administrator of the organization has blocked this "
+                                   "application")
             if row.used_at is not None:
                 replayed = row.grant_id  # RFC 6749 §10.5: revoke what the code produced
                 raise InvalidGrant("authorization code already used")
