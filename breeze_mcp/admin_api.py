@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from breeze_mcp import audit
 from breeze_mcp.auth import oauth
-from breeze_mcp.auth.principal import SCOPE_CEILING, Principal
+from breeze_mcp.auth.principal import ADMIN_ROLES, SCOPE_CEILING, Principal
 from breeze_mcp.db.engine import Transaction
 from breeze_mcp.edge import (
     AuthFailure,
@@ -55,8 +55,6 @@ __all__ = [
     "revoke_one_grant",
     "routes",
 ]
-
-ADMIN_ROLES = ("owner", "admin")
 
 #: An endpoint's work: the request, the caller, and the request's tenant transaction, which
 #: the work finishes (with its audit entry).

@@ -35,7 +35,7 @@ from breeze_mcp.auth import mfa, sessions
 from breeze_mcp.auth.accounts import Organization, organizations_of
 from breeze_mcp.auth.credentials import CredentialRejected
 from breeze_mcp.auth.passwords import verify_password
-from breeze_mcp.auth.principal import Principal, RequestContext
+from breeze_mcp.auth.principal import ADMIN_ROLES, Principal, RequestContext
 from breeze_mcp.db.engine import State, Transaction
 from breeze_mcp.edge import meter, request_context
 from breeze_mcp.pipeline import CallResult, call_tool
@@ -59,8 +59,6 @@ __all__ = [
     "step_up_submit",
     "switch_organization",
 ]
-
-ADMIN_ROLES = ("owner", "admin")
 
 #: The console's sections: (key, path, label, roles that see it; None: every member).
 NAV: tuple[tuple[str, str, str, tuple[str, ...] | None], ...] = (
