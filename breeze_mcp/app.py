@@ -23,6 +23,7 @@ from starlette.types import ASGIApp
 from breeze_mcp import (
     __version__,
     admin_api,
+    admin_people,  # declares its admin endpoints: imported before admin_api.routes() is read
     console,
     oauth_endpoints,
     rest,
@@ -166,6 +167,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
                   methods=["POST"]),
             # The web console.
             *console.ROUTES,
+            *admin_people.ROUTES,
         ],
         lifespan=lifespan,
         exception_handlers={
