@@ -428,6 +428,16 @@ def _caller(request: Request, principal: Principal) -> Caller:
     return Caller(principal, request_context(request, request.app.state.services))
 
 
+async def _not_found(request: Request, principal: Principal, tx: Transaction, action: str,
+                     what: str) -> Response:
+    """404 for an id that names nothing here (not even a well-formed one), audited like the
+    services' own refusals."""
+    await tx.finish(principal.audit_entry(
+        request_context(request, request.app.state.services), action=action,
+        decision="denied", outcome="blocked", deny_reason="not_found"))
+    return refused("not_found", f"no such {what}", 404)
+
+
 def _path_id(request: Request, name: str) -> uuid.UUID | None:
     return _uuid(request.path_params[name])
 
@@ -484,7 +494,7 @@ async def api_create_key(request: Request, principal: Principal, tx: Transaction
 async def api_revoke_key(request: Request, principal: Principal, tx: Transaction) -> Response:
     key_id = _path_id(request, "key_id")
     if key_id is None:
-        return refused("not_found", "no such API key", 404)
+        return await _not_found(request, principal, tx, "api_key.revoked", "API key")
     try:
         info, newly = await api_keys.revoke_key(tx, _caller(request, principal), key_id)
     except Refused as exc:
@@ -544,7 +554,8 @@ async def api_revoke_invitation(request: Request, principal: Principal,
                                 tx: Transaction) -> Response:
     invitation_id = _path_id(request, "invitation_id")
     if invitation_id is None:
-        return refused("not_found", "no such pending invitation", 404)
+        return await _not_found(request, principal, tx, "member.invitation_revoked",
+                                "pending invitation")
     try:
         await invitations.revoke(tx, _caller(request, principal), invitation_id)
     except Refused as exc:
@@ -557,12 +568,12 @@ _MEMBER_ERRORS = {404: "Not a member of the tenant", 409: "The last owner, or no
                   "state"}
 
 
-async def _member_call(request: Request, principal: Principal, tx: Transaction,
+async def _member_call(request: Request, principal: Principal, tx: Transaction, action: str,
                        work: Callable[[uuid.UUID, Caller], Awaitable[dict[str, Any]]]
                        ) -> Response:
     user_id = _path_id(request, "user_id")
     if user_id is None:
-        return refused("not_found", "no such member", 404)
+        return await _not_found(request, principal, tx, action, "member")
     try:
         return JSONResponse(await work(user_id, _caller(request, principal)))
     except Refused as exc:
@@ -585,7 +596,7 @@ async def api_change_role(request: Request, principal: Principal, tx: Transactio
         before = await members.change_role(tx, caller, user_id, body["role"] or "")
         return {"user_id": str(user_id), "from": before, "role": body["role"]}
 
-    return await _member_call(request, principal, tx, work)
+    return await _member_call(request, principal, tx, "member.role_changed", work)
 
 
 @admin_endpoint("POST", "/api/v1/members/{user_id}/suspend", operation_id="suspend_member",
@@ -601,7 +612,7 @@ async def api_suspend_member(request: Request, principal: Principal,
         return {"user_id": str(user_id), "suspended": True, "sessions_ended": cut.sessions,
                 "grants_revoked": cut.grants}
 
-    return await _member_call(request, principal, tx, work)
+    return await _member_call(request, principal, tx, "user.suspended", work)
 
 
 @admin_endpoint("POST", "/api/v1/members/{user_id}/resume", operation_id="resume_member",
@@ -613,7 +624,7 @@ async def api_resume_member(request: Request, principal: Principal,
         await members.resume(tx, caller, user_id)
         return {"user_id": str(user_id), "suspended": False}
 
-    return await _member_call(request, principal, tx, work)
+    return await _member_call(request, principal, tx, "user.resumed", work)
 
 
 @admin_endpoint("DELETE", "/api/v1/members/{user_id}", operation_id="remove_member",
@@ -629,7 +640,7 @@ async def api_remove_member(request: Request, principal: Principal,
         return {"user_id": str(user_id), "removed": True, "sessions_ended": cut.sessions,
                 "grants_revoked": cut.grants}
 
-    return await _member_call(request, principal, tx, work)
+    return await _member_call(request, principal, tx, "member.removed", work)
 
 
 @admin_endpoint("GET", "/api/v1/members/{user_id}/sessions",
@@ -639,11 +650,10 @@ async def api_remove_member(request: Request, principal: Principal,
 async def api_list_sessions(request: Request, principal: Principal,
                             tx: Transaction) -> Response:
     user_id = _path_id(request, "user_id")
-    if user_id is None:
-        return refused("not_found", "no such member", 404)
-    rows = await members.live_sessions(tx, principal, user_id)
+    rows = None if user_id is None else await members.live_sessions(tx, principal, user_id)
     if rows is None:
-        return refused("not_found", "no such member", 404)
+        return await _not_found(request, principal, tx, "admin.list_member_sessions",
+                                "member")
     await tx.finish(admin_entry(request, principal, "admin.list_member_sessions",
                                 user_id=str(user_id)))
     return JSONResponse({"sessions": [
@@ -662,7 +672,7 @@ async def api_end_sessions(request: Request, principal: Principal,
         return {"user_id": str(user_id),
                 "sessions_ended": await members.end_sessions(tx, caller, user_id)}
 
-    return await _member_call(request, principal, tx, work)
+    return await _member_call(request, principal, tx, "auth.sessions_ended", work)
 
 
 #: The console's key and member pages, and the invitation's page.
