@@ -324,3 +324,37 @@ def _is_uuid(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+HOSTILE_BODIES: list[bytes] = [
+    b"\xff\xfe\x00", b"[" * 100_000, b'{"name": "\\u0000", "scopes": ["ai:read"]}',
+    b'{"name": "\\ud800", "scopes": ["ai:read"]}', b'{"scopes": [[[]]], "name": {}}',
+    b'{"email": "a\\u0000b@example.com", "role": "admin"}',
+    b'{"email": "\\udfff@example.com", "role": "admin"}',
+    b'{"email": "' + b"x" * 70_000 + b'@example.com", "role": "admin"}',
+    b'{"role": "\\u0000"}', b'{"role": null}', b'{"expires_in_days": 1e400, "name": "x"}',
+    b'{"name": "x", "scopes": ["ai:read"], "expires_in_days": 100000000000000000000000}',
+    b'{"name": "x", "scopes": ["ai:read"], "rate_limit": "1/minute\\u0000"}',
+    b'{"name": "x", "scopes": "ai:read,\\ud800"}', b"null", b'"text"', b"",
+]
+
+
+@pytest.mark.req("ADMIN-API-PEOPLE", "HARD-NO-5XX")
+def test_hostile_bodies_and_ids_never_5xx(world: OAuthWorld) -> None:
+    headers = {"Authorization": f"Bearer {world.admin_key}",
+               "Content-Type": "application/json"}
+    for method, path, _ in ENDPOINTS:
+        for body in HOSTILE_BODIES if method in ("POST", "PATCH") else [b""]:
+            r = httpx.request(method, f"{world.url}/api/v1{path}", content=body,
+                              headers=headers, timeout=30)
+            assert r.status_code < 500, (method, path, body[:40], r.text)
+            assert r.status_code < 300 or r.json()["error"], (method, path, body[:40], r.text)
+    for junk in ("%00", "%ED%A0%80", "x" * 5000, "..%2F..%2Fkeys", "%FF"):
+        for method, path in (("DELETE", f"/keys/{junk}"), ("PATCH", f"/members/{junk}"),
+                             ("DELETE", f"/members/invitations/{junk}"),
+                             ("GET", f"/members/{junk}/sessions")):
+            r = httpx.request(method, f"{world.url}/api/v1{path}", headers=headers,
+                              json={"role": "admin"}, timeout=30)
+            assert r.status_code in (404, 405), (method, path, r.text)
+        r = httpx.get(f"{world.url}/invite?token={junk}", timeout=30)
+        assert r.status_code == 400, junk

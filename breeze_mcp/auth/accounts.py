@@ -156,7 +156,8 @@ def slugify(name: str) -> str:
 
 def normalise_email(email: str) -> str:
     email = email.strip()
-    if len(email) > 254 or not _EMAIL.match(email):
+    # isprintable: no NUL, control character or lone surrogate reaches a statement.
+    if len(email) > 254 or not email.isprintable() or not _EMAIL.match(email):
         raise AccountError(f"not a valid email address: {email!r}")
     local, domain = email.rsplit("@", 1)
     return f"{local}@{domain.lower()}"
