@@ -22,6 +22,7 @@ import datetime as dt
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from email.message import EmailMessage
 from typing import Any
 
 from starlette.requests import Request
@@ -37,7 +38,6 @@ from breeze_mcp.db.engine import State, Transaction
 from breeze_mcp.edge import read_body, request_context
 from breeze_mcp.forms import Fields
 from breeze_mcp.json_wire import loads
-from breeze_mcp.mail import MailError
 from breeze_mcp.services import Services
 from breeze_mcp.web import check_csrf, current_user, error_page, page_form, page_query, render
 
@@ -68,9 +68,7 @@ __all__ = [
 _KEYS_DONE = {"revoked": "Revoked: the key is refused from its next request on.",
               "already_revoked": "That key was already revoked."}
 _MEMBERS_DONE = {
-    "invited": "Invitation sent.",
-    "invite_not_mailed": "The invitation is saved, but the mail server did not take the "
-                         "message: use Resend in a moment.",
+    "invited": "Invitation sent. If it does not arrive, use Resend.",
     "invitation_revoked": "Invitation withdrawn: its link no longer works.",
     "role_changed": "Role changed. It applies from the member's next request.",
     "suspended": "Suspended: their sessions ended and their apps were disconnected.",
@@ -223,18 +221,10 @@ async def members_page(request: Request) -> Response:
                                    message=_MEMBERS_DONE.get(query.get("done", "")))
 
 
-async def _send(services: Services, mail: Any) -> bool:
-    try:
-        await services.mailer.send(mail)
-    except MailError:
-        return False
-    return True
-
-
 async def _invite(console: Console, caller: Caller, form: Fields,
-                  again: uuid.UUID | None = None) -> str:
-    """Invite (or, with ``again``, invite the address of that pending invitation again) and
-    mail the link; the name of the result."""
+                  again: uuid.UUID | None = None) -> EmailMessage:
+    """Invite (or, with ``again``, invite the address of that pending invitation again): the
+    mail to send once the answer is out (so no pooled connection waits on the mail server)."""
     services = console.services
     if again is None:
         _, mail = await invitations.invite(console.tx, caller, services.limiter,
@@ -243,7 +233,7 @@ async def _invite(console: Console, caller: Caller, form: Fields,
     else:
         _, mail = await invitations.resend(console.tx, caller, services.limiter,
                                            services.settings, again)
-    return "invited" if await _send(services, mail) else "invite_not_mailed"
+    return mail
 
 
 async def _member_form(console: Console, caller: Caller, form: Fields, action: str,
@@ -269,7 +259,7 @@ async def _member_form(console: Console, caller: Caller, form: Fields, action: s
 
 
 async def _invitation_form(console: Console, caller: Caller, form: Fields, action: str,
-                           invitation_id: uuid.UUID) -> str | None:
+                           invitation_id: uuid.UUID) -> str | EmailMessage | None:
     if action == "resend":
         return await _invite(console, caller, form, invitation_id)
     if action == "withdraw":
@@ -301,7 +291,7 @@ async def member_action(request: Request) -> Response:
         if isinstance(console, Response):
             return console
         caller = Caller(console.principal, console.context)
-        done: str | None
+        done: str | EmailMessage | None
         try:
             if target is None:
                 done = await _invite(console, caller, form)
@@ -311,6 +301,10 @@ async def member_action(request: Request) -> Response:
                 done = await _member_form(console, caller, form, action, target)
         except Refused as exc:
             return await _members_view(request, console, error=str(exc), status=exc.status)
+        if isinstance(done, EmailMessage):
+            response = RedirectResponse("/console/members?done=invited", status_code=303)
+            response.background = console.services.mailer.after_response(done)
+            return response
         return RedirectResponse(f"/console/members?done={done or ''}", status_code=303)
 
 
@@ -532,8 +526,8 @@ async def api_invite(request: Request, principal: Principal, tx: Transaction) ->
             email=body["email"] or "", role=body["role"] or "")
     except Refused as exc:
         return _refusal(exc)
-    return JSONResponse({"invitation": invitation.as_json(),
-                         "mail_sent": await _send(services, mail)})
+    return JSONResponse({"invitation": invitation.as_json(), "mail": "queued"},
+                        background=services.mailer.after_response(mail))
 
 
 @admin_endpoint("GET", "/api/v1/members/invitations", operation_id="list_invitations",

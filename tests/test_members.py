@@ -35,7 +35,7 @@ from tests.oauth_support import (
     pkce_pair,
     register,
 )
-from tests.support import ProvisionedDatabase, superuser_sql
+from tests.support import ProvisionedDatabase, superuser_sql, wait_for
 from tests.test_console import csrf, entries, fields_of, last_id, signed_in
 from tests.test_signup import Inbox, inbox  # noqa: F401 - the SMTP server fixture
 
@@ -145,7 +145,10 @@ def form_token(agent: HumanAgent) -> str:
     return fields_of(agent.http.get("/login").text)["csrf_token"]
 
 
-def link(box: Inbox, email: str) -> str:
+def link(box: Inbox, email: str, *, after: int = 0) -> str:
+    """The token of the latest invitation to ``email``, once more than ``after`` mails reached
+    it (mails leave after the answer)."""
+    wait_for(lambda: len(box.to(email)) > after, timeout=10)
     return box.last_link(email, page="invite")
 
 
@@ -338,7 +341,7 @@ def test_resend_replaces_withdraw_ends_and_links_expire(
                                      " :e", e=email)
         r = act(owner, f"/console/members/invitations/{invitation[0]}/resend")
         assert r.status_code == 303
-        second = link(inbox[0], email)
+        second = link(inbox[0], email, after=1)
         assert second != first
         status, text = state(first)
         assert status == 410 and "A newer invitation was sent" in text
@@ -353,7 +356,7 @@ def test_resend_replaces_withdraw_ends_and_links_expire(
                                                "token": second, "password": PASSWORD})
         assert r.status_code == 410 and role_of(world, email) is None
         assert invite(owner, email, "admin").status_code == 303
-        third = link(inbox[0], email)
+        third = link(inbox[0], email, after=2)
         superuser_sql(world.test_db, "UPDATE invitations SET expires_at = now() - interval"
                       " '1 minute' WHERE email = :e AND superseded_at IS NULL"
                       " AND revoked_at IS NULL", e=email)
@@ -519,8 +522,8 @@ def test_admins_cannot_touch_owners_and_the_last_owner_stays(world: OAuthWorld) 
                             {"email": address(), "role": "owner"})):
             r = act(admin, path, **data)
             assert r.status_code == 403 and "only owners" in r.text, path
-        page = admin.http.get("/console/members").text
-        assert 'value="owner"' not in page  # no role select offers it to an admin
+        offered = admin.http.get("/console/members").text
+        assert 'value="owner"' not in offered  # no role select offers it to an admin
         r = act(owner, f"/console/members/{boss}/role", role="admin")
         assert r.status_code == 409 and "last owner" in r.text
         assert act(admin, f"/console/members/{other}/role", role="technician"
