@@ -554,3 +554,26 @@ def test_member_forms_without_their_csrf_token_change_nothing(
                          e=email)[0][0] == 0
     assert superuser_sql(world.test_db, "SELECT disabled_at FROM users WHERE id = :u",
                          u=reader)[0][0] is None
+
+
+@pytest.mark.req("CONSOLE-MEMBERS", "SEED-RLS")
+def test_people_of_another_organization_are_not_found_here(
+    world: OAuthWorld, owner: HumanAgent,
+) -> None:
+    email = address("outsider")
+
+    async def outsider(db: Database) -> None:
+        tag = uuid.uuid4().hex[:6]
+        tenant = await create_tenant(db, f"Outside {tag}", slug=f"outside-{tag}")
+        await create_user(db, tenant, email=email, password=PASSWORD, role="technician")
+
+    run_db(world, outsider)
+    target = user_id(world, email)
+    assert email not in owner.http.get("/console/members").text
+    for action, data in (("role", {"role": "readonly"}), ("suspend", {}), ("resume", {}),
+                         ("remove", {}), ("sign-out", {})):
+        r = act(owner, f"/console/members/{target}/{action}", **data)
+        assert r.status_code == 404 and "no such member" in r.text, action
+    assert superuser_sql(world.test_db, "SELECT m.role, u.disabled_at FROM memberships m"
+                         " JOIN users u ON u.id = m.user_id WHERE u.id = :u",
+                         u=target) == [("technician", None)]
