@@ -107,8 +107,8 @@ class Caller:
 
     async def refuse(self, tx: Transaction, action: str, code: RefusalCode, message: str,
                      **parameters: Any) -> NoReturn:
-        """Finish ``tx`` with the refusal's entry (nothing else of it is committed) and raise
-        :class:`Refused`."""
+        """Finish ``tx`` with the refusal's entry and raise :class:`Refused`. Refuse before
+        writing anything: what ``tx`` holds so far commits with the entry."""
         await tx.finish(self.entry(action, deny_reason=code, **parameters))
         raise Refused(code, message)
 
