@@ -24,6 +24,7 @@ from breeze_mcp import (
     __version__,
     admin_api,
     admin_apps,  # noqa: F401 - declares its admin endpoints (before admin_api.routes())
+    admin_people,  # declares its admin endpoints: imported before admin_api.routes() is read
     audit_endpoints,
     console,
     console_apps,
@@ -171,6 +172,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             *console.ROUTES,
             *audit_endpoints.ROUTES,
             *console_apps.ROUTES,
+            *admin_people.ROUTES,
         ],
         lifespan=lifespan,
         exception_handlers={

@@ -276,10 +276,12 @@ def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_api_key_create(settings: Settings, args: argparse.Namespace) -> None:
     from breeze_mcp.auth.accounts import find_tenant
-    from breeze_mcp.auth.api_keys import check_rate_limit, create_api_key
+    from breeze_mcp.auth.api_keys import MAX_EXPIRY_DAYS, check_rate_limit, create_api_key
 
     if args.rate_limit is not None:
         check_rate_limit(args.rate_limit)  # before touching the database
+    if args.expires_in is not None and not 1 <= args.expires_in <= MAX_EXPIRY_DAYS:
+        raise CliError(f"--expires-in must be between 1 and {MAX_EXPIRY_DAYS} days")
 
     async def work(db: Database) -> Any:
         tenant = await find_tenant(db, args.tenant)

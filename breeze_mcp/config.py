@@ -234,6 +234,9 @@ class Settings(BaseSettings):
     password_reset_ttl: int = Field(
         3600, ge=300, le=86400,
         description="Lifetime of a password reset link, seconds.")
+    invitation_ttl: int = Field(
+        7 * 86400, ge=3600, le=30 * 86400,
+        description="Lifetime of an invitation to join an organization, seconds.")
     signup_rate_limit: str = Field(
         "10/hour", description="Sign-ups, verification resends and password-reset requests "
         "per source address (limits notation).")

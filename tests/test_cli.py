@@ -191,9 +191,10 @@ def test_api_key_cli(env: dict[str, str]) -> None:
                          ("ai:read,openid", "unknown scope 'openid'"), ("", "at least one")):
         one_error_line(run_cli("api-key", "create", "--tenant", slug, "--name", "x",
                                "--scopes", bad, env=env), message)
+    # Any member may hold a key, within their role: a read-only member's reaches Tier 1 only.
     one_error_line(run_cli("api-key", "create", "--tenant", slug, "--name", "x", "--scopes",
-                           "ai:read", "--created-by", viewer, env=env),
-                   "only owners and admins")
+                           "ai:read,ai:write", "--created-by", viewer, env=env),
+                   "role readonly cannot grant ai:write")
     one_error_line(run_cli("api-key", "create", "--tenant", slug, "--name", "x", "--scopes",
                            "ai:read", "--expires-in", "0", env=env), "--expires-in")
     one_error_line(run_cli("api-key", "create", "--tenant", slug, "--name", "x", "--scopes",

@@ -1,7 +1,10 @@
 """Tenants, users and memberships: creation and lookup shared by the CLI and the web console.
 
 Each operation is one transaction: it either completes (with its audit entry) or leaves
-nothing behind.
+nothing behind. An operation is done by an operator (the CLI, named by an actor label such as
+``system:cli``) or by a :class:`Caller`, someone authenticated at a front door (a console
+session, an admin API key), whose entries are then the caller's own
+(:meth:`~breeze_mcp.auth.principal.Principal.audit_entry`), the same shape whichever door.
 """
 
 from __future__ import annotations
@@ -9,21 +12,31 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, NoReturn
 
 import sqlalchemy as sa
 from psycopg.errors import IntegrityError
 
 from breeze_mcp import audit
 from breeze_mcp.auth.passwords import check_strength, hash_password
+from breeze_mcp.auth.principal import (
+    ADMIN_ROLES,  # re-exported for the services here
+    Principal,
+    RequestContext,
+)
 from breeze_mcp.db import Database
 from breeze_mcp.db.engine import Transaction
 from breeze_mcp.db.models import ROLES, memberships, oauth_grants, tenants, users, web_sessions
 
 __all__ = [
+    "ADMIN_ROLES",
     "AccessCut",
     "AccountError",
+    "Actor",
+    "Caller",
     "Organization",
+    "RefusalCode",
+    "Refused",
     "Role",
     "Tenant",
     "User",
@@ -34,9 +47,12 @@ __all__ = [
     "cut_access",
     "find_tenant",
     "list_tenants",
+    "mark_suspended",
     "normalise_email",
     "organizations_of",
+    "owners",
     "remove_member",
+    "remove_membership",
     "set_password",
     "set_suspended",
     "slugify",
@@ -44,11 +60,73 @@ __all__ = [
 
 Role = Literal["owner", "admin", "technician", "readonly"]
 
+
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
 
 
 class AccountError(ValueError):
     """Bad input for an account operation; the message is safe to show as one line."""
+
+
+#: Why a caller's operation was refused (each a status the front doors answer with).
+RefusalCode = Literal["forbidden", "not_found", "last_owner", "conflict", "invalid",
+                      "rate_limited"]
+
+_STATUS: dict[RefusalCode, int] = {"forbidden": 403, "not_found": 404, "last_owner": 409,
+                                   "conflict": 409, "invalid": 400, "rate_limited": 429}
+
+
+class Refused(AccountError):
+    """A caller's operation that was not done (and was audited as denied): ``code`` says why,
+    ``status`` is the HTTP status each front door answers with."""
+
+    def __init__(self, code: RefusalCode, message: str) -> None:
+        super().__init__(message)
+        self.code: RefusalCode = code
+        self.status = _STATUS[code]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Someone authenticated at a front door doing an account operation: their Principal
+    (a console session's, an API key's) and the request, which every entry records."""
+
+    principal: Principal
+    request: RequestContext
+
+    @property
+    def user_id(self) -> uuid.UUID | None:
+        return self.principal.acting_user_id
+
+    def entry(self, action: str, *, deny_reason: str | None = None,
+              **parameters: Any) -> audit.AuditEntry:
+        """The caller's entry for ``action``: allowed, or denied (blocked) with
+        ``deny_reason``."""
+        return self.principal.audit_entry(
+            self.request, action=action, parameters=parameters,
+            decision="denied" if deny_reason else "allowed",
+            outcome="blocked" if deny_reason else "success", deny_reason=deny_reason)
+
+    async def refuse(self, tx: Transaction, action: str, code: RefusalCode, message: str,
+                     **parameters: Any) -> NoReturn:
+        """Finish ``tx`` with the refusal's entry and raise :class:`Refused`. Refuse before
+        writing anything: what ``tx`` holds so far commits with the entry."""
+        await tx.finish(self.entry(action, deny_reason=code, **parameters))
+        raise Refused(code, message)
+
+
+#: Who does an operation: an operator's actor label (``system:cli``) or a :class:`Caller`.
+Actor = str | Caller
+
+
+def _actor_entry(actor: Actor, action: str, *, subject: uuid.UUID,
+                 tenant_id: uuid.UUID | None = None, **parameters: Any) -> audit.AuditEntry:
+    """The entry of an operation on ``subject`` (a person): an operator's names the person as
+    the acting user (there is no other), a caller's names the caller."""
+    if isinstance(actor, Caller):
+        return actor.entry(action, **parameters)
+    return audit.operator_entry(actor, action, tenant_id=tenant_id, acting_user_id=subject,
+                                parameters=parameters)
 
 
 @dataclass(frozen=True)
@@ -80,7 +158,8 @@ def slugify(name: str) -> str:
 
 def normalise_email(email: str) -> str:
     email = email.strip()
-    if len(email) > 254 or not _EMAIL.match(email):
+    # isprintable: no NUL, control character or lone surrogate reaches a statement.
+    if len(email) > 254 or not email.isprintable() or not _EMAIL.match(email):
         raise AccountError(f"not a valid email address: {email!r}")
     local, domain = email.rsplit("@", 1)
     return f"{local}@{domain.lower()}"
@@ -204,16 +283,32 @@ class AccessCut:
 
 
 async def cut_access(
-    db: Database, user_id: uuid.UUID, *, reason: str, actor: str,
+    db: Database, user_id: uuid.UUID, *, reason: str, actor: Actor,
     tenant_ids: list[uuid.UUID] | None = None,
 ) -> AccessCut:
     """End every web session of the user and revoke every OAuth grant they made (with all
     its tokens and unused codes) in ``tenant_ids`` (default: every tenant they belong to),
     before returning: the next request with any of them is refused. API keys follow their
-    creator already (``credentials.usable_scopes``). Each step is audited."""
+    creator already (``credentials.usable_scopes``). Each step is audited.
+
+    A :class:`Caller` acts in their own tenant only: their entries carry it, and grants
+    elsewhere are left alone (the tenant console suspends only people who belong to no other
+    tenant)."""
     from breeze_mcp.auth.oauth.revocation import revoke_grant  # oauth builds on accounts
 
-    async with db.system(user_id=user_id) as tx:
+    if isinstance(actor, Caller):
+        home = actor.principal.tenant_id
+        tenant_ids = [t for t in (tenant_ids if tenant_ids is not None else [home])
+                      if t == home]
+        opened = db.tenant(home, user_id=user_id)
+        actor_type, actor_id = actor.principal.actor_type, actor.principal.actor_id
+        auth_path, acting, request = (actor.principal.auth_path, actor.user_id,
+                                      actor.request)
+    else:
+        opened = db.system(user_id=user_id)
+        (actor_type, auth_path), actor_id = audit.operator(actor), actor
+        acting, request = user_id, None
+    async with opened as tx:
         if tenant_ids is None:
             tenant_ids = list((await tx.execute(
                 sa.select(memberships.c.tenant_id).where(memberships.c.user_id == user_id)
@@ -223,10 +318,8 @@ async def cut_access(
             .where(web_sessions.c.user_id == user_id, web_sessions.c.revoked_at.is_(None))
             .values(revoked_at=sa.func.now())
         )).rowcount
-        await tx.finish(audit.operator_entry(
-            actor, "auth.sessions_ended", acting_user_id=user_id,
-            parameters={"user_id": str(user_id), "reason": reason, "sessions": ended}))
-    actor_type, auth_path = audit.operator(actor)
+        await tx.finish(_actor_entry(actor, "auth.sessions_ended", subject=user_id,
+                                     user_id=str(user_id), reason=reason, sessions=ended))
     revoked = 0
     for tenant_id in tenant_ids:
         async with db.tenant(tenant_id, user_id=user_id) as tx:
@@ -238,8 +331,8 @@ async def cut_access(
             )).scalars())
             for grant_id in grant_ids:
                 await revoke_grant(tx, tenant_id, grant_id, reason=reason,
-                                   actor_type=actor_type, actor_id=actor, request=None,
-                                   auth_path=auth_path, acting_user_id=user_id)
+                                   actor_type=actor_type, actor_id=actor_id, request=request,
+                                   auth_path=auth_path, acting_user_id=acting)
             await tx.finish(None)  # each revocation carries its own entry
         revoked += len(grant_ids)
     return AccessCut(sessions=ended, grants=revoked)
@@ -362,15 +455,33 @@ async def change_password(db: Database, user_id: uuid.UUID, current: str, new: s
     return await cut_access(db, user_id, reason="password_changed", actor=f"user:{user_id}")
 
 
+async def mark_suspended(tx: Transaction, user_id: uuid.UUID, suspended: bool, *,
+                         from_tenant: uuid.UUID | None = None) -> None:
+    """Suspend the person (no sign-in, no credential of theirs works), recording the tenant
+    that did it (None: the operator), or lift a suspension; in ``tx``, which the caller
+    finishes. A suspension keeps the time it began; the operator's takes it over from a
+    tenant's (only the operator may then lift it)."""
+    if not suspended:
+        values: dict[str, Any] = {"disabled_at": None, "suspended_from_tenant_id": None}
+    elif from_tenant is None:
+        values = {"disabled_at": sa.func.coalesce(users.c.disabled_at, sa.func.now()),
+                  "suspended_from_tenant_id": None}
+    else:
+        values = {"disabled_at": sa.func.coalesce(users.c.disabled_at, sa.func.now()),
+                  "suspended_from_tenant_id": sa.case(
+                      (users.c.disabled_at.is_(None), sa.literal(from_tenant, sa.Uuid)),
+                      else_=users.c.suspended_from_tenant_id)}
+    await tx.execute(users.update().where(users.c.id == user_id).values(**values))
+
+
 async def set_suspended(db: Database, email: str, suspended: bool, *,
                         actor: str = "system:cli") -> tuple[uuid.UUID, AccessCut | None]:
     """Suspend a user (no sign-in, no credential of theirs works; sessions and grants end at
-    once) or lift the suspension (nothing comes back: they sign in and connect again)."""
+    once) or lift the suspension (nothing comes back: they sign in and connect again). The
+    operator may lift any suspension, a tenant's included."""
     user_id = await _user_id(db, normalise_email(email))
     async with db.system() as tx:
-        await tx.execute(users.update().where(users.c.id == user_id).values(
-            disabled_at=sa.func.coalesce(users.c.disabled_at, sa.func.now()) if suspended
-            else None))
+        await mark_suspended(tx, user_id, suspended)
         await tx.finish(audit.operator_entry(
             actor, "user.suspended" if suspended else "user.resumed", acting_user_id=user_id,
             parameters={"user_id": str(user_id)}))
@@ -379,43 +490,70 @@ async def set_suspended(db: Database, email: str, suspended: bool, *,
     return user_id, await cut_access(db, user_id, reason="user_suspended", actor=actor)
 
 
+async def remove_membership(tx: Transaction, tenant_id: uuid.UUID, user_id: uuid.UUID, *,
+                            actor: Actor) -> tuple[str, int] | None:
+    """Delete the person's membership of the tenant of ``tx`` and revoke the grants they made
+    there, in ``tx`` (the caller finishes it with ``member.removed``): their role and the
+    number of grants revoked, None when they are not a member. The tenant keeps an owner:
+    removing its last one raises :class:`AccountError`."""
+    from breeze_mcp.auth.oauth.revocation import revoke_grant  # oauth builds on accounts
+
+    role = (await tx.execute(
+        sa.select(memberships.c.role).where(memberships.c.tenant_id == tenant_id,
+                                            memberships.c.user_id == user_id)
+        .with_for_update())).scalar_one_or_none()
+    if role is None:
+        return None
+    if role == "owner" and await owners(tx, tenant_id) <= 1:
+        raise AccountError("that is the organization's last owner: make another member "
+                           "owner first")
+    if isinstance(actor, Caller):
+        actor_type, actor_id = actor.principal.actor_type, actor.principal.actor_id
+        auth_path, acting, request = actor.principal.auth_path, actor.user_id, actor.request
+    else:
+        (actor_type, auth_path), actor_id = audit.operator(actor), actor
+        acting, request = user_id, None
+    grant_ids = list((await tx.execute(
+        sa.select(oauth_grants.c.id)
+        .where(oauth_grants.c.tenant_id == tenant_id, oauth_grants.c.user_id == user_id,
+               oauth_grants.c.revoked_at.is_(None)).with_for_update()
+    )).scalars())
+    for grant_id in grant_ids:
+        await revoke_grant(tx, tenant_id, grant_id, reason="member_removed",
+                           actor_type=actor_type, actor_id=actor_id, request=request,
+                           auth_path=auth_path, acting_user_id=acting)
+    await tx.execute(memberships.delete().where(memberships.c.tenant_id == tenant_id,
+                                                memberships.c.user_id == user_id))
+    return role, len(grant_ids)
+
+
+async def owners(tx: Transaction, tenant_id: uuid.UUID) -> int:
+    """How many owners the tenant of ``tx`` has, their memberships locked until ``tx`` ends:
+    two concurrent demotions or removals of different owners cannot both see the other one
+    and leave none."""
+    return len((await tx.execute(
+        sa.select(memberships.c.user_id)
+        .where(memberships.c.tenant_id == tenant_id, memberships.c.role == "owner")
+        .with_for_update())).all())
+
+
 async def remove_member(db: Database, tenant: Tenant, email: str, *,
                         actor: str = "system:cli") -> tuple[uuid.UUID, AccessCut]:
     """Remove a person from a tenant: their grants there are revoked and the membership
     deleted in one transaction, then their web sessions end. A tenant keeps an owner: its
     last one cannot be removed."""
-    from breeze_mcp.auth.oauth.revocation import revoke_grant  # oauth builds on accounts
-
     user_id = await _user_id(db, normalise_email(email))
-    actor_type, auth_path = audit.operator(actor)
     async with db.tenant(tenant.id, user_id=user_id) as tx:
-        role = (await tx.execute(
-            sa.select(memberships.c.role).where(memberships.c.tenant_id == tenant.id,
-                                                memberships.c.user_id == user_id)
-            .with_for_update())).scalar_one_or_none()
-        if role is None:
+        try:
+            removed = await remove_membership(tx, tenant.id, user_id, actor=actor)
+        except AccountError:
+            raise AccountError(f"{email} is the last owner of tenant {tenant.slug!r}: "
+                               "make another member owner first") from None
+        if removed is None:
             raise AccountError(f"{email} is not a member of tenant {tenant.slug!r}")
-        if role == "owner":
-            owners = (await tx.execute(
-                sa.select(sa.func.count()).select_from(memberships)
-                .where(memberships.c.tenant_id == tenant.id, memberships.c.role == "owner")
-            )).scalar_one()
-            if owners <= 1:
-                raise AccountError(f"{email} is the last owner of tenant {tenant.slug!r}: "
-                                   "make another member owner first")
-        grant_ids = list((await tx.execute(
-            sa.select(oauth_grants.c.id)
-            .where(oauth_grants.c.tenant_id == tenant.id, oauth_grants.c.user_id == user_id,
-                   oauth_grants.c.revoked_at.is_(None)).with_for_update()
-        )).scalars())
-        for grant_id in grant_ids:
-            await revoke_grant(tx, tenant.id, grant_id, reason="member_removed",
-                               actor_type=actor_type, actor_id=actor, request=None,
-                               auth_path=auth_path, acting_user_id=user_id)
-        await tx.execute(memberships.delete().where(memberships.c.tenant_id == tenant.id,
-                                                    memberships.c.user_id == user_id))
+        role, grants = removed
         await tx.finish(audit.operator_entry(
             actor, "member.removed", tenant_id=tenant.id, acting_user_id=user_id,
-            parameters={"user_id": str(user_id), "role": role, "grants": len(grant_ids)}))
+            parameters={"user_id": str(user_id), "role": role, "grants": grants}))
     cut = await cut_access(db, user_id, reason="member_removed", actor=actor, tenant_ids=[])
-    return user_id, AccessCut(sessions=cut.sessions, grants=len(grant_ids))
+    return user_id, AccessCut(sessions=cut.sessions, grants=grants)

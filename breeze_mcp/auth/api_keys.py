@@ -4,6 +4,13 @@ A key's scopes are exactly some of ``ai:read``, ``ai:write``, ``ai:execute`` (no
 admin override). They can never exceed what the key's creator's role allows, and that is
 re-checked on every request: a creator who is demoted takes the key down with them, and a
 creator who is removed (or disabled) leaves the key with nothing, so it is refused.
+
+Every member may create keys of their own (:func:`create_own_key`, the console and the admin
+API), never with a scope beyond their role's nor, when the caller is itself a key, beyond that
+key's own scopes. Owners and admins see and revoke every key of the tenant; everyone else only
+their own (:func:`list_keys`, :func:`revoke_key`). The operator's CLI creates a key on behalf
+of a named member (:func:`create_api_key`). Creation and revocation are audited as
+``api_key.created`` and ``api_key.revoked``, with the same parameters whoever does them.
 """
 
 from __future__ import annotations
@@ -12,13 +19,13 @@ import datetime as dt
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from limits import parse as parse_limit
 
 from breeze_mcp import audit
-from breeze_mcp.auth.accounts import AccountError, Tenant
+from breeze_mcp.auth.accounts import ADMIN_ROLES, AccountError, Caller, Tenant
 from breeze_mcp.auth.credentials import usable_scopes
 from breeze_mcp.auth.principal import ALL_SCOPES, Principal, effective_scopes
 from breeze_mcp.auth.tokens import digest, mint_tenant_bound
@@ -28,15 +35,20 @@ from breeze_mcp.db.models import api_keys, memberships, tenants, users
 from breeze_mcp.db.statements import Prepared, prepared
 
 __all__ = [
+    "MAX_EXPIRY_DAYS",
     "PREFIX",
     "ApiKeyInfo",
     "check_rate_limit",
     "create_api_key",
+    "create_own_key",
+    "grantable_scopes",
     "list_api_keys",
+    "list_keys",
     "lookup",
     "parse_scopes",
     "principal_from",
     "revoke_api_key",
+    "revoke_key",
 ]
 
 PREFIX = "bzk"
@@ -56,6 +68,7 @@ class ApiKeyInfo:
     last_used_at: dt.datetime | None
     revoked_at: dt.datetime | None
     rate_limit: str | None
+    created_by_email: str | None = None
 
     def status(self, now: dt.datetime) -> Literal["active", "revoked", "expired"]:
         if self.revoked_at is not None:
@@ -72,6 +85,7 @@ class ApiKeyInfo:
             "prefix": self.prefix,
             "scopes": list(self.scopes),
             "created_by": str(self.created_by),
+            "created_by_email": self.created_by_email,
             "created_at": self.created_at.isoformat(),
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
             "last_used_at": self.last_used_at.isoformat() if self.last_used_at else None,
@@ -113,6 +127,7 @@ def _info(row: Row) -> ApiKeyInfo:
         scopes=tuple(row.scopes), created_by=row.created_by, created_at=row.created_at,
         expires_at=row.expires_at, last_used_at=row.last_used_at,
         revoked_at=row.revoked_at, rate_limit=row.rate_limit,
+        created_by_email=getattr(row, "email", None),
     )
 
 
@@ -120,6 +135,47 @@ _COLUMNS = [api_keys.c.id, api_keys.c.tenant_id, api_keys.c.name, api_keys.c.pre
             api_keys.c.scopes, api_keys.c.created_by, api_keys.c.created_at,
             api_keys.c.expires_at, api_keys.c.last_used_at, api_keys.c.revoked_at,
             api_keys.c.rate_limit]
+
+
+def _checked(name: str, scopes: Iterable[str] | str, expires_in_days: int | None,
+             rate_limit: str | None) -> tuple[str, tuple[str, ...]]:
+    """A new key's name and scopes, once every field is valid (else :class:`AccountError`)."""
+    name = name.strip()
+    if not 1 <= len(name) <= 100 or not name.isprintable():
+        raise AccountError("key name must be 1 to 100 printable characters")
+    wanted = parse_scopes(scopes)
+    if expires_in_days is not None and not 1 <= expires_in_days <= MAX_EXPIRY_DAYS:
+        raise AccountError(f"the expiry must be between 1 and {MAX_EXPIRY_DAYS} days")
+    if rate_limit is not None:
+        check_rate_limit(rate_limit)
+    return name, wanted
+
+
+def grantable_scopes(role: str | None, held: Iterable[str] = ALL_SCOPES) -> tuple[str, ...]:
+    """The scopes a key created by a member of ``role`` may have, when the creator acts with
+    ``held`` (a key can give no scope it does not hold itself), in canonical order."""
+    allowed = effective_scopes(role, held)
+    return tuple(s for s in ALL_SCOPES if s in allowed)
+
+
+def _parameters(info: ApiKeyInfo, expires_in_days: int | None) -> dict[str, Any]:
+    return {"key_id": str(info.id), "name": info.name, "scopes": list(info.scopes),
+            "expires_in_days": expires_in_days, "rate_limit": info.rate_limit}
+
+
+async def _insert(tx: Transaction, tenant_id: uuid.UUID, creator: uuid.UUID, name: str,
+                  wanted: tuple[str, ...], expires_in_days: int | None,
+                  rate_limit: str | None) -> tuple[ApiKeyInfo, str]:
+    plaintext = mint_tenant_bound(PREFIX, tenant_id)
+    row = (await tx.execute(
+        api_keys.insert().values(
+            tenant_id=tenant_id, name=name, prefix=plaintext[:4] + "…" + plaintext[-6:],
+            digest=digest(plaintext), scopes=list(wanted), created_by=creator,
+            rate_limit=rate_limit,
+            expires_at=(sa.func.now() + dt.timedelta(days=expires_in_days)
+                        if expires_in_days else None),
+        ).returning(*_COLUMNS))).one()
+    return _info(row), plaintext
 
 
 async def create_api_key(
@@ -133,16 +189,9 @@ async def create_api_key(
     rate_limit: str | None = None,
     actor: str = "system:cli",
 ) -> tuple[ApiKeyInfo, str]:
-    """Create a key; returns its record and the plaintext, which is never stored or shown again."""
-    name = name.strip()
-    if not 1 <= len(name) <= 100:
-        raise AccountError("key name must be 1 to 100 characters")
-    wanted = parse_scopes(scopes)
-    if expires_in_days is not None and not 1 <= expires_in_days <= MAX_EXPIRY_DAYS:
-        raise AccountError(f"--expires-in must be between 1 and {MAX_EXPIRY_DAYS} days")
-    if rate_limit is not None:
-        check_rate_limit(rate_limit)
-    plaintext = mint_tenant_bound(PREFIX, tenant.id)
+    """Create a key on behalf of a member (the first owner by default); returns its record
+    and the plaintext, which is never stored or shown again."""
+    name, wanted = _checked(name, scopes, expires_in_days, rate_limit)
     async with db.tenant(tenant.id) as conn:
         query = (
             sa.select(users.c.id, users.c.email, memberships.c.role)
@@ -159,50 +208,97 @@ async def create_api_key(
                 f"no member {creator_email!r} in tenant {tenant.slug!r}" if creator_email
                 else f"tenant {tenant.slug!r} has no owner to create the key; pass --created-by"
             )
-        if creator.role not in ("owner", "admin"):
-            raise AccountError(
-                f"{creator.email} is {creator.role}: only owners and admins create API keys"
-            )
-        allowed = effective_scopes(creator.role, wanted)
-        beyond = [s for s in wanted if s not in allowed]
+        beyond = [s for s in wanted if s not in grantable_scopes(creator.role)]
         if beyond:
             raise AccountError(f"{creator.email}'s role {creator.role} cannot grant {beyond[0]}")
-        expires = (
-            sa.func.now() + dt.timedelta(days=expires_in_days) if expires_in_days else None
-        )
-        row = (
-            await conn.execute(
-                api_keys.insert()
-                .values(
-                    tenant_id=tenant.id,
-                    name=name,
-                    prefix=plaintext[:4] + "…" + plaintext[-6:],
-                    digest=digest(plaintext),
-                    scopes=list(wanted),
-                    created_by=creator.id,
-                    rate_limit=rate_limit,
-                    expires_at=expires,
-                )
-                .returning(*_COLUMNS)
-            )
-        ).one()
-        info = _info(row)
+        info, plaintext = await _insert(conn, tenant.id, creator.id, name, wanted,
+                                        expires_in_days, rate_limit)
         await conn.finish(audit.operator_entry(
-                actor, "api_key.create",
+                actor, "api_key.created",
                 tenant_id=tenant.id,
                 acting_user_id=creator.id,
                 credential_id=str(info.id),
-                parameters={"name": name, "scopes": list(wanted),
-                            "expires_in_days": expires_in_days, "rate_limit": rate_limit},
+                parameters=_parameters(info, expires_in_days),
                 scopes=list(wanted),
             ))
     return info, plaintext
 
 
+async def create_own_key(
+    tx: Transaction, caller: Caller, *, name: str, scopes: Iterable[str] | str,
+    expires_in_days: int | None = None, rate_limit: str | None = None,
+) -> tuple[ApiKeyInfo, str]:
+    """The caller creates a key of their own in their tenant (``tx``: the request's tenant
+    transaction, finished here with ``api_key.created``): never with a scope their role does
+    not allow, nor one the caller's own credential does not hold (a key cannot mint a
+    stronger key). Returns the record and the plaintext, shown once. A refusal is
+    :class:`~breeze_mcp.auth.accounts.Refused`, audited."""
+    principal = caller.principal
+    action = "api_key.created"
+    try:
+        name, wanted = _checked(name, scopes, expires_in_days, rate_limit)
+    except AccountError as exc:
+        await caller.refuse(tx, action, "invalid", str(exc))
+    if principal.acting_user_id is None:
+        await caller.refuse(tx, action, "forbidden", "only a person creates API keys")
+    beyond = [s for s in wanted if s not in grantable_scopes(principal.role, principal.scopes)]
+    if beyond:
+        why = (f"a {principal.role} cannot give a key {beyond[0]}"
+               if beyond[0] not in grantable_scopes(principal.role)
+               else f"a key cannot create a key with a scope it does not hold ({beyond[0]})")
+        await caller.refuse(tx, action, "forbidden", why, scopes=list(wanted))
+    info, plaintext = await _insert(tx, principal.tenant_id, principal.acting_user_id, name,
+                                    wanted, expires_in_days, rate_limit)
+    await tx.finish(caller.entry(action, **_parameters(info, expires_in_days)))
+    return info, plaintext
+
+
+async def list_keys(tx: Transaction, principal: Principal) -> list[ApiKeyInfo]:
+    """The keys the caller may see in the tenant of ``tx``, newest first, with their
+    creators' addresses: every key for an owner or admin, their own for anyone else."""
+    query = (sa.select(*_COLUMNS, users.c.email)
+             .join(users, users.c.id == api_keys.c.created_by)
+             .where(api_keys.c.tenant_id == principal.tenant_id)
+             .order_by(api_keys.c.created_at.desc()))
+    if principal.role not in ADMIN_ROLES:
+        query = query.where(api_keys.c.created_by == principal.acting_user_id)
+    return [_info(r) for r in await tx.execute(query)]
+
+
+async def revoke_key(tx: Transaction, caller: Caller, key_id: uuid.UUID
+                     ) -> tuple[ApiKeyInfo, bool]:
+    """The caller revokes a key (any of the tenant's for an owner or admin, else only one of
+    their own), in ``tx``, finished here with ``api_key.revoked``: the next request with it
+    is refused. Returns its record and False when it was already revoked (the first
+    revocation's time and author are kept). Another's key, or none, is ``not_found``."""
+    principal = caller.principal
+    mine = (sa.true() if principal.role in ADMIN_ROLES
+            else api_keys.c.created_by == principal.acting_user_id)
+    row = (await tx.execute(
+        sa.select(*_COLUMNS).where(api_keys.c.id == key_id,
+                                   api_keys.c.tenant_id == principal.tenant_id, mine)
+        .with_for_update())).first()
+    if row is None:
+        await caller.refuse(tx, "api_key.revoked", "not_found", "no such API key of yours",
+                            key_id=str(key_id))
+    newly = row.revoked_at is None
+    if newly:
+        row = (await tx.execute(
+            api_keys.update().where(api_keys.c.id == key_id)
+            .values(revoked_at=sa.func.now(), revoked_by=principal.actor)
+            .returning(*_COLUMNS))).one()
+    info = _info(row)
+    await tx.finish(caller.entry("api_key.revoked", key_id=str(key_id), name=info.name,
+                                 already_revoked=not newly))
+    return info, newly
+
+
 async def list_api_keys(db: Database, tenant: Tenant) -> list[ApiKeyInfo]:
     async with db.tenant(tenant.id) as conn:
         rows = await conn.execute(
-            sa.select(*_COLUMNS).where(api_keys.c.tenant_id == tenant.id)
+            sa.select(*_COLUMNS, users.c.email)
+            .join(users, users.c.id == api_keys.c.created_by)
+            .where(api_keys.c.tenant_id == tenant.id)
             .order_by(api_keys.c.created_at)
         )
         return [_info(r) for r in rows]
@@ -242,7 +338,7 @@ async def revoke_api_key(
                 ).one()
             info = _info(row)
             await conn.finish(audit.operator_entry(
-                    actor, "api_key.revoke",
+                    actor, "api_key.revoked",
                     tenant_id=tenant_id,
                     credential_id=str(key_id),
                     parameters={"key_id": str(key_id), "name": info.name,

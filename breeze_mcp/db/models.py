@@ -29,6 +29,7 @@ __all__ = [
     "billing_events",
     "device_notes",
     "devices",
+    "invitations",
     "isolation_events",
     "mail_links",
     "memberships",
@@ -104,6 +105,11 @@ users = sa.Table(
     sa.Column("email_verified_at", sa.TIMESTAMP(timezone=True)),
     sa.Column("disabled_at", sa.TIMESTAMP(timezone=True)),
     sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
+    # The tenant whose owner or admin suspended the person (NULL: the operator, or not
+    # suspended); only that tenant may lift it. Not named tenant_id: users is not a tenant
+    # table.
+    sa.Column("suspended_from_tenant_id", sa.Uuid,
+              sa.ForeignKey("tenants.id", ondelete="SET NULL")),
     sa.Index("users_email_lower_key", sa.text("lower(email)"), unique=True),
 )
 
@@ -486,4 +492,23 @@ mfa_recovery_codes = sa.Table(
     sa.Column("digest", BYTEA, nullable=False, unique=True),
     sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
     sa.Column("used_at", sa.TIMESTAMP(timezone=True)),
+)
+
+
+invitations = sa.Table(
+    "invitations",
+    metadata,
+    _uuid_pk(),
+    _tenant_fk(),
+    sa.Column("email", sa.Text, nullable=False),
+    sa.Column("role", sa.Text, nullable=False),
+    sa.Column("digest", BYTEA, nullable=False, unique=True),
+    sa.Column("invited_by", sa.Uuid, sa.ForeignKey("users.id", ondelete="SET NULL")),
+    sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
+    sa.Column("expires_at", sa.TIMESTAMP(timezone=True), nullable=False),
+    sa.Column("accepted_at", sa.TIMESTAMP(timezone=True)),
+    sa.Column("accepted_by", sa.Uuid, sa.ForeignKey("users.id", ondelete="SET NULL")),
+    sa.Column("revoked_at", sa.TIMESTAMP(timezone=True)),
+    sa.Column("superseded_at", sa.TIMESTAMP(timezone=True)),
+    _check_in("role", ROLES, "invitations_role_check"),
 )

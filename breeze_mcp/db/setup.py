@@ -79,6 +79,7 @@ RUNTIME_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "web_sessions": ("SELECT", "INSERT", "UPDATE"),
     "billing_events": ("SELECT", "INSERT"),
     "mail_links": ("SELECT", "INSERT", "UPDATE"),
+    "invitations": ("SELECT", "INSERT", "UPDATE"),
     "mfa_totp": _CRUD,
     "mfa_recovery_codes": _CRUD,
     "oauth_grants": ("SELECT", "INSERT", "UPDATE"),
