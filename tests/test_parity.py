@@ -166,3 +166,69 @@ def test_the_same_call_writes_the_same_entry_through_every_door(world: OAuthWorl
     finally:
         for doors in people.values():
             doors.close()
+
+
+#: Parameters naming the subject of a security event (the key or grant it created or ended).
+SUBJECT = {"key_id", "grant_id"}
+
+
+def _same_but_door(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """The fields where two entries differ, other than the door's, the credential's, the
+    per-request ones, and the event's subject (its own id)."""
+    differ = DIFFERING | {"credential_id"}
+    a = {**a, "parameters": {k: v for k, v in a["parameters"].items() if k not in SUBJECT}}
+    b = {**b, "parameters": {k: v for k, v in b["parameters"].items() if k not in SUBJECT}}
+    return {k: (a[k], b[k]) for k in a if k not in differ and a[k] != b[k]}
+
+
+@pytest.mark.req("SEED-AUDIT-PARITY", "CONSOLE-KEYS", "CONSOLE-APPS")
+def test_security_events_have_one_shape_through_the_console_and_the_admin_api(
+    world: OAuthWorld,
+) -> None:
+    owner = world.tech_email.replace("tech-", "owner-")
+    console = signed_in(world, owner)
+    console.http.headers["User-Agent"] = USER_AGENT
+    # The owner's own key with every scope: the same scopes as the owner's session.
+    api = {"Authorization": f"Bearer {_key(world, owner, ALL)}", "User-Agent": USER_AGENT}
+    try:
+        # Key creation.
+        token = csrf(console, "/console/keys")
+        since = last_id(world)
+        r = console.http.post("/console/keys", data={"csrf_token": token, "name": "same",
+                                                     "scope": "ai:read"})
+        assert r.status_code == 201 and "bzk_" in r.text, r.text
+        [by_console] = entries(world, since, action="api_key.created")
+        since = last_id(world)
+        r = httpx.post(f"{world.url}/api/v1/keys", json={"name": "same", "scopes": ["ai:read"]},
+                       headers=api, timeout=30)
+        assert r.status_code in (200, 201), r.text
+        [by_api] = entries(world, since, action="api_key.created")
+        assert (by_console["auth_path"], by_api["auth_path"]) == ("session", "api_key")
+        assert _same_but_door(by_console, by_api) == {}
+
+        # Revoking an OAuth grant.
+        revoked = []
+        for way in ("console", "api"):
+            connect(world, world.tech_email, scopes=["ai:read"])
+            grants = httpx.get(f"{world.url}/api/v1/oauth/grants", headers=api,
+                               timeout=30).json()["grants"]
+            grant = max(grants, key=lambda g: g["created_at"])
+            since = last_id(world)
+            if way == "console":
+                r = console.http.post(f"/console/apps/grants/{grant['id']}/disconnect",
+                                      data={"csrf_token": csrf(console, "/console/apps")})
+            else:
+                r = httpx.delete(f"{world.url}/api/v1/oauth/grants/{grant['id']}",
+                                 headers=api, timeout=30)
+            assert r.status_code in (200, 303), r.text
+            [entry] = entries(world, since, action="oauth.grant_revoked")
+            revoked.append(entry)
+        # The same fields; only the recorded reason says who revoked (the person, an admin).
+        reasons = {k: v for k, v in _same_but_door(*revoked).items()}
+        assert set(reasons) <= {"parameters"}, reasons
+        if reasons:
+            a, b = reasons["parameters"]
+            assert {k for k in a if a[k] != b.get(k)} == {"reason"}, (a, b)
+            assert set(a) == set(b)
+    finally:
+        console.close()
