@@ -215,3 +215,50 @@ def test_an_unknown_device_is_not_found(world: OAuthWorld) -> None:
         assert agent.http.get("/console/devices/not-a-uuid").status_code == 404
     finally:
         agent.close()
+
+
+@pytest.mark.req("SEED-RLS-ALL-PATHS", "CONSOLE-DOOR")
+def test_another_tenants_ids_are_unknown_through_every_door(world: OAuthWorld) -> None:
+    """A device and an alert of another tenant: through the console session, an OAuth token
+    and an API key alike, reading or acting on them is "not found", and nothing changes."""
+    import asyncio
+
+    from breeze_mcp.auth.accounts import create_tenant
+    from breeze_mcp.db import Database
+    from breeze_mcp.tools.demo import seed_demo_data
+    from tests.oauth_support import ACCEPT, connect
+
+    async def other() -> tuple[str, str]:
+        db = Database(world.test_db.runtime_url, pool_size=1)
+        try:
+            tenant = await create_tenant(db, "Elsewhere", slug=f"else-{uuid.uuid4().hex[:6]}")
+            await seed_demo_data(db, tenant.id)
+        finally:
+            await db.dispose()
+        device = superuser_sql(world.test_db, "SELECT id FROM devices WHERE tenant_id = :t"
+                               " LIMIT 1", t=tenant.id)[0][0]
+        alert = superuser_sql(world.test_db, "SELECT id FROM alerts WHERE tenant_id = :t"
+                              " AND status = 'open' LIMIT 1", t=tenant.id)[0][0]
+        return str(device), str(alert)
+
+    device, alert = asyncio.run(other())
+    agent = signed_in(world, world.tech_email)
+    _, body = connect(world, world.tech_email, scopes=["ai:read", "ai:write"])
+    try:
+        assert agent.http.get(f"/console/devices/{device}").status_code == 404
+        r = agent.http.post("/console/tools/manage_alert", data={
+            "csrf_token": csrf(agent), "alert_id": alert, "action": "resolve"})
+        assert r.status_code == 404
+        r = httpx.post(f"{world.url}/api/v1/tools/get_device", json={"device_id": device},
+                       headers={"Authorization": f"Bearer {world.admin_key}"}, timeout=30)
+        assert r.status_code == 404 and r.json()["error"] == "not_found"
+        r = httpx.post(world.mcp_url, timeout=30, json={
+            "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+                "name": "manage_alert", "arguments": {"alert_id": alert, "action": "resolve"}}},
+            headers={"Authorization": f"Bearer {body['access_token']}", "Accept": ACCEPT,
+                     "MCP-Protocol-Version": "2025-06-18"})
+        assert r.status_code == 200 and r.json()["result"]["isError"] is True
+        assert superuser_sql(world.test_db, "SELECT status FROM alerts WHERE id = :a",
+                             a=alert)[0][0] == "open"
+    finally:
+        agent.close()

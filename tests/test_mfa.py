@@ -108,7 +108,7 @@ def _enrol(world: OAuthWorld, email: str) -> tuple[httpx.Client, str, list[str]]
     return browser, secret, codes
 
 
-@pytest.mark.req("HUMAN-MFA")
+@pytest.mark.req("HUMAN-MFA", "SEED-MFA-TOTP", "SEED-MFA-PASSWORD")
 def test_enrolment_seals_the_secret(world: OAuthWorld) -> None:
     _wait_for_a_fresh_step()
     email, user_id = _person(world)
@@ -126,7 +126,7 @@ def test_enrolment_seals_the_secret(world: OAuthWorld) -> None:
         mfa.unseal(world.settings, uuid.uuid4(), sealed)
 
 
-@pytest.mark.req("HUMAN-MFA")
+@pytest.mark.req("HUMAN-MFA", "SEED-MFA-TOTP")
 def test_sign_in_asks_for_a_code_once_and_refuses_a_replay(world: OAuthWorld) -> None:
     _wait_for_a_fresh_step()
     email, _ = _person(world)
@@ -177,7 +177,7 @@ def test_oauth_consent_requires_the_second_factor(world: OAuthWorld) -> None:
         assert consent.status_code == 200 and "scope_choice" in consent.text
 
 
-@pytest.mark.req("HUMAN-MFA", "HUMAN-CUT-ACCESS")
+@pytest.mark.req("HUMAN-MFA", "HUMAN-CUT-ACCESS", "SEED-MFA-PASSWORD")
 def test_turning_it_off_needs_password_and_code_and_cuts_access(world: OAuthWorld) -> None:
     _wait_for_a_fresh_step()
     email, user_id = _person(world)

@@ -104,7 +104,7 @@ def _address() -> str:
     return f"signup-{uuid.uuid4().hex[:8]}@example.com"
 
 
-@pytest.mark.req("HUMAN-SIGNUP", "HUMAN-ACTIVATION")
+@pytest.mark.req("HUMAN-SIGNUP", "HUMAN-ACTIVATION", "SEED-EMAIL-VERIFY", "SEED-AUTO-ACTIVATE")
 def test_signup_verify_then_pay_activates(world: OAuthWorld,
                                           inbox: tuple[Inbox, int]) -> None:
     email = _address()
@@ -123,7 +123,7 @@ def test_signup_verify_then_pay_activates(world: OAuthWorld,
     assert _tenant_of(world, email)[1] == "active"
 
 
-@pytest.mark.req("HUMAN-SIGNUP", "HUMAN-ACTIVATION")
+@pytest.mark.req("HUMAN-SIGNUP", "HUMAN-ACTIVATION", "SEED-EMAIL-VERIFY", "SEED-AUTO-ACTIVATE")
 def test_signup_pay_then_verify_activates(world: OAuthWorld, inbox: tuple[Inbox, int]) -> None:
     email = _address()
     assert _signup(world, email).status_code == 202
@@ -137,7 +137,7 @@ def test_signup_pay_then_verify_activates(world: OAuthWorld, inbox: tuple[Inbox,
     assert actions[-2:] == ["tenant.activated", "auth.email_verification"]
 
 
-@pytest.mark.req("HUMAN-SIGNUP")
+@pytest.mark.req("HUMAN-SIGNUP", "SEED-EMAIL-MESSAGES")
 def test_each_verification_outcome(world: OAuthWorld, inbox: tuple[Inbox, int]) -> None:
     email = _address()
     _signup(world, email)
@@ -232,7 +232,7 @@ async def test_an_unreachable_smtp_server_is_a_mail_error(settings: Any, tmp_pat
         await Mailer(refused, tmp_path).send(message(refused, "a@example.com", "Hi", "x"))
 
 
-@pytest.mark.req("HUMAN-SIGNUP")
+@pytest.mark.req("HUMAN-SIGNUP", "SEED-EMAIL-MESSAGES")
 def test_the_verification_page_and_its_one_click_resend(world: OAuthWorld,
                                                         inbox: tuple[Inbox, int]) -> None:
     email = _address()
