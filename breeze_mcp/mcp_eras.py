@@ -31,6 +31,8 @@ from typing import Any, Final
 import mcp_types as types
 from mcp.shared.inbound import (
     ERROR_CODE_HTTP_STATUS,
+    MCP_METHOD_HEADER,
+    MCP_NAME_HEADER,
     MCP_PROTOCOL_VERSION_HEADER,
     InboundLadderRejection,
     classify_inbound_request,
@@ -90,6 +92,8 @@ CACHE_HINTS: Final[Mapping[str, tuple[int, str]]] = {
 }
 
 _NEWER_FIELDS = {"result_type", "ttl_ms", "cache_scope"}  # 2026-07-28-only result fields
+_ROUTING_HEADERS = frozenset(
+    h.encode() for h in (MCP_PROTOCOL_VERSION_HEADER, MCP_METHOD_HEADER, MCP_NAME_HEADER))
 _SERVER_INFO_META: Final = {types.SERVER_INFO_META_KEY: SERVER_INFO.model_dump(
     by_alias=True, exclude_none=True, mode="json")}
 
@@ -188,8 +192,7 @@ class _Stateless(Era):
     def status(self, code: int, status: int) -> int:
         return ERROR_CODE_HTTP_STATUS.get(code, status)
 
-    def _unsupported(self, headers: Headers) -> Refusal | None:
-        version = headers.get(MCP_PROTOCOL_VERSION_HEADER, "")
+    def _unsupported(self, version: str) -> Refusal | None:
         if version in STATELESS_VERSIONS:
             return None
         return Refusal(UNSUPPORTED_PROTOCOL_VERSION,
@@ -199,15 +202,20 @@ class _Stateless(Era):
 
     def refusal(self, headers: Headers, message: Mapping[str, Any], method: str
                 ) -> Refusal | None:
-        duplicated = find_duplicated_routing_header(headers.items())
+        # The routing headers alone, read once (ASGI names are lower case): the checks below
+        # look them up several times, and this is every 2026-07-28 call's path.
+        routing = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers.raw
+                   if k in _ROUTING_HEADERS]
+        duplicated = find_duplicated_routing_header(routing)
         if duplicated is not None:  # first-copy and last-copy readers would disagree
             return Refusal(HEADER_MISMATCH, f"the {duplicated} header appears more than once")
+        routed = dict(routing)
         # The header's version first: a client that asked for one we do not speak is told
         # which we do, whatever its body looks like.
-        unsupported = self._unsupported(headers)
+        unsupported = self._unsupported(routed.get(MCP_PROTOCOL_VERSION_HEADER, ""))
         if unsupported is not None:
             return unsupported
-        verdict = classify_inbound_request(message, headers=headers,
+        verdict = classify_inbound_request(message, headers=routed,
                                            supported_modern_versions=STATELESS_VERSIONS)
         if isinstance(verdict, InboundLadderRejection):
             return Refusal(verdict.code, verdict.message, data=verdict.data)
@@ -220,7 +228,7 @@ class _Stateless(Era):
         return None
 
     def notification_refusal(self, headers: Headers) -> Refusal | None:
-        return self._unsupported(headers)
+        return self._unsupported(headers.get(MCP_PROTOCOL_VERSION_HEADER, ""))
 
     def answer(self, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
         return self.result(method, types.DiscoverResult(
