@@ -33,12 +33,12 @@ from breeze_mcp.edge import (
     request_context,
 )
 from breeze_mcp.json_wire import AsciiJSONResponse, loads
-from breeze_mcp.mcp_eras import SUPPORTED_VERSIONS, Era, Refusal, era_of, success_body
+from breeze_mcp.mcp_eras import Era, Refusal, era_of, success_body
 from breeze_mcp.pipeline import CallResult, call_tool, shown
 from breeze_mcp.services import Services
 from breeze_mcp.tools.registry import ToolSpec
 
-__all__ = ["SUPPORTED_VERSIONS", "handle_mcp", "success_body", "tool_definition"]
+__all__ = ["handle_mcp", "success_body", "tool_definition"]
 
 log = logging.getLogger(__name__)
 

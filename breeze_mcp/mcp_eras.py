@@ -24,6 +24,7 @@ authentication, rate limits, the call pipeline, the audit entry — the same way
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -123,11 +124,10 @@ def success_body(id_: Any, result: Mapping[str, Any], tail: str = "") -> bytes:
     ).encode()
 
 
-class Era:
+class Era(ABC):
     """What differs between the eras; see the module docstring. Two instances exist:
     :data:`HANDSHAKE` and :data:`STATELESS`."""
 
-    name: str
     #: JSON-RPC methods served in this era (anything else is -32601).
     methods: frozenset[str]
     #: Members a successful ``tools/call`` result carries besides the content (JSON text).
@@ -138,27 +138,26 @@ class Era:
         with ``status``."""
         return status
 
+    @abstractmethod
     def refusal(self, headers: Headers, message: Mapping[str, Any], method: str
                 ) -> Refusal | None:
         """Why a request (it has an id and object params) cannot be served in this era."""
-        raise NotImplementedError
 
     def notification_refusal(self, headers: Headers) -> Refusal | None:
         """Why a notification cannot be accepted (else it is acknowledged with 202)."""
         return None
 
+    @abstractmethod
     def answer(self, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
         """The result of a method only this era has (``initialize``, ``ping``,
         ``server/discover``), written for the wire."""
-        raise NotImplementedError
 
+    @abstractmethod
     def result(self, method: str, result: BaseModel) -> dict[str, Any]:
         """A result model written for this era's wire."""
-        raise NotImplementedError
 
 
 class _Handshake(Era):
-    name = "handshake (2025)"
     methods = frozenset({"initialize", "ping", "tools/list", "tools/call"})
 
     def refusal(self, headers: Headers, message: Mapping[str, Any], method: str
@@ -185,7 +184,6 @@ class _Handshake(Era):
 
 
 class _Stateless(Era):
-    name = "stateless (2026-07-28)"
     methods = frozenset({"server/discover", "tools/list", "tools/call"})
     call_result_tail = ',"resultType":"complete","_meta":' + json.dumps(_SERVER_INFO_META)
 

@@ -131,6 +131,32 @@ def challenge_params(header: str) -> dict[str, str]:
     return dict(re.findall(r'(\w+)="([^"]*)"', header))
 
 
+# The header picks the era --------------------------------------------------------------------
+
+
+@pytest.mark.req("MCP-ERA-BY-HEADER")
+@pytest.mark.parametrize(("header", "era"), [
+    (None, "handshake"),  # the transport's default: 2025-03-26
+    ("2025-03-26", "handshake"), ("2025-06-18", "handshake"), ("2025-11-25", "handshake"),
+    ("2024-11-05", "handshake"),  # a handshake revision: refused there, as before
+    ("2026-07-28", "stateless"),
+    ("2099-01-01", "stateless"), ("", "stateless"),  # told -32022 and what is spoken
+])
+def test_the_header_alone_picks_the_era(header: str | None, era: str) -> None:
+    from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+    from starlette.datastructures import Headers
+
+    from breeze_mcp import mcp_eras
+
+    headers = Headers(raw=[] if header is None else [(b"mcp-protocol-version",
+                                                      header.encode())])
+    expected = {"handshake": mcp_eras.HANDSHAKE, "stateless": mcp_eras.STATELESS}[era]
+    assert mcp_eras.era_of(headers) is expected
+    # The revisions each era speaks are the SDK's revisions of that era.
+    assert set(mcp_eras.HANDSHAKE_VERSIONS) <= set(HANDSHAKE_PROTOCOL_VERSIONS)
+    assert set(mcp_eras.STATELESS_VERSIONS) <= set(MODERN_PROTOCOL_VERSIONS)
+
+
 # The stateless era ---------------------------------------------------------------------------
 
 
