@@ -471,6 +471,9 @@ async def test_the_sdk_client_probes_2026_completes_oauth_and_calls_tools(
         storage = MemoryTokenStorage()
         browser = HeadlessBrowser(agent, grants=[None])
         used, traffic = await _sdk_run(world, _provider(world, browser, storage), "auto", _use)
+        # The same client forced to the legacy era, with the tokens it holds.
+        old, old_traffic = await _sdk_run(world, _provider(world, browser, storage), "legacy",
+                                          _use)
     finally:
         agent.close()
     # The first request was the 2026-07-28 probe; it met the 401, the client authorized
@@ -484,6 +487,11 @@ async def test_the_sdk_client_probes_2026_completes_oauth_and_calls_tools(
     assert "run_script" in used["tools"]
     assert used["call"].is_error is False
     assert len(used["call"].structured_content["devices"]) == 2
+    assert [m for m, _ in old_traffic.sent] == ["initialize", "notifications/initialized",
+                                                "tools/list", "tools/call"]
+    assert old["version"] == "2025-11-25" and old["tools"] == used["tools"]
+    assert old["call"].structured_content == used["call"].structured_content
+    assert len(browser.urls) == 1  # no second authorization
 
 
 @pytest.mark.anyio
