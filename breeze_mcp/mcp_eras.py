@@ -204,10 +204,10 @@ class _Stateless(Era):
         # look them up several times, and this is every 2026-07-28 call's path.
         routing = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers.raw
                    if k in _ROUTING_HEADERS]
-        duplicated = find_duplicated_routing_header(routing)
-        if duplicated is not None:  # first-copy and last-copy readers would disagree
-            return Refusal(HEADER_MISMATCH, f"the {duplicated} header appears more than once")
         routed = dict(routing)
+        if len(routed) < len(routing):  # one sent twice: which copy would a proxy have read?
+            return Refusal(HEADER_MISMATCH, f"the {find_duplicated_routing_header(routing)} "
+                           "header appears more than once")
         # The header's version first: a client that asked for one we do not speak is told
         # which we do, whatever its body looks like.
         unsupported = self._unsupported(routed.get(MCP_PROTOCOL_VERSION_HEADER, ""))
