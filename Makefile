@@ -42,8 +42,9 @@ bench: $(VENV)/.installed-dev
 bench-instructions: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.instructions
 
-# make conformance  the official MCP conformance suite's authorization-server scenarios
-#                   against a fresh local Breeze (see conformance/README.md)
+# make conformance  the official MCP conformance suite against a fresh local Breeze: its
+#                   authorization-server scenarios, and its MCP-server scenarios for the
+#                   2026-07-28 and 2025-11-25 revisions (see conformance/README.md)
 .PHONY: conformance
 
 conformance/node_modules/.package-lock.json: conformance/package.json conformance/package-lock.json

@@ -4,7 +4,9 @@ Stands up everything from scratch (see :mod:`bench.environment`), then loads thr
 one after the other, each with the same warm-up, duration and concurrency:
 
 * ``ours-mcp``  — our ``/mcp``: ``tools/call`` of the Tier 1 tool ``list_devices``
-  (``{"limit": 5}``) with an API key;
+  (``{"limit": 5}``) with an API key, MCP 2025-06-18;
+* ``ours-mcp-2026`` — the same call in MCP 2026-07-28: the ``_meta`` envelope in the body, the
+  ``Mcp-Method`` and ``Mcp-Name`` headers, ``resultType`` and server info in the answer;
 * ``ours-rest`` — our REST API: ``POST /api/v1/tools/list_devices`` with the same key and body;
 * ``bare-sdk``  — a bare ``mcp`` SDK server (stateless, JSON responses, no auth): ``tools/call``
   of a no-op tool;
@@ -60,24 +62,41 @@ from bench.oauth_setup import CLIENT_ID, REDIRECT_URI, OAuthFixtures
 from breeze_mcp.gc_tuning import GEN0_THRESHOLD
 
 PROTOCOL_VERSION = "2025-06-18"
+MODERN_VERSION = "2026-07-28"
 TOOL = "list_devices"
 ARGUMENTS = {"limit": 5}
-SCENARIO_NAMES = ("bare-sdk", "ours-mcp", "ours-rest", "ours-mcp-oauth", "token-code",
-                  "token-refresh")
+SCENARIO_NAMES = ("bare-sdk", "ours-mcp", "ours-mcp-2026", "ours-rest", "ours-mcp-oauth",
+                  "token-code", "token-refresh")
 # CPU (% of a core) used outside the server, PostgreSQL and the client above which a row is
 # flagged as noisy. On a quiet machine this is ~0 % for bare-sdk and ~15 % for our scenarios:
 # kernel work for our traffic that no process is charged with (commit flushes, interrupts).
 NOISY_PERCENT = 30.0
 
 
-def _mcp_call(name: str, arguments: dict[str, Any]) -> bytes:
+def _mcp_call(name: str, arguments: dict[str, Any], meta: dict[str, Any] | None = None
+              ) -> bytes:
+    params: dict[str, Any] = {"name": name, "arguments": arguments}
+    if meta is not None:
+        params["_meta"] = meta
     return json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                       "params": {"name": name, "arguments": arguments}}).encode()
+                       "params": params}).encode()
+
+
+#: The envelope a 2026-07-28 client puts in every request (what the MCP SDK's client sends).
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+    "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "1.0.0"},
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
 
 
 def _five_devices_mcp(result: dict[str, Any]) -> bool:
     structured = result.get("structuredContent")
     return isinstance(structured, dict) and len(structured.get("devices") or ()) == 5
+
+
+def _five_devices_mcp_2026(result: dict[str, Any]) -> bool:
+    return result.get("resultType") == "complete" and _five_devices_mcp(result)
 
 
 def _five_devices_rest(result: dict[str, Any]) -> bool:
@@ -155,6 +174,17 @@ def build_scenarios(env: BenchEnvironment) -> dict[str, Scenario]:
             Request(host, env.ours.port, "/mcp", _mcp_call(TOOL, ARGUMENTS),
                     (auth, *mcp_headers)),
             check_mcp_call(_five_devices_mcp),
+        ),
+        "ours-mcp-2026": Scenario(
+            "ours-mcp-2026",
+            f"ours /mcp: tools/call {TOOL} {json.dumps(ARGUMENTS)} with an API key, "
+            f"MCP {MODERN_VERSION}",
+            Request(host, env.ours.port, "/mcp", _mcp_call(TOOL, ARGUMENTS, MODERN_META),
+                    (auth, ("Content-Type", "application/json"),
+                     ("Accept", "application/json, text/event-stream"),
+                     ("MCP-Protocol-Version", MODERN_VERSION), ("Mcp-Method", "tools/call"),
+                     ("Mcp-Name", TOOL))),
+            check_mcp_call(_five_devices_mcp_2026),
         ),
         "ours-rest": Scenario(
             "ours-rest",
@@ -376,6 +406,14 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
             f"{row['p50_ratio']:.2f}x its p50 latency -> target "
             + ("MET" if met else "NOT met")
         )
+    by_name = {row["scenario"]: row for row in rows}
+    old, new = by_name.get("ours-mcp"), by_name.get("ours-mcp-2026")
+    if old and new and old["throughput_rps"] and new["p50_ms"]:
+        # Issue 13: a 2026-07-28 call at least as fast as the same call in 2025, same run.
+        ratio, p50 = new["throughput_rps"] / old["throughput_rps"], new["p50_ms"] / old["p50_ms"]
+        met = (not new["errors"] and not new["warmup_errors"] and ratio >= 1.0 and p50 <= 1.0)
+        out.append(f"ours-mcp-2026: {ratio:.3f}x ours-mcp's (2025-06-18) throughput, {p50:.3f}x "
+                   "its p50 latency -> at least as fast: " + ("yes" if met else "NO"))
     return out
 
 

@@ -3,10 +3,10 @@
 The throughput benchmark (``python -m bench``) measures time, which on a shared or virtual
 machine drifts by ±10 % between runs. This one counts what does not drift: the CPU
 instructions each server executes per request, under valgrind's callgrind, for the same
-requests as the ``bare-sdk``, ``ours-mcp`` and ``ours-rest`` scenarios. Each server runs alone
-under callgrind (one worker, exactly as the benchmark starts it); after a warm-up the counters
-are zeroed (``callgrind_control -z``), the measured requests are sent one at a time over a
-keep-alive connection, and the counters are dumped (``callgrind_control -d``).
+requests as the ``bare-sdk``, ``ours-mcp``, ``ours-mcp-2026`` and ``ours-rest`` scenarios. Each
+server runs alone under callgrind (one worker, exactly as the benchmark starts it); after a
+warm-up the counters are zeroed (``callgrind_control -z``), the measured requests are sent one
+at a time over a keep-alive connection, and the counters are dumped (``callgrind_control -d``).
 
 Instructions are not time: system calls, cache misses and waiting are not in them. They show
 how much work each server does per request, repeatably (two runs agree within about 0.5 %).
@@ -32,6 +32,13 @@ from bench.bare_server import NOOP_TOOL
 from bench.environment import BenchEnvironment, BenchSetupError
 
 PROTOCOL_VERSION = "2025-06-18"
+MODERN_VERSION = "2026-07-28"
+#: The envelope a 2026-07-28 request carries (the same as the throughput benchmark's).
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+    "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "1.0.0"},
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
 WARMUP = 50
 
 
@@ -42,11 +49,13 @@ class Case:
     path: str
     tool: str | None  # MCP tools/call of this tool; None: REST body
     arguments: dict[str, object]
+    version: str = PROTOCOL_VERSION  # of MCP, for a tools/call
 
 
 CASES = (
     Case("bare-sdk", "bare", "/mcp", NOOP_TOOL, {}),
     Case("ours-mcp", "ours", "/mcp", "list_devices", {"limit": 5}),
+    Case("ours-mcp-2026", "ours", "/mcp", "list_devices", {"limit": 5}, MODERN_VERSION),
     Case("ours-rest", "ours", "/api/v1/tools/list_devices", None, {"limit": 5}),
 )
 
@@ -54,8 +63,11 @@ CASES = (
 def _body(case: Case, i: int) -> bytes:
     if case.tool is None:
         return json.dumps(case.arguments).encode()
+    params: dict[str, object] = {"name": case.tool, "arguments": case.arguments}
+    if case.version == MODERN_VERSION:
+        params["_meta"] = MODERN_META
     return json.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/call",
-                       "params": {"name": case.tool, "arguments": case.arguments}}).encode()
+                       "params": params}).encode()
 
 
 def _ok(case: Case, response: httpx.Response) -> bool:
@@ -80,7 +92,9 @@ def measure(env: BenchEnvironment, case: Case, requests: int, out_dir: Path,
     headers = {"Content-Type": "application/json",
                "Accept": "application/json, text/event-stream"}
     if case.tool is not None:
-        headers["MCP-Protocol-Version"] = PROTOCOL_VERSION
+        headers["MCP-Protocol-Version"] = case.version
+        if case.version == MODERN_VERSION:
+            headers.update({"Mcp-Method": "tools/call", "Mcp-Name": case.tool})
     if case.server == "ours":
         headers["Authorization"] = f"Bearer {api_key}"
     url = f"http://127.0.0.1:{server.port}{case.path}"
@@ -131,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bare-gc-tuned", action="store_true",
                         help="give the bare SDK server breeze-mcp serve's garbage-collector "
                         "settings too")
+    parser.add_argument("--scenario", action="append", choices=[c.name for c in CASES],
+                        help="measure only this scenario (repeatable; default all; the "
+                        "ratio column needs bare-sdk)")
     parser.add_argument("--keep", metavar="DIR", type=Path,
                         help="keep the callgrind dumps here (callgrind_annotate reads them)")
     args = parser.parse_args(argv)
@@ -145,15 +162,17 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = args.keep or env.tmp / "callgrind"
         out_dir.mkdir(parents=True, exist_ok=True)
         for case in CASES:
+            if args.scenario and case.name not in args.scenario:
+                continue
             print(f"[bench] callgrind: {case.name}", file=sys.stderr, flush=True)
             results[case.name] = measure(env, case, args.requests, out_dir, env.api_key,
                                          args.concurrency)
-    base = results["bare-sdk"]
-    print(f"\n{'scenario':<10}  {'requests':>8}  {'M instr/req':>11}  {'x bare-sdk':>10}")
-    print(f"{'-' * 10}  {'-' * 8}  {'-' * 11}  {'-' * 10}")
+    base = results.get("bare-sdk")
+    print(f"\n{'scenario':<13}  {'requests':>8}  {'M instr/req':>11}  {'x bare-sdk':>10}")
+    print(f"{'-' * 13}  {'-' * 8}  {'-' * 11}  {'-' * 10}")
     for name, per_request in results.items():
-        print(f"{name:<10}  {args.requests:>8}  {per_request / 1e6:>11.3f}"
-              f"  {per_request / base:>10.2f}")
+        ratio = f"{per_request / base:>10.2f}" if base else f"{'-':>10}"
+        print(f"{name:<13}  {args.requests:>8}  {per_request / 1e6:>11.3f}  {ratio}")
     print("\nx bare-sdk = instructions per request / bare-sdk's (<= 1: less work per request).")
     return 0
 

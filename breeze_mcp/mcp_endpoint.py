@@ -1,26 +1,27 @@
 """``/mcp``: the MCP Streamable HTTP transport, stateless, JSON responses.
 
 Stateless means no server-side session: every POST carries its own bearer credential and is
-served completely by whichever instance receives it. ``initialize``, ``ping``, ``tools/list``
-and ``tools/call`` are answered with ``application/json``; notifications and responses get
-202. GET (a server-initiated stream) and DELETE (session end) answer 405: there is neither.
-Messages are the MCP SDK's own types (``mcp_types``), serialised for the negotiated revision.
+served completely by whichever instance receives it. Two eras of the protocol share the
+endpoint (:mod:`breeze_mcp.mcp_eras`): the 2025 revisions reached through ``initialize``
+(``initialize``, ``ping``, ``tools/list``, ``tools/call``) and 2026-07-28, where each request
+carries its own envelope (``server/discover``, ``tools/list``, ``tools/call``). The request's
+``MCP-Protocol-Version`` header picks the era; everything else here — the Host and Origin
+checks, authentication, rate limits, the call pipeline and its audit entry — is the same for
+both. Answers are ``application/json``; notifications and responses get 202. GET (a
+server-initiated stream) and DELETE (session end) answer 405: there is neither. Messages are the
+MCP SDK's own types (``mcp_types``), written for the request's era.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import mcp_types as types
-from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from breeze_mcp import __version__
 from breeze_mcp.auth.principal import Principal
 from breeze_mcp.db.engine import Transaction
 from breeze_mcp.edge import (
@@ -32,17 +33,14 @@ from breeze_mcp.edge import (
     request_context,
 )
 from breeze_mcp.json_wire import AsciiJSONResponse, loads
+from breeze_mcp.mcp_eras import Era, Refusal, era_of, success_body
 from breeze_mcp.pipeline import CallResult, call_tool, shown
 from breeze_mcp.services import Services
 from breeze_mcp.tools.registry import ToolSpec
 
-__all__ = ["SUPPORTED_VERSIONS", "handle_mcp", "success_body", "tool_definition"]
+__all__ = ["handle_mcp", "success_body", "tool_definition"]
 
 log = logging.getLogger(__name__)
-
-#: Revisions reachable by the initialize handshake that this endpoint speaks, oldest first.
-SUPPORTED_VERSIONS = ("2025-03-26", "2025-06-18", "2025-11-25")
-DEFAULT_VERSION = "2025-03-26"  # assumed when a request carries no MCP-Protocol-Version
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -51,19 +49,6 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 FORBIDDEN = -32003
 RATE_LIMITED = -32029
-
-_NEWER_FIELDS = {"result_type", "ttl_ms", "cache_scope"}  # 2026-07-28-only result fields
-
-INSTRUCTIONS = (
-    "Breeze RMM tools for one MSP tenant. Every tool carries a risk tier: Tier 1 reads, "
-    "Tier 2 changes alerts and notes, Tier 3 queues actions on devices (scripts, patches, "
-    "isolation), Tier 4 is never executed. What you can call depends on the scopes granted."
-)
-
-
-def _dump(model: BaseModel) -> dict[str, Any]:
-    return model.model_dump(by_alias=True, exclude_none=True, mode="json",
-                            exclude=_NEWER_FIELDS & set(type(model).model_fields))
 
 
 def _rpc_error(id_: Any, code: int, message: str, data: Any = None,
@@ -80,14 +65,22 @@ def _rpc_result(id_: Any, result: dict[str, Any],
     return AsciiJSONResponse({"jsonrpc": "2.0", "id": id_, "result": result}, headers=headers)
 
 
+def _era_error(era: Era, id_: Any, code: int, message: str, data: Any = None,
+               status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    """A JSON-RPC error with the HTTP status the request's era gives its code."""
+    return _rpc_error(id_, code, message, data, era.status(code, status), headers)
+
+
 def tool_definition(spec: ToolSpec) -> types.Tool:
-    """The MCP view of a tool: schema from its model, annotations from its tier."""
+    """The MCP view of a tool: schema from its model, annotations from its tier, every hint
+    said outright (a client that finds one missing assumes the worst: a write, destructive,
+    open-world)."""
     tier = spec.max_tier
     annotations = types.ToolAnnotations(
         title=spec.title,
         read_only_hint=tier == 1,
-        destructive_hint=(tier >= 3) if tier > 1 else None,
-        idempotent_hint=True if tier == 1 else None,
+        destructive_hint=tier >= 3,
+        idempotent_hint=tier == 1,
         open_world_hint=False,
     )
     return types.Tool(
@@ -150,11 +143,12 @@ async def handle_mcp(request: Request) -> Response:
                 "WWW-Authenticate": bearer_challenge(
                     services, error=authenticated.error,
                     description=authenticated.description if authenticated.error else None)})
-        return await _authenticated(request, services, raw, *authenticated)
+        return await _authenticated(request, services, era_of(request.headers), raw,
+                                    *authenticated)
 
 
 async def _authenticated(
-    request: Request, services: Services, raw: bytes | None, principal: Principal,
+    request: Request, services: Services, era: Era, raw: bytes | None, principal: Principal,
     tx: Transaction,
 ) -> Response:
     accept = request.headers.get("accept", "*/*").lower()
@@ -200,30 +194,31 @@ async def _authenticated(
         params = {}
 
     # A request that needs a result needs an id; only notifications go without one.
-    refusal: tuple[int, str, int] | None = None
+    refusal: Refusal | None = None
     if "id" not in message:
-        if method.startswith("notifications/"):
-            return Response(status_code=202)  # notification (e.g. notifications/initialized)
-        refusal = (INVALID_REQUEST, f"Invalid Request: {shown(method)} needs an id (only "
-                   "notifications/* are sent without one)", 400)
+        if method.startswith("notifications/"):  # e.g. notifications/initialized
+            refusal = era.notification_refusal(request.headers)
+            if refusal is None:
+                return Response(status_code=202)
+            return _era_error(era, None, refusal.code, refusal.message, refusal.data,
+                              refusal.status)
+        refusal = Refusal(INVALID_REQUEST, f"Invalid Request: {shown(method)} needs an id "
+                          "(only notifications/* are sent without one)")
     elif id_ is None:
-        refusal = (INVALID_REQUEST, "Invalid Request: id must be a string or number", 400)
+        refusal = Refusal(INVALID_REQUEST, "Invalid Request: id must be a string or number")
     elif not isinstance(params, dict):
-        refusal = (INVALID_PARAMS, "params must be an object", 200)
-    elif method != "initialize":
-        version = request.headers.get("mcp-protocol-version", DEFAULT_VERSION)
-        if version not in SUPPORTED_VERSIONS:
-            refusal = (INVALID_REQUEST, f"Unsupported MCP-Protocol-Version '{shown(version)}'; "
-                       "supported: " + ", ".join(SUPPORTED_VERSIONS), 400)
+        refusal = Refusal(INVALID_PARAMS, "params must be an object", 200)
+    else:
+        refusal = era.refusal(request.headers, message, method)
 
     try:
         if refusal is not None:
-            code, text, status = refusal
             if method == "tools/call":  # refused before it was a call, audited all the same
-                return await _refused_call(request, services, principal, tx, id_, params,
-                                           code, text, status)
-            return _rpc_error(id_, code, text, status=status)
-        return await _dispatch(request, services, principal, tx, id_, method, params)
+                return await _refused_call(request, services, era, principal, tx, id_, params,
+                                           refusal)
+            return _era_error(era, id_, refusal.code, refusal.message, refusal.data,
+                              refusal.status)
+        return await _dispatch(request, services, era, principal, tx, id_, method, params)
     except Exception:
         log.exception("MCP %s failed", shown(method))
         return _rpc_error(id_, INTERNAL_ERROR, "Internal error")
@@ -248,83 +243,61 @@ def _call_target(params: Any) -> tuple[str, dict[str, Any]]:
 
 
 async def _refused_call(
-    request: Request, services: Services, principal: Principal, tx: Transaction,
-    id_: Any, params: Any, code: int, message: str, status: int = 200,
+    request: Request, services: Services, era: Era, principal: Principal, tx: Transaction,
+    id_: Any, params: Any, refusal: Refusal,
 ) -> Response:
     name, arguments = _call_target(params)
     outcome = await call_tool(services, principal, name, arguments,
-                              request_context(request, services), tx, refused=message)
+                              request_context(request, services), tx, refused=refusal.message)
     if outcome.status == "rate_limited":
-        return _call_response(services, id_, outcome)
-    return _rpc_error(id_, code, message, status=status)
+        return _call_response(services, era, id_, outcome)
+    return _era_error(era, id_, refusal.code, refusal.message, refusal.data, refusal.status)
 
 
 async def _dispatch(
-    request: Request, services: Services, principal: Principal, tx: Transaction, id_: Any,
-    method: str, params: dict[str, Any],
+    request: Request, services: Services, era: Era, principal: Principal, tx: Transaction,
+    id_: Any, method: str, params: dict[str, Any],
 ) -> Response:
     rate = None
     if method != "tools/call":  # a tools call is metered by the pipeline, with its tool's limit
-        known = method in ("initialize", "ping", "tools/list")
+        known = method in era.methods
         rate = await meter(request, services, principal, f"mcp.{method}" if known else
                            "mcp.unknown_method", tx, None if known else {"method": method})
         if rate is not None and not rate.allowed:
             return _rpc_error(id_, RATE_LIMITED, rate.message, data={"error": "rate_limited"},
                               status=429, headers=rate.headers())
         await tx.finish(None)  # not an action: no entry; the credential's last use is kept
+        if not known:
+            return _era_error(era, id_, METHOD_NOT_FOUND, f"Method not found: {shown(method)}",
+                              headers=rate.headers() if rate is not None else None)
     headers = rate.headers() if rate is not None else None
-    if method == "initialize":
-        asked = params.get("protocolVersion")
-        version = asked if asked in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[-1]
-        result = types.InitializeResult(
-            protocol_version=version,
-            capabilities=types.ServerCapabilities(tools=types.ToolsCapability(list_changed=False)),
-            server_info=types.Implementation(name="breeze-mcp", title="Breeze MCP",
-                                             version=__version__),
-            instructions=INSTRUCTIONS,
-        )
-        return _rpc_result(id_, _dump(result), headers=headers)
-    if method == "ping":
-        return _rpc_result(id_, {}, headers=headers)
     if method == "tools/list":
         tools = [tool_definition(t) for t in services.registry.listable(principal.tier_ceiling)]
-        return _rpc_result(id_, _dump(types.ListToolsResult(tools=tools)), headers=headers)
-    if method == "tools/call":
-        name = params.get("name")
-        arguments = params.get("arguments", {})
-        if not isinstance(name, str) or not name:
-            return await _refused_call(request, services, principal, tx, id_, params,
-                                       INVALID_PARAMS, "tools/call needs a tool name")
-        if arguments is None:
-            arguments = {}
-        if not isinstance(arguments, dict):
-            return await _refused_call(request, services, principal, tx, id_, params,
-                                       INVALID_PARAMS, "arguments must be an object")
-        outcome = await call_tool(services, principal, name, arguments,
-                                  request_context(request, services), tx)
-        return _call_response(services, id_, outcome)
-    return _rpc_error(id_, METHOD_NOT_FOUND, f"Method not found: {shown(method)}",
-                      headers=headers)
+        return _rpc_result(id_, era.result(method, types.ListToolsResult(tools=tools)),
+                           headers=headers)
+    if method != "tools/call":  # initialize, ping, server/discover: the era's own
+        return _rpc_result(id_, era.answer(method, params), headers=headers)
+    name = params.get("name")
+    arguments = params.get("arguments", {})
+    if not isinstance(name, str) or not name:
+        return await _refused_call(request, services, era, principal, tx, id_, params,
+                                   Refusal(INVALID_PARAMS, "tools/call needs a tool name", 200))
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):
+        return await _refused_call(request, services, era, principal, tx, id_, params,
+                                   Refusal(INVALID_PARAMS, "arguments must be an object", 200))
+    outcome = await call_tool(services, principal, name, arguments,
+                              request_context(request, services), tx)
+    return _call_response(services, era, id_, outcome)
 
 
-def success_body(id_: Any, result: Mapping[str, Any]) -> bytes:
-    """The ``CallToolResult`` of a successful ``tools/call``, built by hand because it is the
-    hot path's: the result is serialised once, and that text is both the text content and,
-    verbatim, the structured content (a test checks it against ``types.CallToolResult``)."""
-    text = json.dumps(result, default=str)
-    return (
-        '{"jsonrpc":"2.0","id":' + json.dumps(id_)
-        + ',"result":{"content":[{"type":"text","text":' + json.dumps(text)
-        + '}],"structuredContent":' + text + ',"isError":false}}'
-    ).encode()
-
-
-def _call_response(services: Services, id_: Any, outcome: CallResult) -> Response:
+def _call_response(services: Services, era: Era, id_: Any, outcome: CallResult) -> Response:
     headers = outcome.rate.headers() if outcome.rate else None
     if outcome.status == "ok":
         assert outcome.result is not None
-        return Response(success_body(id_, outcome.result), media_type="application/json",
-                        headers=headers)
+        return Response(success_body(id_, outcome.result, era.call_result_tail),
+                        media_type="application/json", headers=headers)
     if outcome.status in ("tool_error", "invalid_arguments", "blocked"):
         data: dict[str, Any] = {"error": outcome.error_code or outcome.status,
                                 "tier": outcome.tier}  # tools that exist only get here
@@ -335,9 +308,9 @@ def _call_response(services: Services, id_: Any, outcome: CallResult) -> Respons
             structured_content=data,
             is_error=True,
         )
-        return _rpc_result(id_, _dump(result), headers=headers)
+        return _rpc_result(id_, era.result("tools/call", result), headers=headers)
     if outcome.status == "unknown_tool":
-        return _rpc_error(id_, INVALID_PARAMS, outcome.message)
+        return _era_error(era, id_, INVALID_PARAMS, outcome.message)
     if outcome.status == "insufficient_scope":
         challenge = bearer_challenge(services, error="insufficient_scope",
                                      description=outcome.message, scope=outcome.required_scope)
