@@ -152,7 +152,10 @@ class _CheckedBackend(httpcore.AsyncNetworkBackend):
             address = ipaddress.ip_address(text.partition("%")[0])
             why = address_refusal(address, loopback_allowed=loopback_allowed)
             if why is not None:
-                raise _Refused(f"{host} resolves to {address}, a {why} address")
+                literal = host.strip("[]").lower() == str(address)
+                raise _Refused(f"{address} is a special-use address ({why})" if literal
+                               else f"{host} resolves to {address} ({why}), which is never "
+                               "fetched")
             if text not in addresses:
                 addresses.append(text)
         if not addresses:
@@ -191,13 +194,17 @@ class DocumentFetcher:
     """
 
     def __init__(self, *, loopback_hosts: Iterable[str] = (), ca_bundle: Path | None = None,
-                 max_concurrent: int = MAX_CONCURRENT, deadline: float = DEADLINE) -> None:
+                 max_concurrent: int = MAX_CONCURRENT, deadline: float = DEADLINE,
+                 wait: float | None = None) -> None:
+        """``deadline`` bounds a whole fetch, its wait for a place among the
+        ``max_concurrent`` included; ``wait`` (at most the deadline) bounds that wait alone."""
         self._ssl = ssl.create_default_context()
         if ca_bundle is not None:
             self._ssl.load_verify_locations(cafile=str(ca_bundle))
         self._backend = _CheckedBackend(frozenset(h.lower() for h in loopback_hosts))
         self._places = asyncio.Semaphore(max_concurrent)
         self._deadline = deadline
+        self._wait = deadline if wait is None else min(wait, deadline)
 
     async def fetch_json(self, url: str) -> Fetched:
         """The JSON object at ``url``; :class:`FetchFailed` saying why not."""
@@ -207,7 +214,8 @@ class DocumentFetcher:
         placed = False
         try:
             async with asyncio.timeout(self._deadline):
-                await self._places.acquire()
+                async with asyncio.timeout(self._wait):
+                    await self._places.acquire()
                 placed = True
                 return await self._get(url)
         except TimeoutError:
