@@ -16,6 +16,7 @@ import base64
 import ipaddress
 import os
 import secrets
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -336,8 +337,14 @@ class Settings(BaseSettings):
     @field_validator("cimd_ca_bundle")
     @classmethod
     def _check_ca_bundle(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
+        if value is None:
+            return value
+        if not value.is_file():
             raise ValueError(f"{value} is not a file")
+        try:
+            ssl.create_default_context(cafile=str(value))
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"{value} is not a PEM file of certificates ({exc})") from None
         return value
 
     @field_validator("oauth_private_schemes", mode="before")

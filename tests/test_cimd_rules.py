@@ -30,7 +30,7 @@ from breeze_mcp.auth.oauth.errors import InvalidClient
 from breeze_mcp.auth.oauth.fetch import address_refusal
 from breeze_mcp.auth.oauth.registration import DEFAULT_PRIVATE_SCHEMES, https_url_problem
 from breeze_mcp.config import ConfigError, load_settings
-from tests.cimd_support import ClientKey, chatgpt_document, claude_code_document
+from tests.cimd_support import ClientKey, chatgpt_document, claude_code_document, make_ca
 
 # The fetch's address check ------------------------------------------------------------------
 
@@ -315,8 +315,7 @@ def test_malformed_key_sets_are_refused(value: Any) -> None:
 
 @pytest.mark.req("CIMD-DEV-SETTINGS")
 def test_production_refuses_the_development_only_settings(tmp_path: Path) -> None:
-    bundle = tmp_path / "ca.pem"
-    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    bundle = make_ca(tmp_path).bundle
     production = {"mode": "production", "state_dir": tmp_path,
                   "database_url": "postgresql://u:p@db/breeze", "session_key": "s" * 40,
                   "mfa_encryption_key": "A" * 43 + "=", "billing_webhook_secret": "w" * 32}
@@ -328,7 +327,10 @@ def test_production_refuses_the_development_only_settings(tmp_path: Path) -> Non
     dev = load_settings(state_dir=tmp_path, cimd_allow_loopback_hosts=" LocalHost , ",
                         cimd_ca_bundle=str(bundle))
     assert dev.cimd_allow_loopback_hosts == ["localhost"]
-    with pytest.raises(ConfigError, match="BREEZE_CIMD_CA_BUNDLE"):
+    with pytest.raises(ConfigError, match=r"BREEZE_CIMD_CA_BUNDLE: .* is not a file"):
         load_settings(state_dir=tmp_path, cimd_ca_bundle=str(tmp_path / "missing.pem"))
+    (tmp_path / "junk.pem").write_text("-----BEGIN CERTIFICATE-----\nnope\n")
+    with pytest.raises(ConfigError, match="not a PEM file of certificates"):
+        load_settings(state_dir=tmp_path, cimd_ca_bundle=str(tmp_path / "junk.pem"))
     with pytest.raises(ConfigError, match="MIN_TTL must not exceed"):
         load_settings(state_dir=tmp_path, cimd_cache_min_ttl=3600, cimd_cache_max_ttl=60)
