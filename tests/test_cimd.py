@@ -627,3 +627,15 @@ async def test_fetches_beyond_the_bound_wait_then_give_up(ca: ClientCA,
         held.set()
     assert (await first).document == {}
     assert (await fetcher.fetch_json(other)).document == {"ok": True}
+
+
+@pytest.mark.req("CIMD-FETCH-HARDENED")
+@pytest.mark.anyio
+async def test_a_host_whose_certificate_is_not_trusted_is_not_fetched(
+    host: DocumentHost,
+) -> None:
+    """The test authority is trusted only through BREEZE_CIMD_CA_BUNDLE."""
+    url = host.publish(host.fresh_path("untrusted"), {"ok": True})
+    fetcher = DocumentFetcher(loopback_hosts=["localhost"])
+    with pytest.raises(FetchFailed, match="certificate"):
+        await fetcher.fetch_json(url)
