@@ -15,6 +15,8 @@ one after the other, each with the same warm-up, duration and concurrency:
   per request;
 * ``token-refresh`` — ``POST /token``, ``refresh_token`` grant: every connection rotates its own
   refresh-token lineage, sending the successor it was just given.
+* ``token-refresh-cimd`` — ``token-refresh`` for a client identified by its metadata document
+  (CIMD), whose cached copy is fresh: the same work, and no fetch.
 
 Prints the machine, the settings and a table with the ratios against ``bare-sdk``;
 ``--json PATH`` also writes every figure. Exits 1 when set-up failed or any scenario had a
@@ -58,7 +60,7 @@ from bench.load import (
     fetch_once,
     run_load,
 )
-from bench.oauth_setup import CLIENT_ID, REDIRECT_URI, OAuthFixtures
+from bench.oauth_setup import CLIENT_ID, DOCUMENT_CLIENT_ID, REDIRECT_URI, OAuthFixtures
 from breeze_mcp.gc_tuning import GEN0_THRESHOLD
 
 PROTOCOL_VERSION = "2025-06-18"
@@ -66,7 +68,7 @@ MODERN_VERSION = "2026-07-28"
 TOOL = "list_devices"
 ARGUMENTS = {"limit": 5}
 SCENARIO_NAMES = ("bare-sdk", "ours-mcp", "ours-mcp-2026", "ours-rest", "ours-mcp-oauth",
-                  "token-code", "token-refresh")
+                  "token-code", "token-refresh", "token-refresh-cimd")
 # CPU (% of a core) used outside the server, PostgreSQL and the client above which a row is
 # flagged as noisy. On a quiet machine this is ~0 % for bare-sdk and ~15 % for our scenarios:
 # kernel work for our traffic that no process is charged with (commit flushes, interrupts).
@@ -126,11 +128,13 @@ class _CodeStepper:
 class _RefreshStepper:
     """Rotates one refresh-token lineage: each request sends the successor just received."""
 
-    def __init__(self, fixtures: OAuthFixtures) -> None:
-        self.token = fixtures.refresh_tokens.pop() if fixtures.refresh_tokens else "bzr_none"
+    def __init__(self, tokens: list[str], client_id: str = CLIENT_ID) -> None:
+        self.token = tokens.pop() if tokens else "bzr_none"
+        self.client_id = client_id
 
     def body(self) -> bytes:
-        return _form(grant_type="refresh_token", refresh_token=self.token, client_id=CLIENT_ID)
+        return _form(grant_type="refresh_token", refresh_token=self.token,
+                     client_id=self.client_id)
 
     def observe(self, status: int, body: bytes) -> None:
         if status == 200:
@@ -215,7 +219,13 @@ def build_scenarios(env: BenchEnvironment) -> dict[str, Scenario]:
     )
     scenarios["token-refresh"] = Scenario(
         "token-refresh", "ours POST /token: refresh_token, each connection rotating its own",
-        token_request, check_token_response, stepper=lambda: _RefreshStepper(fixtures),
+        token_request, check_token_response,
+        stepper=lambda: _RefreshStepper(fixtures.refresh_tokens),
+    )
+    scenarios["token-refresh-cimd"] = Scenario(
+        "token-refresh-cimd", "ours POST /token: token-refresh for a metadata-document client "
+        "whose copy is fresh", token_request, check_token_response,
+        stepper=lambda: _RefreshStepper(fixtures.document_refresh_tokens, DOCUMENT_CLIENT_ID),
     )
     return scenarios
 
@@ -484,13 +494,14 @@ def main(argv: list[str] | None = None) -> int:
     wanted = args.scenario or list(SCENARIO_NAMES)
     started = dt.datetime.now(dt.UTC)
     try:
-        lineages = args.rounds * (2 * args.concurrency + 1) + 1 \
-            if "token-refresh" in wanted else 0
+        per_scenario = args.rounds * (2 * args.concurrency + 1) + 1
+        lineages = per_scenario if "token-refresh" in wanted else 0
         with BenchEnvironment(
             rate_limit=args.rate_limit, keep_logs=args.keep_logs,
             bare_gc_tuned=args.bare_gc_tuned,
             oauth_codes=args.codes if "token-code" in wanted else 0,
             oauth_lineages=lineages or (1 if "ours-mcp-oauth" in wanted else 0),
+            oauth_document_lineages=per_scenario if "token-refresh-cimd" in wanted else 0,
         ) as env:
             scenarios = build_scenarios(env)
             results: dict[str, Result] = {n: Result(n) for n in SCENARIO_NAMES if n in wanted}

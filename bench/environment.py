@@ -114,6 +114,7 @@ class BenchEnvironment:
     oauth: OAuthFixtures | None = field(init=False, default=None)
     oauth_codes: int = 0  # how many single-use codes the code-exchange scenario may spend
     oauth_lineages: int = 0  # refresh-token lineages (one per connection)
+    oauth_document_lineages: int = 0  # the same, of the metadata-document client
     ours: ServerProcess = field(init=False)
     bare: ServerProcess = field(init=False)
     postmaster_pid: int | None = field(init=False, default=None)
@@ -173,7 +174,7 @@ class BenchEnvironment:
         self.ours = self._start(
             "ours", [sys.executable, "-m", "breeze_mcp", "serve"], ready=self._ours_ready
         )
-        if self.oauth_codes or self.oauth_lineages:
+        if self.oauth_codes or self.oauth_lineages or self.oauth_document_lineages:
             import uuid
 
             self._say(f"minting {self.oauth_codes} authorization codes and "
@@ -183,6 +184,7 @@ class BenchEnvironment:
                 user_id=uuid.UUID(self.owner_id),
                 resource=f"http://127.0.0.1:{self.ours.port}/mcp",
                 codes=self.oauth_codes, lineages=self.oauth_lineages,
+                document_lineages=self.oauth_document_lineages,
             )
 
     def bare_argv(self) -> list[str]:

@@ -20,9 +20,12 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-__all__ = ["CLIENT_ID", "REDIRECT_URI", "OAuthFixtures", "mint"]
+__all__ = ["CLIENT_ID", "DOCUMENT_CLIENT_ID", "REDIRECT_URI", "OAuthFixtures", "mint"]
 
 CLIENT_ID = "bzi_bench-client"
+#: A client identified by its metadata document (CIMD), whose copy is stored fresh for a day:
+#: its token requests must cost no fetch (the host does not exist; a fetch would fail them).
+DOCUMENT_CLIENT_ID = "https://client.bench.invalid/oauth/metadata.json"
 REDIRECT_URI = "http://127.0.0.1:9/callback"
 SCOPES = ["ai:read"]
 
@@ -40,11 +43,12 @@ class OAuthFixtures:
     verifier: str
     codes: deque[str] = field(default_factory=deque)
     refresh_tokens: list[str] = field(default_factory=list)
+    document_refresh_tokens: list[str] = field(default_factory=list)  # DOCUMENT_CLIENT_ID's
     access_token: str = ""
 
 
 def mint(admin_url: str, *, tenant_id: uuid.UUID, user_id: uuid.UUID, resource: str,
-         codes: int, lineages: int) -> OAuthFixtures:
+         codes: int, lineages: int, document_lineages: int = 0) -> OAuthFixtures:
     from breeze_mcp.db.engine import sqlalchemy_url
 
     verifier = secrets.token_urlsafe(48)
@@ -91,6 +95,36 @@ def mint(admin_url: str, *, tenant_id: uuid.UUID, user_id: uuid.UUID, resource: 
                 "expires_at) VALUES (:t, :g, :d, :s, now() + interval '2 hours')"),
                 {"t": tenant_id, "g": grant_ids[-1], "d": _digest(fixtures.access_token),
                  "s": SCOPES})
+            if document_lineages:
+                fixtures.document_refresh_tokens = _document_lineages(
+                    conn, tenant_id, user_id, resource, document_lineages)
     finally:
         engine.dispose()
     return fixtures
+
+
+def _document_lineages(conn: sa.Connection, tenant_id: uuid.UUID, user_id: uuid.UUID,
+                       resource: str, lineages: int) -> list[str]:
+    """DOCUMENT_CLIENT_ID as the product caches it (its document fresh for a day), with one
+    grant and refresh token per lineage."""
+    conn.execute(sa.text(
+        "INSERT INTO oauth_clients (client_id, token_endpoint_auth_method, redirect_uris, "
+        "grant_types, response_types, client_name, document_fetched_at, "
+        "document_fresh_until, document_stale_until) VALUES (:c, 'none', ARRAY[:r], "
+        "ARRAY['authorization_code', 'refresh_token'], ARRAY['code'], 'bench document', "
+        "now(), now() + interval '1 day', now() + interval '2 days') "
+        "ON CONFLICT (client_id) DO NOTHING"), {"c": DOCUMENT_CLIENT_ID, "r": REDIRECT_URI})
+    grant_ids = [uuid.uuid4() for _ in range(lineages)]
+    conn.execute(sa.text(
+        "INSERT INTO oauth_grants (id, tenant_id, client_id, user_id, scopes, resource) "
+        "SELECT g, :t, :c, :u, :s, :res FROM unnest(CAST(:ids AS uuid[])) AS g"),
+        {"t": tenant_id, "c": DOCUMENT_CLIENT_ID, "u": user_id, "s": SCOPES, "res": resource,
+         "ids": [str(g) for g in grant_ids]})
+    tokens = [_tenant_bound("bzr", tenant_id) for _ in range(lineages)]
+    conn.execute(sa.text(
+        "INSERT INTO oauth_refresh_tokens (tenant_id, grant_id, digest, scopes, expires_at) "
+        "SELECT :t, g, d, :s, now() + interval '2 hours' "
+        "FROM unnest(CAST(:digests AS bytea[]), CAST(:ids AS uuid[])) AS x(d, g)"),
+        {"t": tenant_id, "s": SCOPES, "digests": [_digest(r) for r in tokens],
+         "ids": [str(g) for g in grant_ids]})
+    return tokens

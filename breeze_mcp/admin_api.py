@@ -18,6 +18,7 @@ and are imported by :mod:`breeze_mcp.app` before :func:`routes` is read.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from breeze_mcp.services import Services
 __all__ = [
     "ADMIN_ENDPOINTS",
     "ADMIN_ROLES",
+    "CLIENT_ID_DESCRIPTION",
     "AdminEndpoint",
     "AdminHandler",
     "admin_endpoint",
@@ -201,8 +203,16 @@ def openapi_paths(error: dict[str, Any]) -> dict[str, Any]:
         if e.body is not None:
             operation["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": e.body}}}
-        paths.setdefault(e.path, {})[e.method.lower()] = operation
+        paths.setdefault(_CONVERTOR.sub(r"{\1}", e.path), {})[e.method.lower()] = operation
     return paths
+
+
+#: A route's path parameter with a Starlette convertor (``{client_id:path}``): OpenAPI
+#: writes the plain template.
+_CONVERTOR = re.compile(r"\{(\w+):\w+\}")
+#: A client id may be a metadata document's URL: slashes and all, percent-encoded or not.
+CLIENT_ID_DESCRIPTION = ("The OAuth client's id: a registered client's bzi_ id, or the URL of "
+                         "a client's metadata document (percent-encode it)")
 
 
 def in_path(name: str, description: str) -> dict[str, Any]:
@@ -260,10 +270,10 @@ async def revoke_one_grant(request: Request, principal: Principal,
     return JSONResponse({"revoked": [str(grant_id)]})
 
 
-@admin_endpoint("DELETE", "/api/v1/oauth/clients/{client_id}/grants",
+@admin_endpoint("DELETE", "/api/v1/oauth/clients/{client_id:path}/grants",
                 operation_id="revoke_oauth_client_grants",
                 summary="Revoke every grant of one OAuth client", scope="ai:write",
-                parameters=(in_path("client_id", "The OAuth client's id"),),
+                parameters=(in_path("client_id", CLIENT_ID_DESCRIPTION),),
                 errors={404: "No such client"})
 async def revoke_client_grants(request: Request, principal: Principal,
                                tx: Transaction) -> Response:

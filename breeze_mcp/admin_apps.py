@@ -12,7 +12,13 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from breeze_mcp.admin_api import admin_endpoint, admin_entry, in_path, refused
+from breeze_mcp.admin_api import (
+    CLIENT_ID_DESCRIPTION,
+    admin_endpoint,
+    admin_entry,
+    in_path,
+    refused,
+)
 from breeze_mcp.auth.oauth import apps, blocks, plausible_client_id
 from breeze_mcp.auth.principal import Principal
 from breeze_mcp.db.engine import Transaction
@@ -24,7 +30,7 @@ __all__ = ["block_client", "list_blocks", "list_clients", "unblock_client"]
 #: A block request's body is a few bytes of JSON.
 MAX_BLOCK_BODY = 4096
 
-_CLIENT = in_path("client_id", "The OAuth client's id")
+_CLIENT = in_path("client_id", CLIENT_ID_DESCRIPTION)
 _REFUSAL_STATUS = {"forbidden": 403, "not_found": 404, "invalid": 400}
 _REFUSAL_CODE = {"forbidden": "forbidden", "not_found": "not_found", "invalid": "bad_request"}
 
@@ -57,7 +63,7 @@ async def list_blocks(request: Request, principal: Principal, tx: Transaction) -
     return JSONResponse({"blocks": [b.json() for b in found]})
 
 
-@admin_endpoint("POST", "/api/v1/oauth/clients/{client_id}/block",
+@admin_endpoint("POST", "/api/v1/oauth/clients/{client_id:path}/block",
                 operation_id="block_oauth_client",
                 summary="Block an OAuth client in the tenant for a while: no new grant, no code "
                 "exchanged; its grants are revoked at once", scope="ai:write",
@@ -93,7 +99,7 @@ async def block_client(request: Request, principal: Principal, tx: Transaction) 
                          "revoked": [str(g) for g in outcome.revoked]})
 
 
-@admin_endpoint("DELETE", "/api/v1/oauth/clients/{client_id}/block",
+@admin_endpoint("DELETE", "/api/v1/oauth/clients/{client_id:path}/block",
                 operation_id="unblock_oauth_client",
                 summary="Lift an OAuth client's block in the tenant", scope="ai:write",
                 parameters=(_CLIENT,), errors={404: "The client is not blocked"})

@@ -16,6 +16,7 @@ import base64
 import ipaddress
 import os
 import secrets
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -194,6 +195,28 @@ class Settings(BaseSettings):
         default_factory=lambda: ["cursor", "vscode", "vscode-insiders", "windsurf"],
         description="Private-use redirect URI schemes clients may register (RFC 8252 §7.1).",
     )
+    cimd_cache_min_ttl: int = Field(
+        60, ge=0, le=3600,
+        description="Shortest time a client's metadata document (CIMD) is used without "
+        "fetching it again, whatever its cache headers say, seconds.")
+    cimd_cache_max_ttl: int = Field(
+        86400, ge=60, le=7 * 86400,
+        description="Longest time a client's metadata document (and its key set) is used "
+        "without fetching it again, seconds; without cache headers, an hour within the bounds.")
+    cimd_stale_ttl: int = Field(
+        86400, ge=0, le=7 * 86400,
+        description="How long after it stops being fresh a client's metadata document is "
+        "still used while its host cannot be reached, seconds.")
+    cimd_allow_loopback_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Development and tests only (refused in production): comma-separated "
+        "host names whose loopback addresses the metadata-document fetch may reach, such as "
+        "`localhost`.")
+    cimd_ca_bundle: Path | None = Field(
+        None,
+        description="Development and tests only (refused in production): a PEM file of "
+        "certificate authorities trusted, besides the system's, by the metadata-document "
+        "fetch.")
     max_form_bytes: int = Field(
         16 * 1024, ge=1024, le=1024 * 1024,
         description="Largest urlencoded form body (sign-in, consent, /token, /revoke, ...).",
@@ -300,6 +323,31 @@ class Settings(BaseSettings):
     def _check_session_key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 32:
             raise ValueError("must be at least 32 characters of random data")
+        return value
+
+    @field_validator("cimd_allow_loopback_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip().lower() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("cimd_ca_bundle", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("cimd_ca_bundle")
+    @classmethod
+    def _check_ca_bundle(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return value
+        if not value.is_file():
+            raise ValueError(f"{value} is not a file")
+        try:
+            ssl.create_default_context(cafile=str(value))
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"{value} is not a PEM file of certificates ({exc})") from None
         return value
 
     @field_validator("oauth_private_schemes", mode="before")
@@ -420,6 +468,8 @@ def _decode_aes_key(value: str) -> bytes:
     return raw
 
 
+#: Settings that let the metadata-document fetch reach this machine or trust a private CA.
+_DEVELOPMENT_ONLY = ("cimd_allow_loopback_hosts", "cimd_ca_bundle")
 _PRODUCTION_SECRETS = ("session_key", "mfa_encryption_key", "billing_webhook_secret")
 _INVALID = object()  # set, but refused by its own validator (reported there)
 
@@ -451,6 +501,13 @@ def _whole_config_problems(values: Mapping[str, object]) -> list[str]:
             problems.append("production mode needs these secrets set: " + ", ".join(missing))
         if not _is_set(values, "database_url"):
             problems.append("production mode needs BREEZE_DATABASE_URL")
+        for name in _DEVELOPMENT_ONLY:
+            if values.get(name):
+                problems.append(f"BREEZE_{name.upper()} is for development and tests only; "
+                                "production mode refuses it")
+    low, high = values.get("cimd_cache_min_ttl"), values.get("cimd_cache_max_ttl")
+    if isinstance(low, int) and isinstance(high, int) and low > high:
+        problems.append("BREEZE_CIMD_CACHE_MIN_TTL must not exceed BREEZE_CIMD_CACHE_MAX_TTL")
     return problems
 
 

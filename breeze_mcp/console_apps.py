@@ -205,8 +205,8 @@ async def unblock_submit(request: Request) -> Response:
 ROUTES = [
     Route("/console/apps", apps_page, methods=["GET"]),
     Route("/console/apps/grants/{grant_id}/disconnect", disconnect_submit, methods=["POST"]),
-    Route("/console/apps/clients/{client_id}/disconnect", disconnect_everywhere_submit,
+    Route("/console/apps/clients/{client_id:path}/disconnect", disconnect_everywhere_submit,
           methods=["POST"]),
-    Route("/console/apps/clients/{client_id}/block", block_submit, methods=["POST"]),
-    Route("/console/apps/clients/{client_id}/unblock", unblock_submit, methods=["POST"]),
+    Route("/console/apps/clients/{client_id:path}/block", block_submit, methods=["POST"]),
+    Route("/console/apps/clients/{client_id:path}/unblock", unblock_submit, methods=["POST"]),
 ]

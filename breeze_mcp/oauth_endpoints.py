@@ -12,6 +12,11 @@
   holds a live grant for the client (RFC 9700 §4.11.2: no open redirector).
 * ``POST /token``: ``authorization_code`` and ``refresh_token``; ``Cache-Control: no-store``.
 * ``POST /revoke`` (RFC 7009).
+
+A ``client_id`` that is an ``https`` URL names the client's metadata document (CIMD), which
+:class:`~breeze_mcp.auth.oauth.ClientDocuments` resolves; everything after that is the same
+for both kinds of client, but that the consent page names a document client's verified
+domain and marks a registered one unverified.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from breeze_mcp.auth.oauth.errors import (
     UnsupportedResponseType,
 )
 from breeze_mcp.auth.oauth.registration import (
+    is_loopback_redirect,
     parse_registration_body,
     redirect_host,
     redirect_uri_matches,
@@ -74,6 +80,9 @@ SCOPE_WORDS = {
     "mode (Tier 2).",
     "ai:execute": "Run scripts, deploy patches, isolate and reboot devices (Tier 3).",
 }
+#: What the protected resource advertises (``scopes_supported``) and what a consent request
+#: without a usable ``scope`` asks for (ChatGPT reconnects without one).
+RESOURCE_SCOPES = ALL_SCOPES
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 # A refused body (413, 415) may be partly unread: the connection is not reused for another request.
 _CLOSE = {"Connection": "close"}
@@ -99,7 +108,7 @@ def protected_resource_document(services: Services) -> dict[str, Any]:
     return {
         "resource": settings.mcp_url,
         "authorization_servers": [settings.issuer],
-        "scopes_supported": list(ALL_SCOPES),
+        "scopes_supported": list(RESOURCE_SCOPES),
         "bearer_methods_supported": ["header"],
         "resource_name": "Breeze MCP",
     }
@@ -107,7 +116,7 @@ def protected_resource_document(services: Services) -> dict[str, Any]:
 
 def authorization_server_document(services: Services) -> dict[str, Any]:
     issuer = services.settings.issuer
-    auth_methods = ["none", "client_secret_post", "client_secret_basic"]
+    auth_methods = ["none", "client_secret_post", "client_secret_basic", "private_key_jwt"]
     return {
         "issuer": issuer,
         "authorization_endpoint": f"{issuer}/authorize",
@@ -120,6 +129,9 @@ def authorization_server_document(services: Services) -> dict[str, Any]:
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": auth_methods,
         "revocation_endpoint_auth_methods_supported": auth_methods,
+        "token_endpoint_auth_signing_alg_values_supported": list(oauth.ALGORITHMS),
+        "revocation_endpoint_auth_signing_alg_values_supported": list(oauth.ALGORITHMS),
+        "client_id_metadata_document_supported": True,
         "scopes_supported": [*ALL_SCOPES, "offline_access"],
         "authorization_response_iss_parameter_supported": True,
         "service_documentation": f"{issuer}/",
@@ -219,7 +231,13 @@ async def authorize(request: Request) -> Response:
     if len(client_ids) != 1 or not client_ids[0]:
         return error_page(request, "Unknown application",
                           "The request does not name exactly one client_id.")
-    client = await oauth.get_client(services.db, client_ids[0])
+    try:
+        client = await services.client_documents.find_client(client_ids[0])
+    except InvalidClient as exc:  # a metadata document that cannot be had or used
+        return error_page(request, "Application not recognised",
+                          f"Breeze could not verify this application: {exc.description}.",
+                          hint="Try again later; if it keeps failing, tell the application's "
+                          "developer.")
     if client is None:
         return error_page(request, "Unknown application",
                           "This application is not registered (or its registration expired).",
@@ -328,9 +346,9 @@ def _check_request(services: Services, params: Fields, client: oauth.Client) -> 
         raise InvalidTarget(f"unknown resource; this server is {bound}")
     asked = [s for s in oauth.parse_scope(_single(params, "scope")) if s in ALL_SCOPES]
     if not asked:
-        # Unknown scopes ("claudeai", "openid") are dropped; with nothing left, ask for
-        # everything and let the human decide on the consent screen.
-        asked = list(ALL_SCOPES)
+        # No scope, or only unknown ones ("claudeai", "openid", dropped): the resource's
+        # default scopes, and the human decides on the consent screen.
+        asked = list(RESOURCE_SCOPES)
     state = _single(params, "state")
     if state is not None and len(state) > 2000:
         raise InvalidRequest("state is too long")
@@ -371,6 +389,8 @@ def _consent_page(request: Request, client: oauth.Client, redirect_uri: str,
     hidden = [(k, v) for k in AUTHORIZE_PARAMS for v in params.getlist(k)]
     return render(request, "consent.html", {
         "client_name": client.display_name, "redirect_host": redirect_host(redirect_uri),
+        "verified_domain": client.verified_domain,
+        "only_loopback": all(is_loopback_redirect(uri) for uri in client.redirect_uris),
         "user_email": email, "tenants": choices, "tenant_id": tenant_id, "scopes": scopes,
         "params": hidden, "error": None, "blocked": blocked,
     }, form_targets=[form_target_for(redirect_uri)])
@@ -394,16 +414,16 @@ def _basic_credentials(request: Request) -> tuple[str, str] | None:
     return unquote(client_id), unquote(secret)  # RFC 6749 §2.3.1: form-urlencoded first
 
 
-async def _client_from_form(request: Request, services: Services,
-                            form: Fields) -> oauth.Client:
-    basic = _basic_credentials(request)
-    form_client_id = form.get("client_id")
-    client_id = basic[0] if basic else form_client_id
-    if not client_id:
-        raise InvalidClient("client authentication is required")
-    client = await oauth.get_client(services.db, client_id)
-    return oauth.authenticate_client(client, basic=basic, form_secret=form.get("client_secret"),
-                                     form_client_id=form_client_id)
+async def _client_from_form(request: Request, services: Services, form: Fields,
+                            endpoint: str) -> oauth.Client:
+    """The client that sent ``form`` to ``endpoint`` (``token`` or ``revoke``),
+    authenticated."""
+    presented = oauth.PresentedClient(
+        client_id=form.get("client_id"), basic=_basic_credentials(request),
+        secret=form.get("client_secret"), assertion_type=form.get("client_assertion_type"),
+        assertion=form.get("client_assertion"))
+    return await services.client_documents.authenticate(
+        presented, endpoint=f"{services.settings.issuer}/{endpoint}")
 
 
 async def _read_form(request: Request, services: Services) -> Fields:
@@ -435,7 +455,7 @@ async def token(request: Request) -> Response:
     ctx = request_context(request, services)
     try:
         form = await _read_form(request, services)
-        client = await _client_from_form(request, services, form)
+        client = await _client_from_form(request, services, form, "token")
         asked = oauth.parse_token_request(form)
         if isinstance(asked, oauth.AuthorizationCodeRequest):
             result = await oauth.exchange_code(services.db, services.settings, client, asked,
@@ -452,7 +472,7 @@ async def revoke(request: Request) -> Response:
     services = _services(request)
     try:
         form = await _read_form(request, services)
-        client = await _client_from_form(request, services, form)
+        client = await _client_from_form(request, services, form, "revoke")
         value = form.get("token")
         if not value:
             raise InvalidRequest("token is required")

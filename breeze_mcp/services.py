@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from breeze_mcp.auth.client_ip import IPNetwork, parse_networks
+from breeze_mcp.auth.oauth.client_documents import ClientDocuments
 from breeze_mcp.auth.rate_limit import RateLimiter
 from breeze_mcp.config import Settings
 from breeze_mcp.db import Database
@@ -23,6 +24,8 @@ class Services:
     limiter: RateLimiter
     trusted_proxies: tuple[IPNetwork, ...]
     mailer: Mailer
+    #: OAuth clients by id, registered or identified by their metadata document.
+    client_documents: ClientDocuments
     #: ``Host`` values ``/mcp`` accepts, and browser ``Origin`` values (lower-case), both
     #: derived from the settings once (see :func:`allowed_hosts`).
     allowed_hosts: frozenset[str] = frozenset()
@@ -58,6 +61,7 @@ def build_services(settings: Settings, db: Database, registry: Registry | None =
         limiter=RateLimiter(redis_url),
         trusted_proxies=parse_networks(settings.trusted_proxies),
         mailer=Mailer(settings, settings.state_dir / "outbox"),
+        client_documents=ClientDocuments(db, settings),
         allowed_hosts=allowed_hosts(settings.public_url),
         allowed_origins=frozenset(
             o.rstrip("/").lower() for o in (settings.public_url, *settings.allowed_origins)),

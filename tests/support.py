@@ -91,11 +91,15 @@ def free_port() -> int:
 class LiveServer:
     """uvicorn serving an ASGI app on a real port, in a background thread."""
 
-    def __init__(self, app: Any, port: int | None = None) -> None:
+    def __init__(self, app: Any, port: int | None = None, *,
+                 tls: tuple[Path, Path] | None = None) -> None:
+        """``tls``: (certificate chain, key) PEM files to serve https, at ``localhost``."""
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"https://localhost:{self.port}" if tls else f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on", proxy_headers=False)
+                                lifespan="on", proxy_headers=False,
+                                ssl_certfile=str(tls[0]) if tls else None,
+                                ssl_keyfile=str(tls[1]) if tls else None)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -309,14 +309,41 @@ oauth_clients = sa.Table(
     sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
     sa.Column("expires_at", sa.TIMESTAMP(timezone=True), index=True),
     sa.Column("last_authorized_at", sa.TIMESTAMP(timezone=True)),
+    # A client identified by the URL of its metadata document (CIMD) has the copy's cache
+    # state here (NULL for a registered client), and its keys for private_key_jwt.
+    sa.Column("none_fallback", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("document_fetched_at", sa.TIMESTAMP(timezone=True)),
+    sa.Column("document_fresh_until", sa.TIMESTAMP(timezone=True)),
+    sa.Column("document_stale_until", sa.TIMESTAMP(timezone=True)),
+    sa.Column("jwks_uri", sa.Text),
+    sa.Column("jwks", JSONB),
+    sa.Column("jwks_fetched_at", sa.TIMESTAMP(timezone=True)),
+    sa.Column("jwks_fresh_until", sa.TIMESTAMP(timezone=True)),
     sa.CheckConstraint(
-        "token_endpoint_auth_method IN ('none', 'client_secret_post', 'client_secret_basic')",
+        "token_endpoint_auth_method IN ('none', 'client_secret_post', 'client_secret_basic',"
+        " 'private_key_jwt')",
         name="oauth_clients_auth_method_check",
     ),
     sa.CheckConstraint(
-        "(token_endpoint_auth_method = 'none') = (secret_digest IS NULL)",
+        "(token_endpoint_auth_method IN ('client_secret_post', 'client_secret_basic'))"
+        " = (secret_digest IS NOT NULL)",
         name="oauth_clients_secret_check",
     ),
+    sa.CheckConstraint(
+        "(document_fetched_at IS NULL) = (document_fresh_until IS NULL)"
+        " AND (document_fetched_at IS NULL) = (document_stale_until IS NULL)",
+        name="oauth_clients_document_check",
+    ),
+)
+
+#: The ``jti`` (digest) of every client assertion (RFC 7523) until it expires: each is
+#: accepted once, on whichever instance.
+oauth_client_assertions = sa.Table(
+    "oauth_client_assertions",
+    metadata,
+    sa.Column("client_id", sa.Text, primary_key=True),
+    sa.Column("jti_digest", BYTEA, primary_key=True),
+    sa.Column("expires_at", sa.TIMESTAMP(timezone=True), nullable=False),
 )
 
 web_sessions = sa.Table(

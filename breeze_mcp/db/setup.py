@@ -76,6 +76,7 @@ RUNTIME_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "audit_log": ("SELECT", "INSERT"),
     "api_keys": ("SELECT", "INSERT", "UPDATE"),
     "oauth_clients": _CRUD,
+    "oauth_client_assertions": ("SELECT", "INSERT", "UPDATE", "DELETE"),
     "web_sessions": ("SELECT", "INSERT", "UPDATE"),
     "billing_events": ("SELECT", "INSERT"),
     "mail_links": ("SELECT", "INSERT", "UPDATE"),

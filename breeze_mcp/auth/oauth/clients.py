@@ -11,6 +11,7 @@ import datetime as dt
 import hmac
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
@@ -19,16 +20,20 @@ from breeze_mcp.auth.oauth.errors import InvalidClient, TemporarilyUnavailable
 from breeze_mcp.auth.oauth.registration import ClientRegistration
 from breeze_mcp.auth.tokens import digest, mint
 from breeze_mcp.db import Database
+from breeze_mcp.db.engine import Row
 from breeze_mcp.db.models import oauth_clients
 from breeze_mcp.db.statements import prepared
 
 __all__ = [
     "CLIENT_ID_PREFIX",
     "CLIENT_SECRET_PREFIX",
+    "DOCUMENT_CLIENT_ID_PREFIX",
     "MAX_CLIENT_ID",
     "UNUSED_CLIENT_TTL",
     "Client",
     "authenticate_client",
+    "client_from_row",
+    "client_row",
     "get_client",
     "plausible_client_id",
     "register_client",
@@ -38,6 +43,11 @@ CLIENT_ID_PREFIX = "bzi"
 CLIENT_SECRET_PREFIX = "bzx"  # noqa: S105 - a prefix, not a secret
 #: Registrations that never complete an authorization are forgotten after this long.
 UNUSED_CLIENT_TTL = dt.timedelta(hours=24)
+
+
+#: A client id of this shape names the client's metadata document (CIMD) rather than a
+#: registration: registered clients get ``bzi_`` ids, which never start so.
+DOCUMENT_CLIENT_ID_PREFIX = "https://"
 
 
 @dataclass(frozen=True)
@@ -50,13 +60,26 @@ class Client:
     client_uri: str | None
     scope: str | None
     secret_digest: bytes | None
+    #: A ``private_key_jwt`` client whose document also lists ``none``: it may also come
+    #: without authenticating, as a public client.
+    none_fallback: bool = False
 
     @property
     def display_name(self) -> str:
         return self.client_name or self.client_id
 
+    @property
+    def verified_domain(self) -> str | None:
+        """For a client identified by its metadata document, the host (and port) that
+        serves it: the one thing about it Breeze has verified. None for a registered client,
+        whose every detail is its own claim."""
+        if not self.client_id.startswith(DOCUMENT_CLIENT_ID_PREFIX):
+            return None
+        return urlsplit(self.client_id).netloc
 
-def _client(row: Any) -> Client:
+
+def client_from_row(row: Any) -> Client:
+    """A :class:`Client` from an ``oauth_clients`` row (or the lookup's columns)."""
     return Client(
         client_id=row.client_id,
         token_endpoint_auth_method=row.token_endpoint_auth_method,
@@ -66,6 +89,7 @@ def _client(row: Any) -> Client:
         client_uri=row.client_uri,
         scope=row.scope,
         secret_digest=bytes(row.secret_digest) if row.secret_digest is not None else None,
+        none_fallback=row.none_fallback,
     )
 
 
@@ -85,7 +109,8 @@ async def register_client(
         )
         pending = (await conn.execute(
             sa.select(sa.func.count()).select_from(oauth_clients)
-            .where(oauth_clients.c.expires_at.is_not(None))
+            .where(oauth_clients.c.expires_at.is_not(None),
+                   oauth_clients.c.document_fetched_at.is_(None))
         )).scalar_one()
         if pending >= max_pending:
             raise TemporarilyUnavailable(
@@ -134,7 +159,7 @@ async def register_client(
             body[name] = value
     if reg.contacts:
         body["contacts"] = list(reg.contacts)
-    return body, _client(row)
+    return body, client_from_row(row)
 
 
 #: Longest client id worth looking up (ours are short; room for a metadata document URL).
@@ -149,20 +174,32 @@ def plausible_client_id(client_id: str) -> bool:
         and client_id.isprintable()
 
 
+# A client with, for one identified by its metadata document, the state of the cached copy
+# and of its keys, judged against the database's clock (db_now), the one every instance shares.
 _CLIENT_LOOKUP = prepared(
     "SELECT client_id, token_endpoint_auth_method, redirect_uris, grant_types, client_name,"
-    " client_uri, scope, secret_digest FROM oauth_clients"
+    " client_uri, scope, secret_digest, none_fallback, document_fetched_at,"
+    " document_fresh_until, document_stale_until, jwks_uri, jwks, jwks_fetched_at,"
+    " jwks_fresh_until, now() AS db_now FROM oauth_clients"
     " WHERE client_id = %s AND (expires_at IS NULL OR expires_at > now())"
 )
 
 
-async def get_client(db: Database, client_id: str) -> Client | None:
-    """A registered client; an unused registration past its expiry is unknown."""
+async def client_row(db: Database, client_id: str) -> Row | None:
+    """The client's row as :data:`_CLIENT_LOOKUP` reads it; an unused registration past its
+    expiry is unknown. One round trip, outside any transaction (the table has no tenant)."""
     if not plausible_client_id(client_id):
         return None
     rows = await db.read(_CLIENT_LOOKUP, (client_id,))
-    row = rows[0] if rows else None
-    return _client(row) if row else None
+    return rows[0] if rows else None
+
+
+async def get_client(db: Database, client_id: str) -> Client | None:
+    """A client as stored: a registered one, or the cached copy of a metadata-document one
+    however old (:class:`~breeze_mcp.auth.oauth.client_documents.ClientDocuments` decides
+    when that copy needs fetching again)."""
+    row = await client_row(db, client_id)
+    return client_from_row(row) if row else None
 
 
 
@@ -177,8 +214,12 @@ def authenticate_client(
         raise InvalidClient("client_id mismatch")
     if form_client_id is not None and form_client_id != client.client_id:
         raise InvalidClient("client_id mismatch")
-    if client.token_endpoint_auth_method == "none":  # noqa: S105
+    if client.token_endpoint_auth_method == "none" or (  # noqa: S105
+            client.none_fallback and basic is None and form_secret is None):
         return client
+    if client.token_endpoint_auth_method == "private_key_jwt":  # noqa: S105
+        raise InvalidClient("this client authenticates with private_key_jwt: send a "
+                            "client_assertion")
     presented = basic[1] if basic is not None else form_secret
     if not presented or client.secret_digest is None or not hmac.compare_digest(
         digest(presented), client.secret_digest

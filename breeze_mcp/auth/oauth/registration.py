@@ -39,7 +39,7 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn, cast, get_args
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from breeze_mcp.auth.oauth.errors import (
     InvalidClientMetadata,
@@ -58,6 +58,7 @@ __all__ = [
     "RegistrationError",
     "RegistrationErrorCode",
     "TokenEndpointAuthMethod",
+    "https_url_problem",
     "is_loopback_redirect",
     "parse_registration_body",
     "redirect_host",
@@ -312,6 +313,25 @@ def redirect_uri_matches(registered: Sequence[str], presented: str) -> bool:
         ):
             return True
     return False
+
+
+def https_url_problem(url: str, *, client_id: bool = False) -> str | None:
+    """Why ``url`` cannot be fetched as a client's document, or None: an ``https`` URL with a
+    host, parsed as strictly as a redirect URI, without userinfo or fragment. With
+    ``client_id`` (a Client ID Metadata Document URL) it also needs a path, without ``.`` or
+    ``..`` segments (draft-ietf-oauth-client-id-metadata-document §3)."""
+    try:
+        parts = _parse(url)
+    except _Refused as exc:
+        return str(exc)
+    if parts.scheme != "https" or not parts.host:
+        return "it must be an https URL with a host"
+    if client_id:
+        if not parts.path:
+            return "it needs a path"
+        if any(unquote(segment) in (".", "..") for segment in parts.path.split("/")):
+            return "it must not contain . or .. path segments"
+    return None
 
 
 def redirect_host(redirect_uri: str) -> str:

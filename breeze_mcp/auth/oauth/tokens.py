@@ -50,6 +50,7 @@ from breeze_mcp.auth.oauth.grants import (
     grant_audit,
     parse_scope,
 )
+from breeze_mcp.auth.oauth.registration import redirect_uri_matches
 from breeze_mcp.auth.oauth.resource import normalize_resource
 from breeze_mcp.auth.oauth.revocation import revoke_grant
 from breeze_mcp.auth.principal import RequestContext
@@ -281,6 +282,9 @@ async def exchange_code(
                 raise InvalidGrant("authorization code expired or revoked")
             if redirect_uri is None or redirect_uri != row.redirect_uri:
                 raise InvalidGrant("redirect_uri does not match the request")
+            if not redirect_uri_matches(client.redirect_uris, redirect_uri):
+                # A metadata document that dropped the URI since the code was issued.
+                raise InvalidGrant("redirect_uri is no longer registered for this client")
             if not code_verifier:
                 raise InvalidRequest("code_verifier is required (PKCE)")
             if not verify_pkce(code_verifier, row.code_challenge):
