@@ -365,7 +365,7 @@ async def _first_run_demo(db: Database, settings: Settings) -> list[str] | None:
     return [
         "First run: created the demo tenant 'demo' with "
         f"{result.devices_created} devices and {result.alerts_created} alerts.",
-        f"  Sign in at  {settings.public_url}/login",
+        f"  Console:    {settings.public_url}/console   (sign in with:)",
         f"  Email:      {DEMO_OWNER}",
         f"  Password:   {password}   (shown once; not stored anywhere)",
         "  Lost it? Set a new one with:",

@@ -220,7 +220,7 @@ async def current_user(request: Request) -> sessions.SessionUser | None:
                                        idle_timeout=services.settings.session_idle_timeout)
 
 
-def safe_next(value: object, default: str = "/account/connections") -> str:
+def safe_next(value: object, default: str = "/console") -> str:
     """Only same-site relative paths; never '//host' or a scheme."""
     if not isinstance(value, str) or not value.startswith("/") or value.startswith("//") \
             or "\\" in value or len(value) > 16000:
@@ -322,7 +322,7 @@ async def login_mfa_submit(request: Request) -> Response:
         return error_page(request, "Form expired", "Sign in again.", status=403)
     opened = _open_ticket(services, form.get("ticket") or "")
     if opened is None:
-        return login_form(request, next_url="/account/connections", status=401,
+        return login_form(request, next_url="/console", status=401,
                           error="That sign-in took too long. Sign in again.")
     user_id, email, next_url = opened
     decision = await services.limiter.hit(f"mfa:{user_id}", "5/5minute")

@@ -101,7 +101,7 @@ def test_first_run_restart_and_shared_cli(state: Path) -> None:
         password = re.search(r"Password:\s+(\S+)", out)
         assert password, out
         assert len(password.group(1)) >= 20
-        assert f"{server.url}/login" in out
+        assert f"{server.url}/console" in out  # where the owner signs in
         assert f"breeze-mcp: using a new embedded PostgreSQL at {state / 'postgres' / 'data'}" \
             in out
 
