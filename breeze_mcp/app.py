@@ -23,6 +23,7 @@ from starlette.types import ASGIApp
 from breeze_mcp import (
     __version__,
     admin_api,
+    audit_chain,
     oauth_endpoints,
     rest,
     signup_api,
@@ -76,7 +77,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             app.state.db = db
             app.state.settings = settings
             app.state.services = build_services(settings, db)
-            yield
+            async with audit_chain.sealing(db, settings.audit_seal_interval):
+                yield
         finally:
             await db.dispose()
 

@@ -17,7 +17,9 @@ import breeze_mcp
 
 PACKAGE = Path(breeze_mcp.__file__).parent
 # Packages and modules allowed to build and run statements.
-SQL_PLACES = ("db/", "auth/", "tools/", "audit.py")
+# audit_chain.py: the sealer and the verifier read and append the chain, and the canonical form
+# of an entry is an expression PostgreSQL computes next to the row.
+SQL_PLACES = ("db/", "auth/", "tools/", "audit.py", "audit_chain.py")
 _SQL_IMPORTS = ("sqlalchemy", "breeze_mcp.db.models", "breeze_mcp.db.statements")
 
 
