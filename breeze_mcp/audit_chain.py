@@ -51,26 +51,26 @@ log = logging.getLogger(__name__)
 #: The digest before a tenant's first link.
 GENESIS = bytes(32)
 
-# Every audit_log column, by name, in a form that does not depend on session settings:
-# times in UTC with microseconds (timestamptz's precision), the duration as the hex of its
-# eight IEEE 754 bytes (float text depends on extra_float_digits), the address with its mask.
-# Changing any of this breaks every chain sealed before: a new form needs a new chain.
+# Every audit_log column as text that does not depend on session settings: times in UTC with
+# microseconds (timestamptz's precision), the duration as the hex of its eight IEEE 754 bytes
+# (float text depends on extra_float_digits), the address with its mask; uuids, numbers, jsonb
+# and arrays print one way. Changing any of this breaks every chain sealed before.
 _CANONICAL_FIELDS = (
-    ("id", "a.id"),
+    ("id", "a.id::text"),
     ("occurred_at",
      "to_char(a.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"),
     ("request_id", "a.request_id"),
-    ("tenant_id", "a.tenant_id"),
+    ("tenant_id", "a.tenant_id::text"),
     ("actor_type", "a.actor_type"),
     ("actor_id", "a.actor_id"),
-    ("acting_user_id", "a.acting_user_id"),
+    ("acting_user_id", "a.acting_user_id::text"),
     ("auth_path", "a.auth_path"),
     ("credential_id", "a.credential_id"),
     ("client_id", "a.client_id"),
     ("action", "a.action"),
-    ("parameters", "a.parameters"),
-    ("risk_tier", "a.risk_tier"),
-    ("scopes", "to_jsonb(a.scopes)"),
+    ("parameters", "a.parameters::text"),
+    ("risk_tier", "a.risk_tier::text"),
+    ("scopes", "a.scopes::text"),
     ("decision", "a.decision"),
     ("deny_reason", "a.deny_reason"),
     ("outcome", "a.outcome"),
@@ -80,15 +80,18 @@ _CANONICAL_FIELDS = (
     ("duration_ms", "encode(float8send(a.duration_ms), 'hex')"),
 )
 
-#: The columns the canonical form covers (all of ``audit_log``'s; a test holds it to that).
+#: The columns the canonical form covers, in its order (all of ``audit_log``'s; a test holds
+#: it to that).
 CANONICAL_COLUMNS = tuple(name for name, _ in _CANONICAL_FIELDS)
 
-#: An entry's canonical form, over the ``audit_log`` row ``a``: the text of a jsonb object
-#: (keys in jsonb's own fixed order, no insignificant whitespace), UTF-8 encoded.
+#: An entry's canonical form, over the ``audit_log`` row ``a``: each column of
+#: :data:`CANONICAL_COLUMNS` as a SQL literal (``quote_nullable``: ``NULL``, or the text quoted,
+#: quotes and backslashes doubled), joined by commas, UTF-8 encoded: unambiguous, and cheaper
+#: for the database than a json object (docs/benchmarks.md, "Issue 12").
 CANONICAL = (
-    "convert_to(jsonb_build_object("
-    + ", ".join(f"'{name}', {expression}" for name, expression in _CANONICAL_FIELDS)
-    + ")::text, 'UTF8')"
+    "convert_to(concat_ws(',', "
+    + ", ".join(f"quote_nullable({expression})" for _, expression in _CANONICAL_FIELDS)
+    + "), 'UTF8')"
 )
 _ENTRY_DIGEST = f"sha256({CANONICAL})"
 
@@ -111,19 +114,26 @@ _TENANTS = prepared("SELECT id FROM tenants ORDER BY id")
 # Held to the end of the sealing transaction; the two-key form keeps clear of the single-key
 # locks taken elsewhere. The first key spells "bzac".
 _LOCK = prepared("SELECT pg_advisory_xact_lock(1652187491, hashtext($1::text)) AS locked")
+# The batch is chosen by id alone (however the rows are found, only ids are sorted); then
+# only its entries are read whole and digested.
 _UNSEALED = prepared(
-    f"SELECT a.id, {_ENTRY_DIGEST} AS entry_digest FROM audit_log a"  # noqa: S608
-    " WHERE a.tenant_id = $1::uuid AND a.id >= $2::bigint"
-    " AND NOT EXISTS (SELECT FROM audit_chain c WHERE c.entry_id = a.id)"
-    " ORDER BY a.id LIMIT $3::int"
+    f"SELECT a.id, {_ENTRY_DIGEST} AS entry_digest FROM ("  # noqa: S608
+    "SELECT u.id FROM audit_log u WHERE u.tenant_id = $1::uuid AND u.id >= $2::bigint"
+    " AND NOT EXISTS (SELECT FROM audit_chain c WHERE c.entry_id = u.id)"
+    " ORDER BY u.id LIMIT $3::int) AS batch JOIN audit_log a ON a.id = batch.id ORDER BY a.id"
 )
 _HEAD = prepared(
     "SELECT seq, digest FROM audit_chain WHERE tenant_id = $1::uuid ORDER BY seq DESC LIMIT 1"
 )
+# The links after seq $2: the entry ids as one array literal, the digests as one hex text
+# (64 digits each), since quoting thousands of array elements client-side cost the server more
+# than the rest of a pass (docs/benchmarks.md, "Issue 12").
 _APPEND = prepared(
     "INSERT INTO audit_chain (tenant_id, seq, entry_id, digest)"
-    " SELECT $1::uuid, link.seq, link.entry_id, link.digest"
-    " FROM unnest($2::bigint[], $3::bigint[], $4::bytea[]) AS link (seq, entry_id, digest)"
+    " SELECT $1::uuid, $2::bigint + link.n, link.entry_id,"
+    " substring(given.digests FROM link.n::int * 32 - 31 FOR 32)"
+    " FROM (SELECT decode($4::text, 'hex') AS digests) AS given,"
+    " unnest($3::text::bigint[]) WITH ORDINALITY AS link (entry_id, n)"
 )
 
 
@@ -176,14 +186,13 @@ class Sealer:
                     return sealed
                 head = (await tx.execute(_HEAD, (tenant_id,))).first()
                 seq, digest = (head.seq, head.digest) if head is not None else (0, GENESIS)
-                seqs, ids, digests = [], [], []
+                digests = []
                 for row in rows:
-                    seq += 1
                     digest = link_digest(digest, row.entry_digest)
-                    seqs.append(seq)
-                    ids.append(row.id)
                     digests.append(digest)
-                await tx.finish(None, then=((_APPEND, (tenant_id, seqs, ids, digests)),))
+                ids = "{" + ",".join(str(row.id) for row in rows) + "}"
+                append = (tenant_id, seq, ids, b"".join(digests).hex())
+                await tx.finish(None, then=((_APPEND, append),))
             sealed += len(rows)
             if len(rows) < self._batch:
                 return sealed

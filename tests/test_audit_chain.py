@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import Any, Literal
@@ -131,9 +132,15 @@ async def test_the_canonical_form_does_not_depend_on_session_settings(
                 f"SELECT {CANONICAL} FROM audit_log a WHERE action = 'test.chain'")).scalar_one())
             conn.rollback()
     assert len(seen) == 1
-    form = json.loads(bytes(seen.pop()))
-    assert set(form) == set(CANONICAL_COLUMNS)
-    assert form["duration_ms"] == "3fb999999999999a"  # 0.1, bit for bit
+    form = bytes(seen.pop()).decode()
+    fields = re.findall(r"(NULL|E?'(?:[^']|'')*')(?:,|$)", form)
+    assert ",".join(fields) == form and len(fields) == len(CANONICAL_COLUMNS)
+    named = dict(zip(CANONICAL_COLUMNS, fields, strict=True))
+    assert named["duration_ms"] == "'3fb999999999999a'"  # 0.1, bit for bit
+    assert re.fullmatch(r"'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z'", named["occurred_at"])
+    # Stored escaped (\u0000), printed by jsonb with its backslash escaped, then doubled.
+    assert named["parameters"] == r"""E'{"n": 1.5, "s": "é\\\\u0000"}'"""
+    assert (named["client_ip"], named["error"]) == ("'2001:db8::1/128'", "NULL")
 
 
 # -- sealing -----------------------------------------------------------------------------------

@@ -261,8 +261,8 @@ audit_log = sa.Table(
 audit_chain = sa.Table(
     "audit_chain",
     metadata,
-    sa.Column("tenant_id", sa.Uuid, sa.ForeignKey("tenants.id", ondelete="RESTRICT"),
-              primary_key=True),
+    # No foreign key: see migration 0010.
+    sa.Column("tenant_id", sa.Uuid, primary_key=True),
     sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("entry_id", sa.BigInteger, nullable=False),
     sa.Column("digest", BYTEA, nullable=False),
