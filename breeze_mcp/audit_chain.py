@@ -27,6 +27,8 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+import sqlalchemy as sa
+
 from breeze_mcp.db import Database
 from breeze_mcp.db.engine import Row
 from breeze_mcp.db.statements import prepared
@@ -115,12 +117,13 @@ _TENANTS = prepared("SELECT id FROM tenants ORDER BY id")
 # locks taken elsewhere. The first key spells "bzac".
 _LOCK = prepared("SELECT pg_advisory_xact_lock(1652187491, hashtext($1::text)) AS locked")
 # The batch is chosen by id alone (however the rows are found, only ids are sorted); then
-# only its entries are read whole and digested.
-_UNSEALED = prepared(
+# only its entries are read whole and digested. Not a prepared statement: its best plan
+# depends on the floor and the batch, and a generic plan read the whole log at every pass.
+_UNSEALED = sa.text(
     f"SELECT a.id, {_ENTRY_DIGEST} AS entry_digest FROM ("  # noqa: S608
-    "SELECT u.id FROM audit_log u WHERE u.tenant_id = $1::uuid AND u.id >= $2::bigint"
+    "SELECT u.id FROM audit_log u WHERE u.tenant_id = :tenant AND u.id >= :start"
     " AND NOT EXISTS (SELECT FROM audit_chain c WHERE c.entry_id = u.id)"
-    " ORDER BY u.id LIMIT $3::int) AS batch JOIN audit_log a ON a.id = batch.id ORDER BY a.id"
+    " ORDER BY u.id LIMIT :batch) AS batch JOIN audit_log a ON a.id = batch.id ORDER BY a.id"
 )
 _HEAD = prepared(
     "SELECT seq, digest FROM audit_chain WHERE tenant_id = $1::uuid ORDER BY seq DESC LIMIT 1"
@@ -181,7 +184,8 @@ class Sealer:
             lock = (_LOCK, (str(tenant_id),))
             async with self._db.tenant(tenant_id, first=lock) as tx:
                 # Read after the lock is held: the chain as the last sealer left it.
-                rows = (await tx.execute(_UNSEALED, (tenant_id, start, self._batch))).all()
+                rows = (await tx.execute(_UNSEALED.bindparams(
+                    tenant=tenant_id, start=start, batch=self._batch))).all()
                 if not rows:
                     return sealed
                 head = (await tx.execute(_HEAD, (tenant_id,))).first()
@@ -233,14 +237,14 @@ async def sealing(db: Database, interval: float) -> AsyncIterator[Sealer]:
 
 # -- verifying ----------------------------------------------------------------------------------
 
-_LINKS = prepared(
+_LINKS = sa.text(
     "SELECT c.seq, c.entry_id, c.digest,"  # noqa: S608
     f" CASE WHEN a.id IS NOT NULL THEN {_ENTRY_DIGEST} END AS entry_digest"
     " FROM audit_chain c LEFT JOIN audit_log a ON a.id = c.entry_id AND a.tenant_id = c.tenant_id"
-    " WHERE c.tenant_id = $1::uuid AND c.seq > $2::bigint ORDER BY c.seq LIMIT $3::int"
+    " WHERE c.tenant_id = :tenant AND c.seq > :after ORDER BY c.seq LIMIT :batch"
 )
-_UNSEALED_COUNT = prepared(
-    "SELECT count(*) AS entries FROM audit_log a WHERE a.tenant_id = $1::uuid"
+_UNSEALED_COUNT = sa.text(
+    "SELECT count(*) AS entries FROM audit_log a WHERE a.tenant_id = :tenant"
     " AND NOT EXISTS (SELECT FROM audit_chain c WHERE c.entry_id = a.id)"
 )
 
@@ -353,7 +357,8 @@ async def verify(db: Database, tenant_id: uuid.UUID, *, batch: int = 5000) -> Ch
     walk, broken, after = _Walk(), None, 0
     async with db.tenant(tenant_id) as tx:
         while broken is None:
-            rows = (await tx.execute(_LINKS, (tenant_id, after, batch))).all()
+            rows = (await tx.execute(_LINKS.bindparams(
+                tenant=tenant_id, after=after, batch=batch))).all()
             for row in rows:
                 if (broken := walk.feed(_link(row))) is not None:
                     break
@@ -361,7 +366,7 @@ async def verify(db: Database, tenant_id: uuid.UUID, *, batch: int = 5000) -> Ch
                 broken = broken or walk.end()
                 break
             after = rows[-1].seq
-        unsealed = (await tx.execute(_UNSEALED_COUNT, (tenant_id,))).scalar_one()
+        unsealed = (await tx.execute(_UNSEALED_COUNT.bindparams(tenant=tenant_id))).scalar_one()
     return ChainReport(tenant_id, walk.checked, walk.head, int(unsealed), broken)
 
 
