@@ -36,6 +36,7 @@ import os
 import platform
 import signal
 import sys
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -520,6 +521,12 @@ def main(argv: list[str] | None = None) -> int:
             ours_ok = sum(r.requests - r.errors for n, r in results.items()
                           if n.startswith("ours-"))
             audit_rows = env.count_audit_rows(TOOL) if ours_ok else None
+            # The audit chain's sealer runs beside the load: what it had not sealed when the
+            # load stopped, and a few of its passes later.
+            unsealed = env.count_unsealed() if ours_ok else None
+            if unsealed:
+                time.sleep(3)
+            unsealed_later = env.count_unsealed() if unsealed else unsealed
             report: dict[str, Any] = {
                 "date": started.isoformat(timespec="seconds"),
                 "machine": machine(),
@@ -541,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
                 "checks": {
                     "audit_rows_list_devices": audit_rows,
                     "successful_list_devices_calls": ours_ok + extra_ok,
+                    "unsealed_at_end": unsealed,
+                    "unsealed_3s_later": unsealed_later,
                     "ours_rss_mib_start": _round(rss_start),
                     "ours_rss_mib_end": _round(rss_mib(env.ours.pid)),
                     "ours_log_problems": env.server_log_problems(env.ours)[:20],
@@ -610,6 +619,9 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"audit:    {c['audit_rows_list_devices']} list_devices audit rows for "
               f"{c['successful_list_devices_calls']} successful calls"
               + ("" if same else "  <-- MISMATCH"))
+    if c["unsealed_at_end"] is not None:
+        print(f"chain:    {c['unsealed_at_end']} tenant audit entries not sealed yet when the "
+              f"load stopped, {c['unsealed_3s_later']} three seconds later")
     print(f"memory:   our server's RSS {c['ours_rss_mib_start']} MiB before the load, "
           f"{c['ours_rss_mib_end']} MiB after")
     for who in ("ours", "bare"):

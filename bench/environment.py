@@ -363,6 +363,24 @@ class BenchEnvironment:
             self._say(f"could not count audit rows: {exc}")
             return None
 
+    def count_unsealed(self) -> int | None:
+        """Tenant audit entries that no link of the audit hash chains names yet (superuser)."""
+        from breeze_mcp.db.engine import sqlalchemy_url
+
+        try:
+            engine = sa.create_engine(sqlalchemy_url(self.admin_url))
+            try:
+                with engine.connect() as conn:
+                    return int(conn.execute(sa.text(
+                        "SELECT count(*) FROM audit_log a WHERE tenant_id IS NOT NULL"
+                        " AND NOT EXISTS (SELECT FROM audit_chain c WHERE c.entry_id = a.id)"
+                    )).scalar_one())
+            finally:
+                engine.dispose()
+        except sa.exc.SQLAlchemyError as exc:
+            self._say(f"could not count unsealed audit entries: {exc}")
+            return None
+
     def server_log_problems(self, server: ServerProcess) -> list[str]:
         """Lines of a server's log that report errors (tracebacks, ERROR, CRITICAL)."""
         try:

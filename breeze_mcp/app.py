@@ -25,6 +25,7 @@ from breeze_mcp import (
     admin_api,
     admin_apps,  # noqa: F401 - declares its admin endpoints (before admin_api.routes())
     admin_people,  # declares its admin endpoints: imported before admin_api.routes() is read
+    audit_chain,
     audit_endpoints,
     console,
     console_apps,
@@ -81,7 +82,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             app.state.db = db
             app.state.settings = settings
             app.state.services = build_services(settings, db)
-            yield
+            async with audit_chain.sealing(db, settings.audit_seal_interval):
+                yield
         finally:
             await db.dispose()
 

@@ -347,6 +347,56 @@ def cmd_api_key_revoke(settings: Settings, args: argparse.Namespace) -> None:
     )
 
 
+def cmd_audit_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from breeze_mcp.audit_chain import ChainReport, verify
+    from breeze_mcp.auth.accounts import Tenant, find_tenant, list_tenants
+
+    async def work(db: Database) -> list[tuple[Tenant, ChainReport]]:
+        tenants = [await find_tenant(db, args.tenant)] if args.tenant else \
+            await list_tenants(db)
+        return [(tenant, await verify(db, tenant.id)) for tenant in tenants]
+
+    results = _with_db(settings, work)
+    lines, payload = [], []
+    for tenant, report in results:
+        head = report.head
+        broken = report.broken
+        payload.append({
+            "tenant": tenant.slug, "tenant_id": str(tenant.id), "checked": report.checked,
+            "unsealed": report.unsealed,
+            "head": None if head is None else {"seq": head.seq, "entry_id": head.entry_id,
+                                               "digest": head.digest.hex()},
+            "broken": None if broken is None else {
+                "seq": broken.seq, "entry_id": broken.entry_id, "reason": broken.reason,
+                "detail": broken.detail},
+        })
+        status = "BROKEN" if broken else "ok"
+        text = f"{tenant.slug:<24} {status:<7} {report.checked} links hold"
+        text += f", {report.unsealed} entries not sealed yet" if report.unsealed else ""
+        if broken is not None:
+            text += f"; first broken link: seq {broken.seq}, entry {broken.entry_id}: " \
+                f"{broken.detail}"
+        elif head is not None:
+            text += f"; head seq {head.seq} {head.digest.hex()}"
+        lines.append(text)
+    broken_ones = [(t, r.broken) for t, r in results if r.broken is not None]
+    _emit(args, {"ok": not broken_ones, "tenants": payload}, "\n".join(lines) or "no tenants")
+    if not broken_ones:
+        return 0
+    tenant, first = broken_ones[0]
+    assert first is not None
+    print(f"breeze-mcp: error: the audit chain of {tenant.slug} is broken at seq {first.seq} "
+          f"(entry {first.entry_id}): {first.detail}", file=sys.stderr)
+    return 1
+
+
+def cmd_audit_seal(settings: Settings, args: argparse.Namespace) -> None:
+    from breeze_mcp.audit_chain import Sealer
+
+    sealed = _with_db(settings, lambda db: Sealer(db).seal())
+    _emit(args, {"sealed": sealed}, f"sealed {sealed} audit entries")
+
+
 async def _first_run_demo(db: Database, settings: Settings) -> list[str] | None:
     """On an empty embedded database, create the demo tenant, its owner and sample data."""
     from breeze_mcp.auth.accounts import create_tenant, create_user, list_tenants
@@ -604,6 +654,23 @@ def build_parser() -> argparse.ArgumentParser:
     kr.add_argument("--tenant", help="tenant slug or id (default: search every tenant)")
     kr.set_defaults(func=cmd_api_key_revoke)
 
+    audit = sub.add_parser("audit", parents=[common], help="the audit log's hash chains")
+    asub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    av = asub.add_parser(
+        "verify", parents=[common], help="recompute every tenant's audit hash chain",
+        description="Recomputes each tenant's chain from the stored audit entries (sealing "
+        "nothing) and reports the links that hold, the entries not sealed yet and the head "
+        "(seq and digest: keep it elsewhere to detect a later rewrite of the chain). Exits 1 "
+        "naming the first broken link (a changed or deleted entry, a changed digest, missing "
+        "links) by tenant, seq and audit entry id.",
+    )
+    av.add_argument("--tenant", help="tenant slug or id (default: every tenant)")
+    av.set_defaults(func=cmd_audit_verify)
+    aseal = asub.add_parser("seal", parents=[common],
+                            help="chain every committed audit entry not sealed yet (the server "
+                            "does this every BREEZE_AUDIT_SEAL_INTERVAL seconds)")
+    aseal.set_defaults(func=cmd_audit_seal)
+
     demo = sub.add_parser("demo-data", parents=[common], help="add sample devices and alerts")
     demo.add_argument("--tenant", required=True, help="tenant slug or id")
     demo.set_defaults(func=cmd_demo_data)
@@ -629,14 +696,14 @@ def _run(argv: Sequence[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     try:
         settings = load_settings()
-        args.func(settings, args)
+        code = args.func(settings, args)
     except KeyboardInterrupt:
         return 130
     except (CliError, ConfigError, DatabaseSetupError, EmbeddedPostgresError) as exc:
         return _fail(args, str(exc))
     except ValueError as exc:  # AccountError and friends: bad input, one line
         return _fail(args, str(exc))
-    return 0
+    return int(code or 0)  # a command that found something wrong returns its status
 
 
 def _fail(args: argparse.Namespace, message: str) -> int:

@@ -282,6 +282,10 @@ class Settings(BaseSettings):
     session_ttl: int = Field(
         12 * 3600, ge=300, description="Web-session lifetime, seconds."
     )
+    audit_seal_interval: float = Field(
+        1.0, gt=0, le=300,
+        description="Seconds between two passes of the audit chain's sealer (each committed "
+        "audit entry of a tenant is chained within about this long).")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log verbosity."
     )

@@ -122,16 +122,18 @@ def test_runtime_privileges_are_exactly_the_manifest(
     expected["alembic_version"] = {"SELECT"}
     assert granted == expected
     assert granted["audit_log"] == {"INSERT", "SELECT"}
+    assert granted["audit_chain"] == {"INSERT", "SELECT"}
 
 
 @pytest.mark.req("AUDIT-APPEND-ONLY")
 @pytest.mark.parametrize("who", ["owner", "runtime"])
+@pytest.mark.parametrize("table", ["audit_log", "audit_chain"])
 @pytest.mark.parametrize(
     "statement",
-    ["UPDATE audit_log SET action = 'x'", "DELETE FROM audit_log", "TRUNCATE audit_log"],
+    ["UPDATE {table} SET tenant_id = NULL", "DELETE FROM {table}", "TRUNCATE {table}"],
 )
-def test_audit_log_refuses_changes(
-    who: str, statement: str, owner: sa.Connection, runtime: sa.Connection
+def test_audit_tables_refuse_changes(
+    who: str, table: str, statement: str, owner: sa.Connection, runtime: sa.Connection
 ) -> None:
     conn = owner if who == "owner" else runtime
     # Make sure there is a row the owner could otherwise see (RLS is forced even for it,
@@ -140,10 +142,10 @@ def test_audit_log_refuses_changes(
     with pytest.raises(DBAPIError) as err:
         conn.execute(sa.text("SELECT set_config('breeze.tenant_id', :t, true)"),
                      {"t": str(tenant or "")})
-        conn.execute(sa.text(statement))
+        conn.execute(sa.text(statement.format(table=table)))
     # The owner holds the privilege, so its own trigger is what refuses; the runtime role is
     # stopped before that by a privilege it was never granted.
-    refusal = "audit_log is append-only" if who == "owner" else "permission denied"
+    refusal = f"{table} is append-only" if who == "owner" else "permission denied"
     assert refusal in str(err.value)
     conn.rollback()
 

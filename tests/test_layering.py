@@ -20,7 +20,10 @@ PACKAGE = Path(breeze_mcp.__file__).parent
 SQL_PLACES = ("db/", "auth/", "tools/", "audit.py",
               # The audit log's reader (query, cursor, export) beside its one writer: the
               # console page and the admin API share it.
-              "audit_query.py")
+              "audit_query.py",
+              # The sealer and the verifier read and append the chain, and the canonical form
+              # of an entry is an expression PostgreSQL computes next to the row.
+              "audit_chain.py")
 _SQL_IMPORTS = ("sqlalchemy", "breeze_mcp.db.models", "breeze_mcp.db.statements")
 
 

@@ -20,7 +20,8 @@ import breeze_mcp
 EXEMPT: dict[str, dict[str, str]] = {
     "breeze_mcp.cli": dict.fromkeys(
         ["CliError", "build_parser", "cmd_api_key_create", "cmd_api_key_list",
-         "cmd_api_key_revoke", "cmd_demo_data", "cmd_migrate", "cmd_serve",
+         "cmd_api_key_revoke", "cmd_audit_seal", "cmd_audit_verify", "cmd_demo_data",
+         "cmd_migrate", "cmd_serve",
          "cmd_member_remove", "cmd_tenant_create", "cmd_tenant_list",
          "cmd_tenant_require_mfa", "cmd_user_create",
          "cmd_user_set_password", "cmd_user_suspend"],

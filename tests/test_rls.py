@@ -15,7 +15,7 @@ from tests.support import ProvisionedDatabase, next_user, owner_api_key
 
 pytestmark = pytest.mark.anyio
 
-TENANT_TABLES = ["devices", "alerts", "device_notes", "memberships", "audit_log"]
+TENANT_TABLES = ["devices", "alerts", "device_notes", "memberships", "audit_log", "audit_chain"]
 
 
 @pytest.mark.req("SEED-RLS", "RLS-POLICIES")

@@ -25,6 +25,7 @@ __all__ = [
     "TENANT_STATUSES",
     "alerts",
     "api_keys",
+    "audit_chain",
     "audit_log",
     "billing_events",
     "device_notes",
@@ -235,8 +236,7 @@ audit_log = sa.Table(
               server_default=sa.text("clock_timestamp()")),
     sa.Column("request_id", sa.Text),
     # NULL for events before any tenant is known (e.g. a failed login of an unknown email).
-    sa.Column("tenant_id", sa.Uuid, sa.ForeignKey("tenants.id", ondelete="RESTRICT"),
-              index=True),
+    sa.Column("tenant_id", sa.Uuid, sa.ForeignKey("tenants.id", ondelete="RESTRICT")),
     sa.Column("actor_type", sa.Text, nullable=False),
     sa.Column("actor_id", sa.Text),
     sa.Column("acting_user_id", sa.Uuid),
@@ -262,6 +262,23 @@ audit_log = sa.Table(
     # The audit log's reader walks one tenant's entries by (occurred_at, id), newest first
     # (keyset pages and exports; a time range is a range of this index).
     sa.Index("ix_audit_log_tenant_occurred_at_id", "tenant_id", "occurred_at", "id"),
+    # One tenant's entries in id order, from any point (the audit chain's sealer and verifier).
+    sa.Index("ix_audit_log_tenant_id_id", "tenant_id", "id"),
+)
+
+#: One link of a tenant's audit hash chain per sealed entry (see breeze_mcp/audit_chain.py).
+audit_chain = sa.Table(
+    "audit_chain",
+    metadata,
+    # No foreign key: see migration 0010.
+    sa.Column("tenant_id", sa.Uuid, primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("entry_id", sa.BigInteger, nullable=False),
+    sa.Column("digest", BYTEA, nullable=False),
+    sa.Column("sealed_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
+    sa.UniqueConstraint("entry_id", name="audit_chain_entry_id_key"),
+    sa.CheckConstraint("seq > 0", name="audit_chain_seq_check"),
+    sa.CheckConstraint("octet_length(digest) = 32", name="audit_chain_digest_check"),
 )
 
 

@@ -74,6 +74,7 @@ RUNTIME_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "patch_jobs": _CRUD,
     "isolation_events": _CRUD,
     "audit_log": ("SELECT", "INSERT"),
+    "audit_chain": ("SELECT", "INSERT"),
     "api_keys": ("SELECT", "INSERT", "UPDATE"),
     "oauth_clients": _CRUD,
     "oauth_client_assertions": ("SELECT", "INSERT", "UPDATE", "DELETE"),
