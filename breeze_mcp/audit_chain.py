@@ -128,15 +128,14 @@ _UNSEALED = sa.text(
 _HEAD = prepared(
     "SELECT seq, digest FROM audit_chain WHERE tenant_id = $1::uuid ORDER BY seq DESC LIMIT 1"
 )
-# The links after seq $2: the entry ids as one array literal, the digests as one hex text
-# (64 digits each), since quoting thousands of array elements client-side cost the server more
-# than the rest of a pass (docs/benchmarks.md, "Issue 12").
+# The links after seq $2, their entry ids and hex digests each as one array literal: quoting
+# thousands of array elements client-side cost the server more than the rest of a pass
+# (docs/benchmarks.md, "Issue 12").
 _APPEND = prepared(
     "INSERT INTO audit_chain (tenant_id, seq, entry_id, digest)"
-    " SELECT $1::uuid, $2::bigint + link.n, link.entry_id,"
-    " substring(given.digests FROM link.n::int * 32 - 31 FOR 32)"
-    " FROM (SELECT decode($4::text, 'hex') AS digests) AS given,"
-    " unnest($3::text::bigint[]) WITH ORDINALITY AS link (entry_id, n)"
+    " SELECT $1::uuid, $2::bigint + link.n, link.entry_id, decode(link.digest, 'hex')"
+    " FROM unnest($3::text::bigint[], $4::text::text[]) WITH ORDINALITY"
+    " AS link (entry_id, digest, n)"
 )
 
 
@@ -195,7 +194,7 @@ class Sealer:
                     digest = link_digest(digest, row.entry_digest)
                     digests.append(digest)
                 ids = "{" + ",".join(str(row.id) for row in rows) + "}"
-                append = (tenant_id, seq, ids, b"".join(digests).hex())
+                append = (tenant_id, seq, ids, "{" + ",".join(d.hex() for d in digests) + "}")
                 await tx.finish(None, then=((_APPEND, append),))
             sealed += len(rows)
             if len(rows) < self._batch:
