@@ -39,7 +39,13 @@ from breeze_mcp.edge import read_body, request_context
 from breeze_mcp.forms import Fields
 from breeze_mcp.json_wire import loads
 from breeze_mcp.services import Services
-from breeze_mcp.web import check_csrf, current_user, error_page, page_form, page_query, render
+from breeze_mcp.web import (
+    checked_form,
+    current_user,
+    error_page,
+    page_query,
+    render,
+)
 
 __all__ = [
     "ROUTES",
@@ -87,11 +93,9 @@ def _uuid(value: str) -> uuid.UUID | None:
 
 async def _form(request: Request) -> Fields | Response:
     """A console form, read and CSRF-checked (a form without a good token changes nothing)."""
-    form = await page_form(request)
+    form = await checked_form(request)
     if isinstance(form, Response):
         return form
-    if not check_csrf(request, form):
-        return error_page(request, "Form expired", "Reload the page and try again.", status=403)
     return form
 
 

@@ -42,7 +42,13 @@ from breeze_mcp.pipeline import CallResult, call_tool
 from breeze_mcp.rest import ERROR_STATUS
 from breeze_mcp.services import Services
 from breeze_mcp.tools.registry import BLOCKED_TIER, ToolSpec
-from breeze_mcp.web import check_csrf, current_user, error_page, page_form, page_query, render
+from breeze_mcp.web import (
+    checked_form,
+    current_user,
+    error_page,
+    page_query,
+    render,
+)
 
 __all__ = [
     "ADMIN_ROLES",
@@ -216,11 +222,9 @@ async def switch_organization(request: Request) -> Response:
     """``POST /console/organization``: act in another of the person's active organizations
     (a preference of this session; membership is checked on every request)."""
     services: Services = request.app.state.services
-    form = await page_form(request)
+    form = await checked_form(request)
     if isinstance(form, Response):
         return form
-    if not check_csrf(request, form):
-        return error_page(request, "Form expired", "Reload the page and try again.", status=403)
     user = await current_user(request)
     if user is None:
         return _sign_in(request)
@@ -343,11 +347,9 @@ async def call_submit(request: Request) -> Response:
     pipeline. A Tier 3 call the person may make asks them to confirm who they are first,
     unless they did within the last five minutes."""
     services: Services = request.app.state.services
-    form = await page_form(request)
+    form = await checked_form(request)
     if isinstance(form, Response):
         return form
-    if not check_csrf(request, form):
-        return error_page(request, "Form expired", "Reload the page and try again.", status=403)
     name = request.path_params["name"]
     spec = services.registry.get(name)
     arguments = form_arguments(spec, form) if spec is not None else {}
@@ -374,11 +376,9 @@ async def step_up_submit(request: Request) -> Response:
     two-factor code (audited ``auth.step_up`` either way), then the Tier 3 call they asked
     for runs."""
     services: Services = request.app.state.services
-    form = await page_form(request)
+    form = await checked_form(request)
     if isinstance(form, Response):
         return form
-    if not check_csrf(request, form):
-        return error_page(request, "Form expired", "Reload the page and try again.", status=403)
     name = form.get("tool") or ""
     back = _safe_back(form.get("next"))
     try:

@@ -22,7 +22,7 @@ from starlette.routing import Route
 from breeze_mcp.auth.oauth import apps, blocks, plausible_client_id
 from breeze_mcp.console import Console, console_render, open_console
 from breeze_mcp.forms import Fields
-from breeze_mcp.web import check_csrf, error_page, page_form, page_query
+from breeze_mcp.web import checked_form, error_page, page_query
 
 __all__ = [
     "BLOCK_PERIODS",
@@ -106,11 +106,9 @@ Action = Callable[[Console, Fields], Awaitable[apps.Outcome]]
 async def _act(request: Request, action: Action, done: str) -> Response:
     """A Connected apps form: CSRF first, then the service in the request's transaction,
     committed with the entries it wrote (the action's, or its refusal's)."""
-    form = await page_form(request)
+    form = await checked_form(request)
     if isinstance(form, Response):
         return form
-    if not check_csrf(request, form):
-        return error_page(request, "Form expired", "Reload the page and try again.", status=403)
     async with open_console(request, "apps") as console:
         if isinstance(console, Response):
             return console

@@ -38,6 +38,7 @@ __all__ = [
     "StrictTransportSecurity",
     "account_page",
     "check_csrf",
+    "checked_form",
     "connections_page",
     "current_user",
     "disconnect",
@@ -199,6 +200,15 @@ def page_query(request: Request) -> Fields | HTMLResponse:
         return read_query(request, request.app.state.services.settings)
     except FormError as exc:
         return form_error_page(request, exc)
+
+
+async def checked_form(request: Request) -> Fields | HTMLResponse:
+    """A state-changing page form, read and its CSRF token checked (:func:`check_csrf`): the
+    fields, or the page to answer instead (a refused body, or 403 "Form expired")."""
+    form = await page_form(request)
+    if isinstance(form, HTMLResponse) or check_csrf(request, form):
+        return form
+    return error_page(request, "Form expired", "Reload the page and try again.", status=403)
 
 
 def check_csrf(request: Request, form: Fields) -> bool:
@@ -368,11 +378,9 @@ async def _audit_login(services: Services, ctx: Any, user_id: uuid.UUID | None, 
 
 async def logout(request: Request) -> Response:
     services: Services = request.app.state.services
-    form = await page_form(request)
+    form = await checked_form(request)
     if isinstance(form, Response):
         return form
-    if not check_csrf(request, form):
-        return error_page(request, "Form expired", "Reload the page and try again.", status=403)
     names = cookies(request)
     await sessions.end_session(services.db, request.cookies.get(names.session))
     response = RedirectResponse("/login", status_code=303)
@@ -408,11 +416,9 @@ async def disconnect(request: Request) -> Response:
     user = await current_user(request)
     if user is None:
         return RedirectResponse("/login?next=/account/connections", status_code=303)
-    form = await page_form(request)
+    form = await checked_form(request)
     if isinstance(form, Response):
         return form
-    if not check_csrf(request, form):
-        return error_page(request, "Form expired", "Reload the page and try again.", status=403)
     try:
         grant_id = uuid.UUID(request.path_params["grant_id"])
     except ValueError:
@@ -459,11 +465,9 @@ async def _mail_form(request: Request) -> tuple[Fields, RequestContext] | Respon
     resend, forgot password): the form read, its CSRF token checked, the source address
     counted against the sign-up limit."""
     services: Services = request.app.state.services
-    form = await page_form(request)
+    form = await checked_form(request)
     if isinstance(form, Response):
         return form
-    if not check_csrf(request, form):
-        return error_page(request, "Form expired", "Reload the page and try again.", status=403)
     ctx = request_context(request, services)
     decision = await signup.hit_limit(services.limiter, services.settings, ctx)
     if not decision.allowed:
@@ -583,11 +587,9 @@ async def reset_password_submit(request: Request) -> Response:
     from breeze_mcp.auth.accounts import AccountError
 
     services: Services = request.app.state.services
-    form = await page_form(request)
+    form = await checked_form(request)
     if isinstance(form, Response):
         return form
-    if not check_csrf(request, form):
-        return error_page(request, "Form expired", "Reload the page and try again.", status=403)
     token = form.get("token") or ""
     try:
         outcome, _ = await password_reset.reset(services.db, token, form.get("password") or "",
@@ -647,11 +649,9 @@ async def end_session_submit(request: Request) -> Response:
     user = await current_user(request)
     if user is None:
         return RedirectResponse("/login?next=/account", status_code=303)
-    form = await page_form(request)
+    form = await checked_form(request)
     if isinstance(form, Response):
         return form
-    if not check_csrf(request, form):
-        return error_page(request, "Form expired", "Reload the page and try again.", status=403)
     try:
         session_id = uuid.UUID(request.path_params["session_id"])
     except ValueError:
@@ -670,11 +670,9 @@ async def end_all_sessions_submit(request: Request) -> Response:
     user = await current_user(request)
     if user is None:
         return RedirectResponse("/login", status_code=303)
-    form = await page_form(request)
+    form = await checked_form(request)
     if isinstance(form, Response):
         return form
-    if not check_csrf(request, form):
-        return error_page(request, "Form expired", "Reload the page and try again.", status=403)
     await sessions.end_sessions(
         services.db, user.user_id, None,
         _session_entry(request, user, "auth.sessions_ended", reason="signed_out_everywhere"))
@@ -700,11 +698,9 @@ async def password_submit(request: Request) -> Response:
     user = await current_user(request)
     if user is None:
         return RedirectResponse("/login?next=/account/password", status_code=303)
-    form = await page_form(request)
+    form = await checked_form(request)
     if isinstance(form, Response):
         return form
-    if not check_csrf(request, form):
-        return error_page(request, "Form expired", "Reload the page and try again.", status=403)
     decision = await services.limiter.hit(f"password-change:{user.user_id}", "5/15minute")
     if not decision.allowed:
         response = error_page(request, "Too many attempts", "Wait a while and try again.",
@@ -746,11 +742,9 @@ async def _security_form(request: Request) -> tuple[sessions.SessionUser, Fields
     user = await current_user(request)
     if user is None:
         return RedirectResponse("/login?next=/account/security", status_code=303)
-    form = await page_form(request)
+    form = await checked_form(request)
     if isinstance(form, Response):
         return form
-    if not check_csrf(request, form):
-        return error_page(request, "Form expired", "Reload the page and try again.", status=403)
     services: Services = request.app.state.services
     decision = await services.limiter.hit(f"mfa-manage:{user.user_id}", "10/15minute")
     if not decision.allowed:
