@@ -460,6 +460,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
     from breeze_mcp.app import create_app, verify_database
+    from breeze_mcp.http_protocol import BoundedHttpToolsProtocol
 
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
@@ -510,6 +511,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
             host=host,
             port=port,
             log_level=settings.log_level,
+            http=BoundedHttpToolsProtocol,  # httptools' C parser, with h11's bound on a head
             proxy_headers=False,  # client IPs come from BREEZE_TRUSTED_PROXIES, not uvicorn
             server_header=False,
         )

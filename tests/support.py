@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from breeze_mcp.db.engine import sqlalchemy_url
 from breeze_mcp.db.setup import bootstrap_cluster, migrate
+from breeze_mcp.http_protocol import BoundedHttpToolsProtocol
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -98,6 +99,7 @@ class LiveServer:
         self.url = f"https://localhost:{self.port}" if tls else f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
                                 lifespan="on", proxy_headers=False,
+                                http=BoundedHttpToolsProtocol,  # as breeze-mcp serve
                                 ssl_certfile=str(tls[0]) if tls else None,
                                 ssl_keyfile=str(tls[1]) if tls else None)
         self.server = uvicorn.Server(config)

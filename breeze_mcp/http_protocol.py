@@ -1,0 +1,96 @@
+"""The HTTP/1.1 protocol ``breeze-mcp serve`` runs: uvicorn's httptools protocol with a bound
+on the request head.
+
+uvicorn offers two parsers. h11 is pure Python and bounds a request head at 16 KiB; httptools
+(llhttp, in C) parses a request in a fraction of the instructions but has no bound at all:
+uvicorn accepts megabytes of header lines and keeps them, so one client could make the server
+hold as much memory as it cares to send. :class:`BoundedHttpToolsProtocol` is httptools with
+h11's bound: a request line plus headers longer than :data:`MAX_HEAD_BYTES` is answered
+``431 Request Header Fields Too Large`` and the connection closed, before any of it reaches
+the application.
+
+Two counts hold it, each never more than the head's true size. The request target and each
+finished header line are counted as the parser hands them over, exactly. But the parser keeps
+an unfinished line to itself, so the reads that arrive while a head is incomplete are counted
+too, whole, from the read after the one in which the head began (that one may also hold the
+end of the previous request of a kept-alive connection): a line that never ends is refused
+after at most one read (256 KiB) and the bound.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+__all__ = ["MAX_HEAD_BYTES", "BoundedHttpToolsProtocol"]
+
+#: The longest request head (request line and headers) served: h11's default bound.
+MAX_HEAD_BYTES: Final = 16 * 1024
+
+_TOO_LARGE_TEXT: Final = f"Request header fields exceed {MAX_HEAD_BYTES} bytes.\n".encode()
+_TOO_LARGE: Final = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: text/plain; charset=utf-8\r\n"
+    b"content-length: " + str(len(_TOO_LARGE_TEXT)).encode() + b"\r\n"
+    b"connection: close\r\n"
+    b"\r\n" + _TOO_LARGE_TEXT
+)
+
+
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback to stop parsing a head over the bound."""
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """httptools, refusing a request head longer than :data:`MAX_HEAD_BYTES`."""
+
+    _in_head = False  # between a message's first byte and the end of its headers
+    _head_began = False  # ... and that message began in the read being parsed
+    _parsed = 0  # bytes of the head's request target and finished header lines
+    _unparsed = 0  # bytes of the reads since the one in which the head began
+    _too_large = False
+
+    def _check(self) -> None:
+        if self._parsed > MAX_HEAD_BYTES:
+            self._too_large = True
+            raise _HeadTooLarge  # the parser stops; uvicorn answers with send_400_response
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = self._head_began = True
+        self._parsed = self._unparsed = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._parsed += len(url)
+        self._check()
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._parsed += len(name) + len(value) + 4  # ": " and CRLF
+        self._check()
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
+    def data_received(self, data: bytes) -> None:
+        self._head_began = False
+        super().data_received(data)
+        if not self._in_head or self._head_began or self.transport.is_closing():
+            return
+        # Still inside a head that began in an earlier read: a line the parser keeps
+        # unfinished grows with every read, unseen by the callbacks.
+        self._unparsed += len(data)
+        if self._unparsed > MAX_HEAD_BYTES:
+            self._too_large = True
+            self.send_400_response("")
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._too_large:
+            super().send_400_response(msg)
+            return
+        self.logger.warning("Request head over %d bytes refused.", MAX_HEAD_BYTES)
+        self.transport.write(_TOO_LARGE)
+        self.transport.close()
