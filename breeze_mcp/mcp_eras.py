@@ -35,6 +35,7 @@ from mcp.shared.inbound import (
     MCP_METHOD_HEADER,
     MCP_NAME_HEADER,
     MCP_PROTOCOL_VERSION_HEADER,
+    NAME_BEARING_METHODS,
     InboundLadderRejection,
     classify_inbound_request,
     find_duplicated_routing_header,
@@ -205,6 +206,14 @@ class _Stateless(Era):
         routing = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers.raw
                    if k in _ROUTING_HEADERS]
         routed = dict(routing)
+        if len(routed) == len(routing) and _plainly_served(routed, message, method):
+            return None
+        return self.full_refusal(routing, routed, message)
+
+    def full_refusal(self, routing: list[tuple[str, str]], routed: Mapping[str, str],
+                     message: Mapping[str, Any]) -> Refusal | None:
+        """:meth:`refusal` without its shortcut for the plain case: every rule, the SDK's
+        ladder among them (a test holds that the shortcut never changes the outcome)."""
         if len(routed) < len(routing):  # one sent twice: which copy would a proxy have read?
             return Refusal(HEADER_MISMATCH, f"the {find_duplicated_routing_header(routing)} "
                            "header appears more than once")
@@ -243,6 +252,35 @@ class _Stateless(Era):
         dumped.setdefault("resultType", "complete")
         dumped["_meta"] = {**dumped.get("_meta", {}), **_SERVER_INFO_META}
         return dumped
+
+
+def _plainly_served(routed: Mapping[str, str], message: Mapping[str, Any], method: str) -> bool:
+    """Whether a request is the plain, well-formed case :meth:`_Stateless.refusal` serves,
+    decided in a few lookups: an envelope of objects naming the revision, and routing headers
+    equal, character for character, to what the body names. Only ever true where the full
+    check (the SDK's ladder) serves the request too, which a property test holds; anything
+    else, such as a base64-wrapped ``Mcp-Name``, takes the full check, which decides and
+    words every refusal."""
+    meta = message["params"].get("_meta")
+    if type(meta) is not dict:
+        return False
+    version = meta.get(types.PROTOCOL_VERSION_META_KEY)
+    if (version not in STATELESS_VERSIONS
+            or type(meta.get(types.CLIENT_CAPABILITIES_META_KEY)) is not dict
+            or type(meta.get(types.CLIENT_INFO_META_KEY, _ABSENT)) is not dict
+            or routed.get(MCP_PROTOCOL_VERSION_HEADER) != version
+            or routed.get(MCP_METHOD_HEADER) != method):
+        return False
+    name_key = NAME_BEARING_METHODS.get(method)
+    if name_key is None:
+        return True
+    name = message["params"].get(name_key)
+    return (type(name) is str and routed.get(MCP_NAME_HEADER) == name
+            and not name.startswith(_SENTINEL_START))
+
+
+_ABSENT: Final[dict[str, Any]] = {}  # client info left out: allowed
+_SENTINEL_START: Final = "=?base64?"  # an Mcp-Name that the SDK would decode first
 
 
 HANDSHAKE: Final[Era] = _Handshake()

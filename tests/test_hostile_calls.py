@@ -318,10 +318,12 @@ def _raw_post(world: World, path: str, head: bytes, body: bytes) -> tuple[int, b
 @pytest.mark.req("HARD-AUDIT-ANY-BYTES")
 def test_hostile_headers_are_stored_escaped(world: World) -> None:
     key, credential = _key(world, "ai:read")
-    agent = b"bot\x1b[31m\x7f caf\xe9 \x85"  # latin-1 on the wire, as HTTP reads it
+    # Bytes past ASCII (obs-text) reach the application, latin-1 as HTTP reads them: U+0085
+    # is a C1 control character, escaped in the entry.
+    agent = b"bot caf\xe9 \x85\xff"
     head = (b"Authorization: Bearer " + key.encode() + b"\r\nContent-Type: application/json"
             b"\r\nAccept: application/json\r\nUser-Agent: " + agent
-            + b"\r\nX-Request-Id: id\x1b\x85\r\n")
+            + b"\r\nX-Request-Id: id\x85\r\n")
     # A refused tool call is a JSON-RPC error inside a 200 over MCP, a 403 over REST.
     for path, body, refused in (("/mcp", _call('"wipe_device"', "{}").encode(), 200),
                                 ("/api/v1/tools/wipe_device", b"{}", 403)):
@@ -330,8 +332,27 @@ def test_hostile_headers_are_stored_escaped(world: World) -> None:
         rows = _rows(world, credential)
         assert status == refused, (path, status)
         assert len(rows) == before + 1
-        assert rows[-1].user_agent == "bot\\u001b[31m\\u007f café \\u0085"
+        assert rows[-1].user_agent == "bot café \\u0085ÿ"
         assert audit.unescape(rows[-1].user_agent) == agent.decode("latin-1")
+
+
+@pytest.mark.req("HARD-AUDIT-ANY-BYTES", "HARD-HTTP-FRAMING")
+@pytest.mark.parametrize("value", [b"bot\x1b[31m", b"bot\x7f", b"bot\x00", b"bot\x01x"])
+def test_control_characters_in_a_header_are_refused_before_anything_runs(
+        world: World, value: bytes) -> None:
+    # RFC 9110 5.5: control characters are invalid in a field value. The HTTP parser refuses
+    # the request (400, the connection closed) before a credential is read or a tool looked
+    # up, so nothing about the tool is answered: there is no call to audit, and no probe.
+    key, credential = _key(world, "ai:read")
+    head = (b"Authorization: Bearer " + key.encode() + b"\r\nContent-Type: application/json"
+            b"\r\nAccept: application/json\r\nUser-Agent: " + value + b"\r\n")
+    for path, body in (("/mcp", _call('"wipe_device"', "{}").encode()),
+                       ("/api/v1/tools/wipe_device", b"{}")):
+        before = len(_rows(world, credential))
+        status, answer = _raw_post(world, path, head, body)
+        assert status == 400, (path, answer[:200])
+        assert b"wipe_device" not in answer and b"tier" not in answer.lower()
+        assert len(_rows(world, credential)) == before
 
 
 # -- JSON-RPC without an id, and other malformed messages ---------------------------------------

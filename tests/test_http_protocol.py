@@ -10,6 +10,7 @@ connection) and the parser's refusal of the framing a request-smuggling attack r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -36,22 +37,24 @@ def _address(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def exchange_raw(url: str, *parts: bytes) -> bytes:
-    """Send ``parts`` one write each on a new connection; everything the server sends back
-    until it closes (or goes quiet for 5 s)."""
+def _send_then_read(sock: socket.socket, *parts: bytes) -> bytes:
+    """Send ``parts`` one write each; everything the server sends back until it closes (or
+    goes quiet for 5 s)."""
+    # The server may answer and close while we are still sending.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        for part in parts:
+            sock.sendall(part)
     received = b""
-    with socket.create_connection(_address(url), timeout=5) as sock:
-        try:
-            for part in parts:
-                sock.sendall(part)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server answered and closed while we were still sending
-        try:
-            while chunk := sock.recv(65536):
-                received += chunk
-        except (TimeoutError, ConnectionResetError):
-            pass
+    with contextlib.suppress(TimeoutError, ConnectionResetError):
+        while chunk := sock.recv(65536):
+            received += chunk
     return received
+
+
+def exchange_raw(url: str, *parts: bytes) -> bytes:
+    """:func:`_send_then_read` on a new connection."""
+    with socket.create_connection(_address(url), timeout=5) as sock:
+        return _send_then_read(sock, *parts)
 
 
 def status_of(response: bytes) -> int:
@@ -113,16 +116,7 @@ def test_the_bound_holds_for_every_request_of_a_kept_alive_connection(
         time.sleep(0.3)  # the first is answered; the connection stays open
         answered = sock.recv(65536)
         assert status_of(answered) == 200
-        try:
-            sock.sendall(second)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        rest = b""
-        try:
-            while chunk := sock.recv(65536):
-                rest += chunk
-        except (TimeoutError, ConnectionResetError):
-            pass
+        rest = _send_then_read(sock, second)
     assert status_of(rest) == 431, rest[:200]
     # Many requests on one connection, each under the bound, are all served.
     many = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + _padding(4000) + b"\r\n"

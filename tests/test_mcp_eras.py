@@ -23,6 +23,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mcp_types import methods as wire
 
 from breeze_mcp.auth.api_keys import create_api_key
@@ -231,6 +233,92 @@ def test_every_request_carries_its_envelope_and_the_headers_mirror_it(world: OAu
     name = base64.b64encode(b"list_devices").decode()
     result_of(modern(world, key, "tools/call", call, headers={"Mcp-Name": f"=?base64?{name}?="}),
               "tools/call")
+
+
+_V = "io.modelcontextprotocol/protocolVersion"
+_CAPS = "io.modelcontextprotocol/clientCapabilities"
+_INFO = "io.modelcontextprotocol/clientInfo"
+_LEFT_OUT = object()
+_odd = st.one_of(st.none(), st.integers(), st.text(max_size=12), st.lists(st.integers(),
+                                                                          max_size=2))
+
+
+def _mostly(right: Any, *others: Any) -> st.SearchStrategy[Any]:
+    """``right`` three times in four, else one of ``others`` or an odd value: most requests
+    are plain but for one or two parts, which is where a shortcut could go wrong."""
+    return st.one_of(st.just(right), st.just(right), st.just(right),
+                     st.one_of(*(st.just(o) for o in others), _odd) if others else _odd)
+
+
+@st.composite
+def _requests(draw: st.DrawFn) -> tuple[list[tuple[bytes, bytes]], dict[str, Any], str]:
+    """A request's routing headers and body, each part plain, wrong, odd or missing."""
+    method = draw(_mostly("tools/call", "tools/list", "server/discover", "prompts/get",
+                          "resources/read", "initialize"))
+    if not isinstance(method, str):
+        method = "tools/list"
+    name = draw(_mostly("list_devices", "=?base64?bGlzdA==?=", "=?base64?", "", " x",
+                        _LEFT_OUT))
+    version = draw(_mostly("2026-07-28", "2025-06-18", "2099-01-01", _LEFT_OUT))
+    meta: Any = {}
+    for key, part in ((_V, version), (_CAPS, draw(_mostly({}, {"x": 1}, _LEFT_OUT))),
+                      (_INFO, draw(_mostly({"name": "c", "version": "1"}, _LEFT_OUT)))):
+        if part is not _LEFT_OUT:
+            meta[key] = part
+    meta = draw(_mostly(meta, _LEFT_OUT))
+    params: dict[str, Any] = {"arguments": {}}
+    if meta is not _LEFT_OUT:
+        params["_meta"] = meta
+    if name is not _LEFT_OUT:
+        params["uri" if method == "resources/read" else "name"] = name
+    headers: list[tuple[bytes, bytes]] = []
+    for header, right in (("mcp-protocol-version", version), ("mcp-method", method),
+                          ("mcp-name", name)):
+        shape = draw(st.sampled_from(["right"] * 9 + ["wrong", "gone", "twice"]))
+        value: str | None = right if isinstance(right, str) else "2026-07-28"
+        if shape == "wrong":
+            value = f"{value}x"
+        elif shape == "gone":
+            value = None
+        if value is not None:
+            headers += [(header.encode(), value.encode())] * (2 if shape == "twice" else 1)
+    return headers, {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}, method
+
+
+@pytest.mark.req("MCP-2026-META")
+@settings(max_examples=3000, deadline=None)
+@given(_requests())
+def test_the_plain_case_shortcut_never_changes_an_outcome(
+        request_: tuple[list[tuple[bytes, bytes]], dict[str, Any], str]) -> None:
+    # 2026-07-28 requests take a shortcut past the SDK's ladder when they are plainly well
+    # formed; whatever a request holds, the outcome must be the full check's.
+    from starlette.datastructures import Headers
+
+    from breeze_mcp import mcp_eras
+
+    raw, message, method = request_
+    era = mcp_eras.STATELESS
+    assert isinstance(era, mcp_eras._Stateless)
+    routing = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+    full = era.full_refusal(routing, dict(routing), message)
+    assert era.refusal(Headers(raw=raw), message, method) == full
+
+
+@pytest.mark.req("MCP-2026-META")
+def test_the_shortcut_is_taken_by_a_plain_call() -> None:
+    # Else the property above holds of nothing: the shortcut must serve the common request.
+    from breeze_mcp import mcp_eras
+
+    message: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "list_devices", "arguments": {},
+        "_meta": {_V: "2026-07-28", _CAPS: {}, _INFO: {"name": "c", "version": "1"}}}}
+    routed = {"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call",
+              "mcp-name": "list_devices"}
+    assert mcp_eras._plainly_served(routed, message, "tools/call")
+    del message["params"]["_meta"][_INFO]  # client info is optional
+    assert mcp_eras._plainly_served(routed, message, "tools/call")
+    assert mcp_eras._plainly_served(routed, {**message, "method": "tools/list", "params": {
+        "_meta": message["params"]["_meta"]}}, "tools/list") is False  # header says tools/call
 
 
 @pytest.mark.req("MCP-2026-METHODS")
