@@ -94,8 +94,10 @@ CACHE_HINTS: Final[Mapping[str, tuple[int, str]]] = {
 }
 
 _NEWER_FIELDS = {"result_type", "ttl_ms", "cache_scope"}  # 2026-07-28-only result fields
-_ROUTING_HEADERS = frozenset(
-    h.encode() for h in (MCP_PROTOCOL_VERSION_HEADER, MCP_METHOD_HEADER, MCP_NAME_HEADER))
+#: The routing headers' ASGI (lower-case) names, and the names the SDK's ladder looks up.
+_ROUTING_HEADERS: Final = {
+    h.lower().encode(): h for h in (MCP_PROTOCOL_VERSION_HEADER, MCP_METHOD_HEADER,
+                                    MCP_NAME_HEADER)}
 _SERVER_INFO_META: Final = {types.SERVER_INFO_META_KEY: SERVER_INFO.model_dump(
     by_alias=True, exclude_none=True, mode="json")}
 
@@ -203,7 +205,7 @@ class _Stateless(Era):
                 ) -> Refusal | None:
         # The routing headers alone, read once (ASGI names are lower case): the checks below
         # look them up several times, and this is every 2026-07-28 call's path.
-        routing = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers.raw
+        routing = [(_ROUTING_HEADERS[k], v.decode("latin-1")) for k, v in headers.raw
                    if k in _ROUTING_HEADERS]
         routed = dict(routing)
         if len(routed) == len(routing) and _plainly_served(routed, message, method):
