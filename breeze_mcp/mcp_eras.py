@@ -263,7 +263,10 @@ def _plainly_served(routed: Mapping[str, str], message: Mapping[str, Any], metho
     check (the SDK's ladder) serves the request too, which a property test holds; anything
     else, such as a base64-wrapped ``Mcp-Name``, takes the full check, which decides and
     words every refusal."""
-    meta = message["params"].get("_meta")
+    params = message.get("params")  # left out: the endpoint serves it as {}
+    if type(params) is not dict:
+        return False
+    meta = params.get("_meta")
     if type(meta) is not dict:
         return False
     version = meta.get(types.PROTOCOL_VERSION_META_KEY)
@@ -276,7 +279,7 @@ def _plainly_served(routed: Mapping[str, str], message: Mapping[str, Any], metho
     name_key = NAME_BEARING_METHODS.get(method)
     if name_key is None:
         return True
-    name = message["params"].get(name_key)
+    name = params.get(name_key)
     return (type(name) is str and routed.get(MCP_NAME_HEADER) == name
             and not name.startswith(_SENTINEL_START))
 

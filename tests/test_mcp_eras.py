@@ -282,7 +282,10 @@ def _requests(draw: st.DrawFn) -> tuple[list[tuple[bytes, bytes]], dict[str, Any
             value = None
         if value is not None:
             headers += [(header.encode(), value.encode())] * (2 if shape == "twice" else 1)
-    return headers, {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}, method
+    message: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+    if draw(st.integers(0, 9)) == 0:
+        del message["params"]  # JSON-RPC lets a request leave its params out
+    return headers, message, method
 
 
 @pytest.mark.req("MCP-2026-META")
