@@ -444,8 +444,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=16,
                         help="concurrent keep-alive connections (default 16)")
     parser.add_argument("--rounds", type=int, default=1,
-                        help="run the scenarios this many times, interleaved, and pool the "
-                        "figures (default 1)")
+                        help="run the scenarios this many times, interleaved (every other "
+                        "round in reverse order), and pool the figures (default 1)")
     parser.add_argument("--scenario", action="append", choices=SCENARIO_NAMES,
                         help="run only this scenario (repeatable; default all)")
     parser.add_argument("--rate-limit", default="1000000/minute",
@@ -509,7 +509,11 @@ def main(argv: list[str] | None = None) -> int:
             extra_ok = 0
             rss_start = rss_mib(env.ours.pid)
             for round_no in range(args.rounds):
-                for name in results:
+                # Every other round in reverse: what one scenario leaves behind for the next
+                # (the sealer's backlog, PostgreSQL's autovacuum after its inserts) then falls
+                # on each side of a comparison alike.
+                order = list(results)[::-1] if round_no % 2 else list(results)
+                for name in order:
                     print(f"[bench] round {round_no + 1}/{args.rounds}: {name}",
                           file=sys.stderr, flush=True)
                     result, ok = run_scenario(env, scenarios[name], args, profiler)
