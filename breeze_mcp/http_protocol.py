@@ -9,12 +9,13 @@ h11's bound: a request line plus headers longer than :data:`MAX_HEAD_BYTES` is a
 ``431 Request Header Fields Too Large`` and the connection closed, before any of it reaches
 the application.
 
-Two counts hold it, each never more than the head's true size. The request target and each
-finished header line are counted as the parser hands them over, exactly. But the parser keeps
-an unfinished line to itself, so the reads that arrive while a head is incomplete are counted
-too, whole, from the read after the one in which the head began (that one may also hold the
-end of the previous request of a kept-alive connection): a line that never ends is refused
-after at most one read (256 KiB) and the bound.
+Two counts hold it, each never more than the head's true size. When a head is complete it is
+measured (the request target and each header line as the parser handed them over), unless it
+came whole in one read no longer than the bound, which cannot hold a longer head: the common
+request pays one comparison. The parser keeps an unfinished line to itself, so the reads that
+arrive while a head is incomplete are counted too, whole, from the read after the one in which
+the head began (that one may also hold the end of the previous request of a kept-alive
+connection): a line that never ends is refused after at most one read (256 KiB) and the bound.
 """
 
 from __future__ import annotations
@@ -45,47 +46,43 @@ class _HeadTooLarge(Exception):
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """httptools, refusing a request head longer than :data:`MAX_HEAD_BYTES`."""
 
+    _read = 0  # length of the read being parsed
     _in_head = False  # between a message's first byte and the end of its headers
     _head_began = False  # ... and that message began in the read being parsed
-    _parsed = 0  # bytes of the head's request target and finished header lines
-    _unparsed = 0  # bytes of the reads since the one in which the head began
+    _later_reads = 0  # bytes of the reads since the one in which the head began
     _too_large = False
 
-    def _check(self) -> None:
-        if self._parsed > MAX_HEAD_BYTES:
-            self._too_large = True
-            raise _HeadTooLarge  # the parser stops; uvicorn answers with send_400_response
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._in_head = self._head_began = True
-        self._parsed = self._unparsed = 0
-
-    def on_url(self, url: bytes) -> None:
-        self._parsed += len(url)
-        self._check()
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._parsed += len(name) + len(value) + 4  # ": " and CRLF
-        self._check()
-        super().on_header(name, value)
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        super().on_headers_complete()
-
     def data_received(self, data: bytes) -> None:
+        self._read = len(data)
         self._head_began = False
         super().data_received(data)
         if not self._in_head or self._head_began or self.transport.is_closing():
             return
         # Still inside a head that began in an earlier read: a line the parser keeps
         # unfinished grows with every read, unseen by the callbacks.
-        self._unparsed += len(data)
-        if self._unparsed > MAX_HEAD_BYTES:
+        self._later_reads += len(data)
+        if self._later_reads > MAX_HEAD_BYTES:
             self._too_large = True
             self.send_400_response("")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = self._head_began = True
+        self._later_reads = 0
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        # A head read whole in one read no longer than the bound is within it: the common
+        # case costs one comparison. Any other head is measured.
+        if (self._read > MAX_HEAD_BYTES or not self._head_began) and self._head_size(
+                ) > MAX_HEAD_BYTES:
+            self._too_large = True
+            raise _HeadTooLarge  # the parser stops; uvicorn answers with send_400_response
+        super().on_headers_complete()
+
+    def _head_size(self) -> int:
+        """The request target and header lines as they came (each ``name: value`` CRLF)."""
+        return len(self.url) + sum([len(n) + len(v) + 4 for n, v in self.headers])
 
     def send_400_response(self, msg: str) -> None:
         if not self._too_large:

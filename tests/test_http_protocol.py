@@ -107,6 +107,17 @@ def test_one_header_line_growing_over_many_reads_is_refused(world: OAuthWorld) -
 
 
 @pytest.mark.req("HARD-HEAD-BOUND")
+def test_a_head_over_the_bound_in_reads_each_under_it_is_refused(world: OAuthWorld) -> None:
+    # Neither read alone is over the bound; the head they make is.
+    half = _padding(MAX_HEAD_BYTES // 2 + 500)
+    with socket.create_connection(_address(world.url), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + half)
+        time.sleep(0.3)  # read before the rest is sent
+        answer = _send_then_read(sock, half.replace(b"X-Pad-", b"X-More-") + b"\r\n")
+    assert status_of(answer) == 431, answer[:200]
+
+
+@pytest.mark.req("HARD-HEAD-BOUND")
 def test_the_bound_holds_for_every_request_of_a_kept_alive_connection(
         world: OAuthWorld) -> None:
     first = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
