@@ -215,4 +215,5 @@ class ClientKey:
         now = int(time.time())
         body = {"iss": client_id, "sub": client_id, "aud": audience, "iat": now,
                 "exp": now + lifetime, "jti": secrets.token_urlsafe(16), **claims}
-        return jwt.encode({"alg": "RS256", "kid": self.kid, **(header or {})}, body, self.key)
+        head = {"alg": "RS256", "kid": self.kid, **(header or {})}
+        return jwt.encode(head, body, self.key, algorithms=[head["alg"]])

@@ -258,7 +258,8 @@ def test_chatgpt_document_client_authenticates_with_private_key_jwt(
 
 @pytest.mark.req("CIMD-PRIVATE-KEY-JWT")
 @pytest.mark.parametrize("case", ["wrong-audience", "other-issuer", "expired", "far-future",
-                                  "no-jti", "other-key", "client-secret-too", "bad-type"])
+                                  "no-jti", "other-key", "client-secret-too", "bad-type",
+                                  "other-algorithm"])
 def test_bad_client_assertions_are_invalid_client(world: OAuthWorld, host: DocumentHost,
                                                   case: str) -> None:
     client_id, _, key = chatgpt_client(host)
@@ -281,11 +282,16 @@ def test_bad_client_assertions_are_invalid_client(world: OAuthWorld, host: Docum
     elif case == "client-secret-too":
         fields.update(client_assertion=key.assertion(client_id, token_endpoint),
                       client_secret="bzx_guess")
+    elif case == "other-algorithm":  # the document says RS256; PS256 by the same key
+        fields["client_assertion"] = key.assertion(client_id, token_endpoint,
+                                                   header={"alg": "PS256"})
     else:
         fields.update(client_assertion_type="urn:example:other",
                       client_assertion=key.assertion(client_id, token_endpoint))
     r = refresh(world, client_id, "bzr_00000000000000000000000000000000_unknown", **fields)
     oauth_error(r, 401, "invalid_client")
+    if case == "other-algorithm":
+        assert "must be signed with RS256" in r.json()["error_description"]
 
 
 @pytest.mark.req("CIMD-PRIVATE-KEY-JWT")

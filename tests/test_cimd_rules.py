@@ -126,6 +126,10 @@ def test_the_real_clients_documents_are_accepted() -> None:
                                       none_fallback=True))
     assert chatgpt.token_endpoint_auth_method == "private_key_jwt"
     assert chatgpt.none_fallback and chatgpt.jwks_uri == "https://chatgpt.com/oauth/jwks.json"
+    assert chatgpt.signing_alg == "RS256"  # token_endpoint_auth_signing_alg, kept
+    assert parsed({**chatgpt_document(URL, "https://k.example/jwks"),
+                   "token_endpoint_auth_signing_alg": None}
+                  ).signing_alg is None  # any asymmetric algorithm then
 
     claude = parsed({"client_id": URL, "client_name": "Claude",
                      "redirect_uris": ["https://claude.ai/api/mcp/auth_callback"],
@@ -171,6 +175,15 @@ REFUSED_DOCUMENTS: dict[str, tuple[dict[str, Any], str]] = {
     "http jwks_uri": (chatgpt_document(URL, "http://k.example/jwks"), "https URL"),
     "private jwks": ({**chatgpt_document(URL, "x"), "jwks_uri": None,
                       "jwks": {"keys": [ClientKey().key.as_dict(private=True)]}}, "private"),
+    "HMAC signing alg": ({**chatgpt_document(URL, "https://k.example/jwks"),
+                          "token_endpoint_auth_signing_alg": "HS256"},
+                         "token_endpoint_auth_signing_alg"),
+    "signing alg none": ({**chatgpt_document(URL, "https://k.example/jwks"),
+                          "token_endpoint_auth_signing_alg": "none"},
+                         "token_endpoint_auth_signing_alg"),
+    "signing alg not a string": ({**chatgpt_document(URL, "https://k.example/jwks"),
+                                  "token_endpoint_auth_signing_alg": ["RS256"]},
+                                 "token_endpoint_auth_signing_alg"),
     "symmetric jwks": ({**chatgpt_document(URL, "x"), "jwks_uri": None,
                         "jwks": {"keys": [OctKey.generate_key(256).as_dict()]}}, "symmetric"),
 }
@@ -224,7 +237,8 @@ def signed(key: ClientKey, *, header: dict[str, Any] | None = None, **claims: An
     body = {"iss": CLIENT, "sub": CLIENT, "aud": TOKEN, "exp": stamp + 60, "iat": stamp,
             "jti": "j-1", **claims}
     body = {k: v for k, v in body.items() if v is not None}
-    return jwt.encode({"alg": "RS256", "kid": key.kid, **(header or {})}, body, key.key)
+    head = {"alg": "RS256", "kid": key.kid, **(header or {})}
+    return jwt.encode(head, body, key.key, algorithms=[head["alg"]])
 
 
 def verify(assertion: str, jwks: dict[str, Any]) -> Any:
@@ -274,6 +288,18 @@ def test_assertions_with_wrong_claims_are_refused(case: str) -> None:
     with pytest.raises(InvalidClient) as refused:
         verify(signed(key, **claims), key.jwks())
     assert reason in refused.value.description
+
+
+@pytest.mark.req("CIMD-PRIVATE-KEY-JWT")
+def test_an_assertion_is_signed_with_the_documents_algorithm_only() -> None:
+    key = ClientKey()
+    pss = signed(key, header={"alg": "PS256"})  # the same RSA key, another algorithm
+    assert verify(pss, key.jwks()).jti == "j-1"  # the document names none: any asymmetric
+    with pytest.raises(InvalidClient, match="must be signed with RS256, not 'PS256'"):
+        verify_client_assertion(pss, key_set(key.jwks()), client_id=CLIENT,
+                                audiences={TOKEN}, now=NOW, algorithms=("RS256",))
+    verify_client_assertion(signed(key), key_set(key.jwks()), client_id=CLIENT,
+                            audiences={TOKEN}, now=NOW, algorithms=("RS256",))
 
 
 @pytest.mark.req("CIMD-PRIVATE-KEY-JWT")

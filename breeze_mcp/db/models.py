@@ -336,6 +336,8 @@ oauth_clients = sa.Table(
     sa.Column("jwks", JSONB),
     sa.Column("jwks_fetched_at", sa.TIMESTAMP(timezone=True)),
     sa.Column("jwks_fresh_until", sa.TIMESTAMP(timezone=True)),
+    # The one algorithm its assertions must be signed with, when its document names one.
+    sa.Column("token_endpoint_auth_signing_alg", sa.Text),
     sa.CheckConstraint(
         "token_endpoint_auth_method IN ('none', 'client_secret_post', 'client_secret_basic',"
         " 'private_key_jwt')",

@@ -120,10 +120,17 @@ def _number(claims: Mapping[str, Any], name: str, *, required: bool = False) -> 
 
 
 def verify_client_assertion(assertion: str, keys: KeySet, *, client_id: str,
-                            audiences: Collection[str], now: dt.datetime) -> VerifiedAssertion:
+                            audiences: Collection[str], now: dt.datetime,
+                            algorithms: Collection[str] = ALGORITHMS) -> VerifiedAssertion:
     """The assertion checked against ``keys`` and the claims RFC 7523 §3 requires;
-    :class:`InvalidClient` (:class:`KeyNotFound` for an unknown ``kid``) saying what failed."""
+    :class:`InvalidClient` (:class:`KeyNotFound` for an unknown ``kid``) saying what failed.
+    ``algorithms``: those the client may sign with (its document's
+    ``token_endpoint_auth_signing_alg``, when it names one)."""
     header = _unverified(_segments(assertion)[0])
+    alg = header.get("alg")
+    if alg not in algorithms:
+        raise InvalidClient("the client assertion must be signed with "
+                            + " or ".join(sorted(algorithms)) + f", not {str(alg)[:40]!r}")
     # With a kid, the set finds the key; without one, each key is tried (RFC 7523 does not
     # require a kid).
     candidates: list[Any] = [keys] if "kid" in header or len(keys.keys) == 1 \
@@ -131,7 +138,7 @@ def verify_client_assertion(assertion: str, keys: KeySet, *, client_id: str,
     failure: InvalidClient | None = None
     for candidate in candidates:
         try:
-            token = jwt.decode(assertion, candidate, algorithms=list(ALGORITHMS))
+            token = jwt.decode(assertion, candidate, algorithms=list(algorithms))
             break
         except JoseError as exc:
             if exc.error == "invalid_key_id":

@@ -37,6 +37,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from breeze_mcp import audit
 from breeze_mcp.auth.oauth.assertions import (
+    ALGORITHMS,
     CLIENT_ASSERTION_TYPE,
     KeyNotFound,
     key_set,
@@ -110,6 +111,7 @@ class ClientDocument:
     software_version: str | None
     jwks_uri: str | None
     jwks: dict[str, Any] | None
+    signing_alg: str | None  # token_endpoint_auth_signing_alg: assertions use this one only
 
 
 def _string_list(body: Mapping[str, Any], name: str) -> list[str] | None:
@@ -158,7 +160,11 @@ def parse_document(client_id: str, body: Mapping[str, Any], *,
         raise DocumentRefused("client_name is required")
 
     jwks_uri, jwks = body.get("jwks_uri"), body.get("jwks")
+    signing_alg = body.get("token_endpoint_auth_signing_alg")
     if method == "private_key_jwt":
+        if signing_alg is not None and signing_alg not in ALGORITHMS:
+            raise DocumentRefused("token_endpoint_auth_signing_alg must be one of "
+                                  + ", ".join(ALGORITHMS) + " (an asymmetric signature)")
         if (jwks_uri is None) == (jwks is None):
             raise DocumentRefused("private_key_jwt needs exactly one of jwks and jwks_uri")
         if jwks_uri is not None:
@@ -172,7 +178,7 @@ def parse_document(client_id: str, body: Mapping[str, Any], *,
             except ValueError as exc:
                 raise DocumentRefused(f"jwks: {exc}") from None
     else:
-        jwks_uri = jwks = None  # keys of a public client are never used
+        jwks_uri = jwks = signing_alg = None  # a public client never signs an assertion
     supported = body.get("token_endpoint_auth_methods_supported")
     return ClientDocument(
         client_id=client_id, client_name=reg.client_name, redirect_uris=reg.redirect_uris,
@@ -184,6 +190,7 @@ def parse_document(client_id: str, body: Mapping[str, Any], *,
         contacts=reg.contacts, software_id=reg.software_id,
         software_version=reg.software_version, jwks_uri=jwks_uri,
         jwks=cast(dict[str, Any], jwks) if jwks is not None else None,
+        signing_alg=cast(str | None, signing_alg),
     )
 
 
@@ -293,9 +300,12 @@ class ClientDocuments:
         audiences = {issuer, f"{issuer}/token", endpoint}
         keys, just_fetched = await self._keys(client_id, row)
         now = dt.datetime.now(dt.UTC)
+        algorithms = ((row.token_endpoint_auth_signing_alg,)
+                      if row.token_endpoint_auth_signing_alg else ALGORITHMS)
         try:
             verified = verify_client_assertion(presented.assertion, keys, client_id=client_id,
-                                               audiences=audiences, now=now)
+                                               audiences=audiences, now=now,
+                                               algorithms=algorithms)
         except KeyNotFound:
             # A key the copy does not have: the client may have rotated its keys. Fetch
             # them again, unless they were fetched within the shortest cache time.
@@ -306,7 +316,8 @@ class ClientDocuments:
             keys = await self._once(f"keys {client_id}",
                                     lambda: self._fetch_keys(client_id, row))
             verified = verify_client_assertion(presented.assertion, keys, client_id=client_id,
-                                               audiences=audiences, now=now)
+                                               audiences=audiences, now=now,
+                                               algorithms=algorithms)
         await use_assertion(self._db, client_id, verified)
         return client
 
@@ -383,6 +394,7 @@ class ClientDocuments:
             "contacts": list(document.contacts), "software_id": document.software_id,
             "software_version": document.software_version,
             "jwks_uri": document.jwks_uri, "jwks": document.jwks,
+            "token_endpoint_auth_signing_alg": document.signing_alg,
             "jwks_fetched_at": None, "jwks_fresh_until": None,
             "document_fetched_at": now,
             "document_fresh_until": now + dt.timedelta(seconds=fresh),

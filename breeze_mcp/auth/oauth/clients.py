@@ -180,7 +180,7 @@ _CLIENT_LOOKUP = prepared(
     "SELECT client_id, token_endpoint_auth_method, redirect_uris, grant_types, client_name,"
     " client_uri, scope, secret_digest, none_fallback, document_fetched_at,"
     " document_fresh_until, document_stale_until, jwks_uri, jwks, jwks_fetched_at,"
-    " jwks_fresh_until, now() AS db_now FROM oauth_clients"
+    " jwks_fresh_until, token_endpoint_auth_signing_alg, now() AS db_now FROM oauth_clients"
     " WHERE client_id = %s AND (expires_at IS NULL OR expires_at > now())"
 )
 
