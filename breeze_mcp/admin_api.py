@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from breeze_mcp import audit
 from breeze_mcp.auth import oauth
+from breeze_mcp.auth.oauth import apps
 from breeze_mcp.auth.principal import ADMIN_ROLES, SCOPE_CEILING, Principal
 from breeze_mcp.db.engine import Transaction
 from breeze_mcp.edge import (
@@ -254,17 +255,22 @@ async def list_grants(request: Request, principal: Principal, tx: Transaction) -
 async def revoke_one_grant(request: Request, principal: Principal,
                            tx: Transaction) -> Response:
     services: Services = request.app.state.services
+    context = request_context(request, services)
+    raw_id = request.path_params["grant_id"]
     try:
-        grant_id = uuid.UUID(request.path_params["grant_id"])
+        grant_id = uuid.UUID(raw_id)
     except ValueError:  # not a UUID (NUL, too long, junk): no grant has that id
-        return refused("not_found", "no such grant", 404)
-    revoked = await oauth.revoke_grant(
+        grant_id = None
+    revoked = grant_id is not None and await oauth.revoke_grant(
         tx, principal.tenant_id, grant_id, reason="revoked_by_admin",
         actor_type=principal.actor_type, actor_id=principal.actor_id,
-        request=request_context(request, services), auth_path=principal.auth_path,
+        request=context, auth_path=principal.auth_path,
         acting_user_id=principal.acting_user_id,
     )
-    if not revoked:
+    if not revoked:  # audited like any refusal: someone asked for a grant that is not there
+        await apps.refuse(tx, principal, context, "oauth.grant_revoked", "not_found",
+                          "no live grant with that id", None, {"grant_id": raw_id})
+        await tx.finish(None)
         return refused("not_found", "no live grant with that id", 404)
     await tx.finish(None)  # the revocation carries its own entry
     return JSONResponse({"revoked": [str(grant_id)]})
@@ -279,12 +285,16 @@ async def revoke_client_grants(request: Request, principal: Principal,
                                tx: Transaction) -> Response:
     services: Services = request.app.state.services
     client_id = request.path_params["client_id"]
+    context = request_context(request, services)
     if not oauth.plausible_client_id(client_id):  # no client could have it
+        await apps.refuse(tx, principal, context, "oauth.grant_revoked", "not_found",
+                          "no such client", None, {"client_id": client_id})
+        await tx.finish(None)
         return refused("not_found", "no such client", 404)
     ids = await oauth.revoke_client_grants(
         tx, principal.tenant_id, client_id, reason="client_revoked_by_admin",
         actor_type=principal.actor_type, actor_id=principal.actor_id,
-        request=request_context(request, services), auth_path=principal.auth_path,
+        request=context, auth_path=principal.auth_path,
         acting_user_id=principal.acting_user_id,
     )
     await tx.finish(None)  # each revocation carries its own entry

@@ -109,9 +109,11 @@ def governs(principal: Principal) -> bool:
     return principal.role in ADMIN_ROLES
 
 
-async def _refuse(tx: Transaction, principal: Principal, request: RequestContext, action: str,
-                  refusal: Refusal, message: str, client_id: str | None,
-                  parameters: dict[str, Any]) -> Outcome:
+async def refuse(tx: Transaction, principal: Principal, request: RequestContext, action: str,
+                 refusal: Refusal, message: str, client_id: str | None,
+                 parameters: dict[str, Any]) -> Outcome:
+    """Audit a refused request (in ``tx``, which the caller finishes) and say why: a request
+    for what is not there is allowed but fails; one the role may not make is blocked."""
     entry = principal.audit_entry(
         request, action=action, parameters=parameters,
         decision="allowed" if refusal == "not_found" else "denied",
@@ -187,7 +189,7 @@ async def disconnect(tx: Transaction, principal: Principal, grant_id: uuid.UUID,
                                      reason="revoked_by_admin", **_revoker(principal, request))
     if revoked:
         return Outcome(revoked=(grant_id,))
-    return await _refuse(tx, principal, request, "oauth.grant_revoked", "not_found",
+    return await refuse(tx, principal, request, "oauth.grant_revoked", "not_found",
                          "no such connection", None, {"grant_id": str(grant_id)})
 
 
@@ -196,7 +198,7 @@ async def disconnect_everywhere(tx: Transaction, principal: Principal, client_id
     """An owner or admin revokes every live grant of the client in the tenant, all in
     ``tx`` (one ``oauth.grant_revoked`` each)."""
     if not governs(principal):
-        return await _refuse(tx, principal, request, "oauth.grant_revoked", "forbidden",
+        return await refuse(tx, principal, request, "oauth.grant_revoked", "forbidden",
                              "only owners and admins disconnect an app everywhere", client_id,
                              {"client_id": client_id, "everywhere": True})
     ids = await revoke_client_grants(tx, principal.tenant_id, client_id,
@@ -215,16 +217,16 @@ async def block_client(tx: Transaction, principal: Principal, client_id: str,
     action = "oauth.client_blocked"
     asked = {"client_id": client_id, "days": days, "until": until}
     if not governs(principal):
-        return await _refuse(tx, principal, request, action, "forbidden",
+        return await refuse(tx, principal, request, action, "forbidden",
                              "only owners and admins block an app", client_id, asked)
     try:
         end = blocks.block_end(now or dt.datetime.now(dt.UTC), days=days, until=until)
     except ValueError as exc:
-        return await _refuse(tx, principal, request, action, "invalid", str(exc), client_id,
+        return await refuse(tx, principal, request, action, "invalid", str(exc), client_id,
                              asked)
     client = await blocks.lock_client(tx, client_id)
     if client is None:
-        return await _refuse(tx, principal, request, action, "not_found", "no such client",
+        return await refuse(tx, principal, request, action, "not_found", "no such client",
                              None, asked)
     replaced = await blocks.put_block(tx, principal.tenant_id, client_id, end,
                                       principal.acting_user_id)
@@ -244,12 +246,12 @@ async def unblock_client(tx: Transaction, principal: Principal, client_id: str,
     grant it again (the grants the block revoked stay revoked)."""
     action = "oauth.client_unblocked"
     if not governs(principal):
-        return await _refuse(tx, principal, request, action, "forbidden",
+        return await refuse(tx, principal, request, action, "forbidden",
                              "only owners and admins unblock an app", client_id,
                              {"client_id": client_id})
     was = await blocks.lift_block(tx, principal.tenant_id, client_id, principal.acting_user_id)
     if was is None:
-        return await _refuse(tx, principal, request, action, "not_found",
+        return await refuse(tx, principal, request, action, "not_found",
                              "this app is not blocked", client_id,
                              {"client_id": client_id})
     entry = principal.audit_entry(
