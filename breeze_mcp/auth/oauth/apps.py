@@ -46,6 +46,7 @@ __all__ = [
     "disconnect",
     "disconnect_everywhere",
     "governs",
+    "refuse",
     "tenant_clients",
     "unblock_client",
 ]
