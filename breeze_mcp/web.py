@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -21,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jinja2
+from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -75,6 +77,25 @@ _templates = jinja2.Environment(
     autoescape=jinja2.select_autoescape(["html"]),
     undefined=jinja2.StrictUndefined,
 )
+
+
+def _when(value: object, missing: str = "never") -> Markup:
+    """The ``when`` filter: a moment as people read it (``2026-11-29 19:22 UTC``) in a
+    ``<time>`` element that keeps the exact value; a datetime, or the ISO text a tool's result
+    carries. Text that is not a moment is shown as it is; none is ``missing``."""
+    if value is None or value == "":
+        return Markup("{}").format(missing)
+    moment = value if isinstance(value, dt.datetime) else None
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            moment = dt.datetime.fromisoformat(value)
+    if moment is None or moment.tzinfo is None:
+        return Markup("{}").format(value)
+    return Markup('<time datetime="{}">{}</time>').format(moment.isoformat(),
+                                                          oauth.blocks.utc_text(moment))
+
+
+_templates.filters["when"] = _when
 
 _MESSAGES = {"disconnected": "Disconnected: the app's access ended at once."}
 

@@ -9,6 +9,7 @@ five minutes; Tier 4 is refused; forms without a CSRF token change nothing.
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 import re
 import uuid
@@ -81,6 +82,11 @@ def test_a_page_is_a_tool_call_audited_as_the_session(world: OAuthWorld) -> None
         assert page.status_code == 200 and "Devices" in page.text
         hostnames = [r[0] for r in world.owner_sql("SELECT hostname FROM devices")]
         assert all(h in page.text for h in hostnames)
+        # Times as people read them, the exact value kept in <time datetime>.
+        seen = world.owner_sql("SELECT last_seen_at FROM devices WHERE last_seen_at IS NOT NULL"
+                               " ORDER BY last_seen_at DESC LIMIT 1")[0][0]
+        shown = f"{seen.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC"
+        assert re.search(r'<time datetime="[^"]+">' + re.escape(shown) + "</time>", page.text)
         [entry] = entries(world, since, action="list_devices")
         session_id = superuser_sql(
             world.test_db, "SELECT s.id FROM web_sessions s JOIN users u ON u.id = s.user_id"
