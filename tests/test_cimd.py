@@ -352,6 +352,36 @@ def test_a_fresh_document_costs_no_fetch(world: OAuthWorld, host: DocumentHost,
     assert host.hits[jwks_path] == 1
 
 
+@pytest.mark.req("CIMD-PRIVATE-KEY-JWT", "CIMD-CACHE")
+def test_a_changed_signing_algorithm_takes_effect_at_the_next_fetch_and_is_audited(
+        world: OAuthWorld, host: DocumentHost) -> None:
+    key = ClientKey()
+    jwks_uri = host.publish(host.fresh_path("jwks"), key.jwks(), max_age=0)
+    path = host.fresh_path("chatgpt")
+    client_id = host.url(path)
+    document = chatgpt_document(client_id, jwks_uri)  # RS256
+    host.publish(path, document, max_age=0)
+    token_endpoint = f"{world.url}/token"
+
+    def authenticated(alg: str) -> bool:
+        r = refresh(world, client_id, "bzr_00000000000000000000000000000000_unknown",
+                    client_assertion_type=JWT_BEARER,
+                    client_assertion=key.assertion(client_id, token_endpoint,
+                                                   header={"alg": alg}))
+        assert r.json()["error"] in ("invalid_grant", "invalid_client"), r.text
+        return bool(r.json()["error"] == "invalid_grant")  # past client authentication
+
+    assert authenticated("RS256") and not authenticated("PS256")
+    host.publish(path, {**document, "token_endpoint_auth_signing_alg": "PS256"}, max_age=0)
+    assert authenticated("PS256") and not authenticated("RS256")
+    changes = [p for a, p in client_entries(world, client_id)
+               if a == "oauth.client_document_changed"]
+    assert changes == [{"signing_alg": {"from": "RS256", "to": "PS256"}}]
+    added = next(p for a, p in client_entries(world, client_id)
+                 if a == "oauth.client_document_added")
+    assert (added["client_authentication"], added["signing_alg"]) == ("private_key_jwt", "RS256")
+
+
 @pytest.mark.req("CIMD-CACHE", "CIMD-REDIRECTS")
 def test_a_changed_document_takes_effect_at_the_next_fetch(
     world: OAuthWorld, host: DocumentHost, human: HumanAgent,

