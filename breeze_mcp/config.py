@@ -203,6 +203,11 @@ class Settings(BaseSettings):
         86400, ge=60, le=7 * 86400,
         description="Longest time a client's metadata document (and its key set) is used "
         "without fetching it again, seconds; without cache headers, an hour within the bounds.")
+    cimd_new_client_rate_limit: str = Field(
+        "30/minute",
+        description="Metadata documents of clients Breeze has not seen fetched per source "
+        "address (IPv6 folded to /64): a request naming a new document URL makes Breeze fetch "
+        "it before anyone signs in.")
     cimd_stale_ttl: int = Field(
         86400, ge=0, le=7 * 86400,
         description="How long after it stops being fresh a client's metadata document is "
@@ -362,7 +367,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("api_key_rate_limit", "grant_rate_limit", "console_rate_limit",
-                     "dcr_rate_limit",
+                     "dcr_rate_limit", "cimd_new_client_rate_limit",
                      "dcr_global_rate_limit", "auth_failure_rate_limit", "signup_rate_limit")
     @classmethod
     def _check_limit(cls, value: str) -> str:

@@ -232,7 +232,8 @@ async def authorize(request: Request) -> Response:
         return error_page(request, "Unknown application",
                           "The request does not name exactly one client_id.")
     try:
-        client = await services.client_documents.find_client(client_ids[0])
+        client = await services.client_documents.find_client(
+            client_ids[0], rate_limit_key(request_context(request, services).client_ip or ""))
     except InvalidClient as exc:  # a metadata document that cannot be had or used
         return error_page(request, "Application not recognised",
                           f"Breeze could not verify this application: {exc.description}.",
@@ -423,7 +424,8 @@ async def _client_from_form(request: Request, services: Services, form: Fields,
         secret=form.get("client_secret"), assertion_type=form.get("client_assertion_type"),
         assertion=form.get("client_assertion"))
     return await services.client_documents.authenticate(
-        presented, endpoint=f"{services.settings.issuer}/{endpoint}")
+        presented, endpoint=f"{services.settings.issuer}/{endpoint}",
+        source=rate_limit_key(request_context(request, services).client_ip or ""))
 
 
 async def _read_form(request: Request, services: Services) -> Fields:

@@ -54,14 +54,15 @@ def build_services(settings: Settings, db: Database, registry: Registry | None =
     from breeze_mcp.tools import default_registry
 
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    limiter = RateLimiter(redis_url)
     return Services(
         settings=settings,
         db=db,
         registry=registry if registry is not None else default_registry(),
-        limiter=RateLimiter(redis_url),
+        limiter=limiter,
         trusted_proxies=parse_networks(settings.trusted_proxies),
         mailer=Mailer(settings, settings.state_dir / "outbox"),
-        client_documents=ClientDocuments(db, settings),
+        client_documents=ClientDocuments(db, settings, limiter),
         allowed_hosts=allowed_hosts(settings.public_url),
         allowed_origins=frozenset(
             o.rstrip("/").lower() for o in (settings.public_url, *settings.allowed_origins)),

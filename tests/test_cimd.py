@@ -69,8 +69,11 @@ def host(ca: ClientCA) -> Iterator[DocumentHost]:
 
 
 def cimd_settings(ca: ClientCA, **overrides: Any) -> dict[str, Any]:
+    # Every test here names new documents from one address: no per-source limit on them
+    # but where a test sets one.
     return {"cimd_allow_loopback_hosts": "localhost", "cimd_ca_bundle": str(ca.bundle),
-            "cimd_cache_min_ttl": 0, **overrides}
+            "cimd_cache_min_ttl": 0, "cimd_new_client_rate_limit": "100000/minute",
+            **overrides}
 
 
 @pytest.fixture(scope="module")
@@ -571,6 +574,35 @@ def test_without_the_development_setting_loopback_documents_are_refused(
         body = oauth_error(refresh(strict, client_id, "bzr_unknown"), 401, "invalid_client")
         assert "(loopback)" in body["error_description"], body
     assert host.hits[path] == 0
+
+
+@pytest.mark.req("CIMD-FETCH-HARDENED")
+def test_a_source_fetches_only_so_many_new_documents(
+    test_db: ProvisionedDatabase, tmp_path_factory: pytest.TempPathFactory, ca: ClientCA,
+    host: DocumentHost,
+) -> None:
+    # Anyone can name a new document URL before signing in, and each makes Breeze fetch it:
+    # a source gets a few such fetches a minute. Known documents are not counted.
+    paths = [host.fresh_path("claude-code") for _ in range(3)]
+    ids = [host.publish(p, claude_code_document(host.url(p))) for p in paths]
+    for limited in module_world(test_db, tmp_path_factory,
+                                **cimd_settings(ca, cimd_new_client_rate_limit="2/minute")):
+        _, challenge = pkce_pair()
+        for client_id in ids[:2]:
+            r = httpx.get(authorize_url(limited, client_id, challenge,
+                                        redirect_uri=LOOPBACK_CALLBACK), timeout=30)
+            assert r.status_code == 200 and "Claude Code" in r.text, r.text[:300]
+        r = httpx.get(authorize_url(limited, ids[2], challenge, redirect_uri=LOOPBACK_CALLBACK),
+                      timeout=30)
+        assert r.status_code == 400 and "too many new client metadata documents" in r.text
+        body = oauth_error(refresh(limited, ids[2], "bzr_unknown"), 401, "invalid_client")
+        assert "try again in" in body["error_description"]
+        assert host.hits[paths[2]] == 0  # refused before any fetch
+        # A document already known is still served: its copy is fresh.
+        r = httpx.get(authorize_url(limited, ids[0], challenge, redirect_uri=LOOPBACK_CALLBACK),
+                      timeout=30)
+        assert r.status_code == 200
+    assert host.hits[paths[0]] == 1
 
 
 # Consent ------------------------------------------------------------------------------------
