@@ -266,15 +266,21 @@ def _tools(console: Console) -> dict[str, ToolSpec]:
     return {spec.name: spec for spec in console.services.registry}
 
 
-async def devices_page(request: Request) -> Response:
-    """``/console/devices``: ``list_devices`` with the page's filters."""
+async def _listing_page(request: Request, page: str, tool: str, template: str) -> Response:
+    """A page of one listing tool's results, the query string its filters (the arguments
+    its schema has)."""
     query = page_query(request)
     if isinstance(query, Response):
         return query
     services: Services = request.app.state.services
-    arguments = _query_arguments(services.registry.get("list_devices"), query)
-    return await _tool_page(request, "devices", [("list_devices", arguments)], "devices.html",
+    arguments = _query_arguments(services.registry.get(tool), query)
+    return await _tool_page(request, page, [(tool, arguments)], template,
                             {"filters": _filters(arguments)})
+
+
+async def devices_page(request: Request) -> Response:
+    """``/console/devices``: ``list_devices`` with the page's filters."""
+    return await _listing_page(request, "devices", "list_devices", "devices.html")
 
 
 async def device_page(request: Request) -> Response:
@@ -293,13 +299,7 @@ async def device_page(request: Request) -> Response:
 
 async def alerts_page(request: Request) -> Response:
     """``/console/alerts``: ``query_alerts`` with the page's filters, and the alert actions."""
-    query = page_query(request)
-    if isinstance(query, Response):
-        return query
-    services: Services = request.app.state.services
-    arguments = _query_arguments(services.registry.get("query_alerts"), query)
-    return await _tool_page(request, "alerts", [("query_alerts", arguments)], "alerts.html",
-                            {"filters": _filters(arguments)})
+    return await _listing_page(request, "alerts", "query_alerts", "alerts.html")
 
 
 def _filters(arguments: Mapping[str, Any]) -> dict[str, Any]:
