@@ -32,7 +32,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from breeze_mcp.auth import oauth
-from breeze_mcp.auth.client_ip import rate_limit_key
 from breeze_mcp.auth.oauth.errors import (
     InvalidClient,
     InvalidClientMetadata,
@@ -49,7 +48,7 @@ from breeze_mcp.auth.oauth.registration import (
     redirect_uri_matches,
     validate_registration,
 )
-from breeze_mcp.auth.principal import ALL_SCOPES, effective_scopes
+from breeze_mcp.auth.principal import ALL_SCOPES, RequestContext, effective_scopes
 from breeze_mcp.edge import read_body, request_context
 from breeze_mcp.forms import Fields, FormError, read_form, read_query
 from breeze_mcp.services import Services
@@ -155,7 +154,7 @@ async def register(request: Request) -> Response:
     services = _services(request)
     ctx = request_context(request, services)
     decision = await services.limiter.hit(
-        f"dcr-ip:{rate_limit_key(ctx.client_ip or '')}", services.settings.dcr_rate_limit)
+        f"dcr-ip:{ctx.rate_key}", services.settings.dcr_rate_limit)
     try:
         if not decision.allowed:
             raise TemporarilyUnavailable("too many registrations from this address",
@@ -216,6 +215,7 @@ async def _refused_before_approval(request: Request, services: Services, client:
 
 async def authorize(request: Request) -> Response:
     services = _services(request)
+    ctx = request_context(request, services)
     form: Fields | None = None
     try:
         if request.method == "POST":
@@ -233,7 +233,7 @@ async def authorize(request: Request) -> Response:
                           "The request does not name exactly one client_id.")
     try:
         client = await services.client_documents.find_client(
-            client_ids[0], rate_limit_key(request_context(request, services).client_ip or ""))
+            client_ids[0], ctx.rate_key)
     except InvalidClient as exc:  # a metadata document that cannot be had or used
         return error_page(request, "Application not recognised",
                           f"Breeze could not verify this application: {exc.description}.",
@@ -309,7 +309,6 @@ async def authorize(request: Request) -> Response:
     if not granted:
         return _redirect(redirect_uri, {"error": "access_denied",
                                         "error_description": "no scope was granted", **base})
-    ctx = request_context(request, services)
     try:
         code = await oauth.create_authorization(
             services.db, services.settings, tenant_id=tenant_id, client=client,
@@ -416,7 +415,7 @@ def _basic_credentials(request: Request) -> tuple[str, str] | None:
 
 
 async def _client_from_form(request: Request, services: Services, form: Fields,
-                            endpoint: str) -> oauth.Client:
+                            endpoint: str, ctx: RequestContext) -> oauth.Client:
     """The client that sent ``form`` to ``endpoint`` (``token`` or ``revoke``),
     authenticated."""
     presented = oauth.PresentedClient(
@@ -425,7 +424,7 @@ async def _client_from_form(request: Request, services: Services, form: Fields,
         assertion=form.get("client_assertion"))
     return await services.client_documents.authenticate(
         presented, endpoint=f"{services.settings.issuer}/{endpoint}",
-        source=rate_limit_key(request_context(request, services).client_ip or ""))
+        source=ctx.rate_key)
 
 
 async def _read_form(request: Request, services: Services) -> Fields:
@@ -457,7 +456,7 @@ async def token(request: Request) -> Response:
     ctx = request_context(request, services)
     try:
         form = await _read_form(request, services)
-        client = await _client_from_form(request, services, form, "token")
+        client = await _client_from_form(request, services, form, "token", ctx)
         asked = oauth.parse_token_request(form)
         if isinstance(asked, oauth.AuthorizationCodeRequest):
             result = await oauth.exchange_code(services.db, services.settings, client, asked,
@@ -472,14 +471,14 @@ async def token(request: Request) -> Response:
 
 async def revoke(request: Request) -> Response:
     services = _services(request)
+    ctx = request_context(request, services)
     try:
         form = await _read_form(request, services)
-        client = await _client_from_form(request, services, form, "revoke")
+        client = await _client_from_form(request, services, form, "revoke", ctx)
         value = form.get("token")
         if not value:
             raise InvalidRequest("token is required")
-        await oauth.revoke_token(services.db, client, value, form.get("token_type_hint"),
-                                 request_context(request, services))
+        await oauth.revoke_token(services.db, client, value, form.get("token_type_hint"), ctx)
     except OAuthError as exc:
         return _error_response(exc, request)
     return Response(status_code=200, headers=NO_STORE)

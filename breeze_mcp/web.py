@@ -29,7 +29,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from breeze_mcp import audit
 from breeze_mcp.auth import mfa, oauth, password_reset, sessions, signup
-from breeze_mcp.auth.client_ip import rate_limit_key
 from breeze_mcp.auth.passwords import verify_password
 from breeze_mcp.auth.principal import RequestContext
 from breeze_mcp.edge import request_context
@@ -289,7 +288,7 @@ async def login_submit(request: Request) -> Response:
                           "This form is no longer valid. Go back, reload the page and try again.",
                           status=403)
     ctx = request_context(request, services)
-    for bucket, limit in ((f"login-ip:{rate_limit_key(ctx.client_ip or '')}", LOGIN_IP_LIMIT),
+    for bucket, limit in ((f"login-ip:{ctx.rate_key}", LOGIN_IP_LIMIT),
                           (f"login-email:{email.lower()}", LOGIN_ACCOUNT_LIMIT)):
         decision = await services.limiter.hit(bucket, limit)
         if not decision.allowed:

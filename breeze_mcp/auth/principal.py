@@ -14,6 +14,7 @@ from typing import Any
 
 # The audit log defines who can act and through which door; a Principal uses the same words.
 from breeze_mcp.audit import ActorType, AuditEntry, AuthPath
+from breeze_mcp.auth.client_ip import rate_limit_key
 
 __all__ = [
     "ADMIN_ROLES",
@@ -71,6 +72,11 @@ class RequestContext:
     request_id: str
     client_ip: str | None = None
     user_agent: str | None = None
+
+    @property
+    def rate_key(self) -> str:
+        """The client's address as per-source rate limits count it (IPv6 folded to /64)."""
+        return rate_limit_key(self.client_ip or "")
 
 
 @dataclass(frozen=True)

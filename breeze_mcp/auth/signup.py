@@ -26,7 +26,6 @@ from breeze_mcp import audit
 from breeze_mcp.auth import mail_links
 from breeze_mcp.auth.accounts import AccountError, normalise_email
 from breeze_mcp.auth.billing import activate_if_ready
-from breeze_mcp.auth.client_ip import rate_limit_key
 from breeze_mcp.auth.passwords import check_strength, hash_password
 from breeze_mcp.auth.principal import RequestContext
 from breeze_mcp.auth.rate_limit import RateDecision, RateLimiter
@@ -55,7 +54,7 @@ async def hit_limit(limiter: RateLimiter, settings: Settings,
     """Count a sign-up, a verification resend or a password-reset request (anything an
     anonymous caller can make us mail) against its source address (IPv6 /64): the one limit
     the API and the pages share (``BREEZE_SIGNUP_RATE_LIMIT``)."""
-    return await limiter.hit(f"signup:{rate_limit_key(request.client_ip or '')}",
+    return await limiter.hit(f"signup:{request.rate_key}",
                              settings.signup_rate_limit)
 
 
