@@ -232,8 +232,7 @@ async def authorize(request: Request) -> Response:
         return error_page(request, "Unknown application",
                           "The request does not name exactly one client_id.")
     try:
-        client = await services.client_documents.find_client(
-            client_ids[0], ctx.rate_key)
+        client = await services.client_documents.find_client(client_ids[0], ctx)
     except InvalidClient as exc:  # a metadata document that cannot be had or used
         return error_page(request, "Application not recognised",
                           f"Breeze could not verify this application: {exc.description}.",
@@ -424,7 +423,7 @@ async def _client_from_form(request: Request, services: Services, form: Fields,
         assertion=form.get("client_assertion"))
     return await services.client_documents.authenticate(
         presented, endpoint=f"{services.settings.issuer}/{endpoint}",
-        source=ctx.rate_key)
+        request=ctx)
 
 
 async def _read_form(request: Request, services: Services) -> Fields:

@@ -57,6 +57,7 @@ from breeze_mcp.auth.oauth.clients import (
 from breeze_mcp.auth.oauth.errors import InvalidClient, RegistrationError
 from breeze_mcp.auth.oauth.fetch import DocumentFetcher, FetchFailed
 from breeze_mcp.auth.oauth.registration import https_url_problem, validate_registration
+from breeze_mcp.auth.principal import RequestContext
 from breeze_mcp.auth.rate_limit import RateLimiter
 from breeze_mcp.config import Settings
 from breeze_mcp.db import Database
@@ -269,24 +270,23 @@ class ClientDocuments:
 
     # -- use ------------------------------------------------------------------------------
 
-    async def find_client(self, client_id: str, source: str) -> Client | None:
+    async def find_client(self, client_id: str, request: RequestContext) -> Client | None:
         """The client named ``client_id``, or None when there is none (a metadata document
-        that cannot be had is :class:`InvalidClient` instead). ``source``: the request's
-        rate-limit key (:func:`~breeze_mcp.auth.client_ip.rate_limit_key`), which pays for
+        that cannot be had is :class:`InvalidClient` instead). ``request``'s source pays for
         the fetch of a document never seen before."""
-        found = await self._resolve(client_id, source)
+        found = await self._resolve(client_id, request)
         return found[0] if found else None
 
     async def authenticate(self, presented: PresentedClient, *, endpoint: str,
-                           source: str) -> Client:
+                           request: RequestContext) -> Client:
         """RFC 6749 §2.3 client authentication at ``endpoint`` (the URL called): a secret,
         a ``private_key_jwt`` assertion (RFC 7523 §2.2), or none for a public client.
-        ``source`` as for :meth:`find_client`."""
+        ``request`` as for :meth:`find_client`."""
         if presented.assertion is None and presented.assertion_type is None:
             client_id = presented.basic[0] if presented.basic else presented.client_id
             if not client_id:
                 raise InvalidClient("client authentication is required")
-            return authenticate_client(await self.find_client(client_id, source),
+            return authenticate_client(await self.find_client(client_id, request),
                                        basic=presented.basic, form_secret=presented.secret,
                                        form_client_id=presented.client_id)
         if presented.assertion_type != CLIENT_ASSERTION_TYPE:
@@ -296,7 +296,7 @@ class ClientDocuments:
         if presented.basic is not None or presented.secret is not None:
             raise InvalidClient("use one client authentication method, not several")
         client_id = presented.client_id or unverified_issuer(presented.assertion)
-        found = await self._resolve(client_id, source) if client_id else None
+        found = await self._resolve(client_id, request) if client_id else None
         if found is None or client_id is None:
             raise InvalidClient("unknown client_id")
         client, row = found
@@ -327,7 +327,7 @@ class ClientDocuments:
         await use_assertion(self._db, client_id, verified)
         return client
 
-    async def _resolve(self, client_id: str, source: str
+    async def _resolve(self, client_id: str, request: RequestContext
                        ) -> tuple[Client, Row | None] | None:
         """The client, with its row when it is a metadata-document one."""
         if not client_id.startswith(DOCUMENT_CLIENT_ID_PREFIX):
@@ -342,7 +342,7 @@ class ClientDocuments:
             return client_from_row(row), row
         if row is None:
             # Anyone can name a new URL before signing in: each source fetches so many.
-            decision = await self._limiter.hit(f"cimd-new:{source}",
+            decision = await self._limiter.hit(f"cimd-new:{request.rate_key}",
                                                self._settings.cimd_new_client_rate_limit)
             if not decision.allowed:
                 raise InvalidClient(
