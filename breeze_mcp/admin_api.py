@@ -26,7 +26,6 @@ from typing import Any, Literal
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from breeze_mcp import audit
 from breeze_mcp.auth import oauth
@@ -40,6 +39,7 @@ from breeze_mcp.edge import (
     meter,
     request_context,
 )
+from breeze_mcp.http_request import Route
 from breeze_mcp.services import Services
 
 __all__ = [

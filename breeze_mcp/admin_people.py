@@ -27,7 +27,6 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
 
 from breeze_mcp.admin_api import admin_endpoint, admin_entry, in_path, refused
 from breeze_mcp.auth import api_keys, invitations, members, sessions
@@ -37,6 +36,7 @@ from breeze_mcp.console import Console, console_render, open_console
 from breeze_mcp.db.engine import State, Transaction
 from breeze_mcp.edge import read_body, request_context
 from breeze_mcp.forms import Fields
+from breeze_mcp.http_request import Route
 from breeze_mcp.json_wire import loads
 from breeze_mcp.services import Services
 from breeze_mcp.web import (

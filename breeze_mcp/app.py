@@ -17,7 +17,6 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from breeze_mcp import (
@@ -44,6 +43,7 @@ from breeze_mcp.errors import (
     http_error,
     unexpected_error,
 )
+from breeze_mcp.http_request import Route
 from breeze_mcp.mcp_endpoint import handle_mcp
 from breeze_mcp.services import build_services
 

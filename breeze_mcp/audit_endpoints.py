@@ -19,7 +19,6 @@ from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
 
 from breeze_mcp import audit
 from breeze_mcp.admin_api import admin_endpoint, refused
@@ -42,6 +41,7 @@ from breeze_mcp.console import ADMIN_ROLES, Console, console_render, open_consol
 from breeze_mcp.db.engine import Transaction
 from breeze_mcp.edge import request_context
 from breeze_mcp.forms import Fields, FormError, read_query
+from breeze_mcp.http_request import Route
 from breeze_mcp.services import Services
 from breeze_mcp.web import page_query
 

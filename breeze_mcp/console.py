@@ -29,7 +29,6 @@ from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Route
 
 from breeze_mcp.auth import mfa, sessions
 from breeze_mcp.auth.accounts import Organization, organizations_of
@@ -38,6 +37,7 @@ from breeze_mcp.auth.passwords import verify_password
 from breeze_mcp.auth.principal import ADMIN_ROLES, Principal, RequestContext
 from breeze_mcp.db.engine import State, Transaction
 from breeze_mcp.edge import meter, request_context
+from breeze_mcp.http_request import Route
 from breeze_mcp.pipeline import CallResult, call_tool
 from breeze_mcp.rest import ERROR_STATUS
 from breeze_mcp.services import Services

@@ -17,11 +17,11 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import Route
 
 from breeze_mcp.auth.oauth import apps, blocks, plausible_client_id
 from breeze_mcp.console import Console, console_render, open_console
 from breeze_mcp.forms import Fields
+from breeze_mcp.http_request import Route
 from breeze_mcp.web import checked_form, error_page, page_query
 
 __all__ = [

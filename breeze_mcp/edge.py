@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.datastructures import Headers
 from starlette.requests import Request
 
 from breeze_mcp.auth import api_keys, auth_failures, oauth
@@ -22,6 +23,7 @@ from breeze_mcp.auth.principal import ALL_SCOPES, AuthPath, Principal, RequestCo
 from breeze_mcp.auth.rate_limit import RateDecision
 from breeze_mcp.auth.tokens import tenant_of
 from breeze_mcp.db.engine import Transaction
+from breeze_mcp.http_request import repeated
 from breeze_mcp.services import Services
 
 __all__ = [
@@ -99,10 +101,16 @@ def bearer_challenge(
     return "Bearer " + ", ".join(parts)
 
 
-def _bearer_token(headers: Mapping[str, str]) -> str | None:
+def _bearer_token(headers: Headers) -> str | None:
+    """The bearer token; None when no credential was sent; "" when what was sent is not one
+    bearer token (``invalid_request``), a repeated ``Authorization`` included: which copy
+    would a proxy have checked? (RFC 6750 §3.1: a request that "repeats the same
+    parameter")."""
     value = headers.get("authorization")
     if not value:
         return None
+    if repeated(headers, "authorization"):
+        return ""
     scheme, _, token = value.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return ""
@@ -175,7 +183,9 @@ async def bearer_transaction(
         return
     if token == "":
         yield await _failed(request, services, AuthFailure(
-            "invalid_request", "use Authorization: Bearer <token>"), "malformed", None)
+            "invalid_request", "send one Authorization header, not several"
+            if repeated(request.headers, "authorization")
+            else "use Authorization: Bearer <token>"), "malformed", None)
         return
     prefix = token.split("_", 1)[0]
     tenant_id = tenant_of(token, prefix) if prefix in _REFUSED else None

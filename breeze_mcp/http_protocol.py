@@ -16,6 +16,11 @@ request pays one comparison. The parser keeps an unfinished line to itself, so t
 arrive while a head is incomplete are counted too, whole, from the read after the one in which
 the head began (that one may also hold the end of the previous request of a kept-alive
 connection): a line that never ends is refused after at most one read (256 KiB) and the bound.
+
+It also holds RFC 9112 §3.2: an HTTP/1.1 request without a ``Host`` header, or any request
+with more than one, is answered 400 and the connection closed. Two ``Host`` lines are where a
+proxy and the server could each read a different one (uvicorn would hand both to the
+application, which reads the first); the check is one dict built in C per request.
 """
 
 from __future__ import annotations
@@ -39,8 +44,8 @@ _TOO_LARGE: Final = (
 )
 
 
-class _HeadTooLarge(Exception):
-    """Raised in a parser callback to stop parsing a head over the bound."""
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing a head refused before the application."""
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -51,6 +56,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _head_began = False  # ... and that message began in the read being parsed
     _later_reads = 0  # bytes of the reads since the one in which the head began
     _too_large = False
+    _host_refusal = ""  # why the head's Host lines are refused (400)
 
     def data_received(self, data: bytes) -> None:
         self._read = len(data)
@@ -77,14 +83,34 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if (self._read > MAX_HEAD_BYTES or not self._head_began) and self._head_size(
                 ) > MAX_HEAD_BYTES:
             self._too_large = True
-            raise _HeadTooLarge  # the parser stops; uvicorn answers with send_400_response
+            raise _Refused  # the parser stops; uvicorn answers with send_400_response
+        if not self._one_host():
+            raise _Refused
         super().on_headers_complete()
+
+    def _one_host(self) -> bool:
+        """Whether the head has exactly one ``Host`` line (or, in HTTP/1.0, none); else
+        :attr:`_host_refusal` says why not."""
+        names = dict(self.headers)  # ASGI names: lower case
+        if len(names) == len(self.headers):  # no name repeated: the common request
+            hosts = int(b"host" in names)
+        else:
+            hosts = sum(name == b"host" for name, _ in self.headers)
+        if hosts == 1 or (hosts == 0 and self.parser.get_http_version() == "1.0"):
+            return True
+        self._host_refusal = ("A Host header is required.\n" if hosts == 0
+                              else "A request may carry one Host header, not several.\n")
+        return False
 
     def _head_size(self) -> int:
         """The request target and header lines as they came (each ``name: value`` CRLF)."""
         return len(self.url) + sum([len(n) + len(v) + 4 for n, v in self.headers])
 
     def send_400_response(self, msg: str) -> None:
+        if self._host_refusal:
+            self.logger.warning("Request refused: %s", self._host_refusal.strip())
+            super().send_400_response(self._host_refusal)
+            return
         if not self._too_large:
             super().send_400_response(msg)
             return

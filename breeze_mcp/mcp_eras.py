@@ -46,6 +46,7 @@ from pydantic import BaseModel
 from starlette.datastructures import Headers
 
 from breeze_mcp import __version__
+from breeze_mcp.http_request import IndexedHeaders
 from breeze_mcp.pipeline import shown
 
 __all__ = [
@@ -203,14 +204,13 @@ class _Stateless(Era):
 
     def refusal(self, headers: Headers, message: Mapping[str, Any], method: str
                 ) -> Refusal | None:
-        # The routing headers alone, read once (ASGI names are lower case): the checks below
-        # look them up several times, and this is every 2026-07-28 call's path.
+        if (isinstance(headers, IndexedHeaders) and not headers.repeats
+                and _plainly_served(headers, message, method)):
+            return None
+        # The routing headers alone, read once (ASGI names are lower case).
         routing = [(_ROUTING_HEADERS[k], v.decode("latin-1")) for k, v in headers.raw
                    if k in _ROUTING_HEADERS]
-        routed = dict(routing)
-        if len(routed) == len(routing) and _plainly_served(routed, message, method):
-            return None
-        return self.full_refusal(routing, routed, message)
+        return self.full_refusal(routing, dict(routing), message)
 
     def full_refusal(self, routing: list[tuple[str, str]], routed: Mapping[str, str],
                      message: Mapping[str, Any]) -> Refusal | None:
@@ -256,13 +256,13 @@ class _Stateless(Era):
         return dumped
 
 
-def _plainly_served(routed: Mapping[str, str], message: Mapping[str, Any], method: str) -> bool:
+def _plainly_served(headers: Headers, message: Mapping[str, Any], method: str) -> bool:
     """Whether a request is the plain, well-formed case :meth:`_Stateless.refusal` serves,
     decided in a few lookups: an envelope of objects naming the revision, and routing headers
-    equal, character for character, to what the body names. Only ever true where the full
-    check (the SDK's ladder) serves the request too, which a property test holds; anything
-    else, such as a base64-wrapped ``Mcp-Name``, takes the full check, which decides and
-    words every refusal."""
+    (none of them repeated: the caller knows) equal, character for character, to what the body
+    names. Only ever true where the full check (the SDK's ladder) serves the request too, which
+    a property test holds; anything else, such as a base64-wrapped ``Mcp-Name``, takes the full
+    check, which decides and words every refusal."""
     params = message.get("params")  # left out: the endpoint serves it as {}
     if type(params) is not dict:
         return False
@@ -273,14 +273,14 @@ def _plainly_served(routed: Mapping[str, str], message: Mapping[str, Any], metho
     if (version not in STATELESS_VERSIONS
             or type(meta.get(types.CLIENT_CAPABILITIES_META_KEY)) is not dict
             or type(meta.get(types.CLIENT_INFO_META_KEY, _ABSENT)) is not dict
-            or routed.get(MCP_PROTOCOL_VERSION_HEADER) != version
-            or routed.get(MCP_METHOD_HEADER) != method):
+            or headers.get(MCP_PROTOCOL_VERSION_HEADER) != version
+            or headers.get(MCP_METHOD_HEADER) != method):
         return False
     name_key = NAME_BEARING_METHODS.get(method)
     if name_key is None:
         return True
     name = params.get(name_key)
-    return (type(name) is str and routed.get(MCP_NAME_HEADER) == name
+    return (type(name) is str and headers.get(MCP_NAME_HEADER) == name
             and not name.startswith(_SENTINEL_START))
 
 

@@ -51,6 +51,7 @@ from breeze_mcp.auth.oauth.registration import (
 from breeze_mcp.auth.principal import ALL_SCOPES, RequestContext, effective_scopes
 from breeze_mcp.edge import read_body, request_context
 from breeze_mcp.forms import Fields, FormError, read_form, read_query
+from breeze_mcp.http_request import repeated
 from breeze_mcp.services import Services
 from breeze_mcp.web import (
     check_csrf,
@@ -399,6 +400,8 @@ def _consent_page(request: Request, client: oauth.Client, redirect_uri: str,
 
 
 def _basic_credentials(request: Request) -> tuple[str, str] | None:
+    if repeated(request.headers, "authorization"):  # which copy would a proxy have read?
+        raise InvalidRequest("send one Authorization header, not several")
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "basic":

@@ -158,6 +158,36 @@ def test_framing_a_proxy_could_read_differently_is_refused(world: OAuthWorld,
     assert answer.count(b"HTTP/1.1") == 1  # one answer, the connection closed: nothing after
 
 
+@pytest.mark.req("HARD-ONE-HOST")
+@pytest.mark.parametrize("hosts", [(), (b"x", b"x"), (b"x", b"attacker.example"),
+                                   (b"attacker.example", b"x")])
+def test_an_http11_request_carries_exactly_one_host(world: OAuthWorld,
+                                                     hosts: tuple[bytes, ...]) -> None:
+    # RFC 9112 §3.2: none, or two that a proxy and the server could each read differently,
+    # is 400 before the application runs (a tools call would write an audit entry).
+    ours = world.url.removeprefix("http://").encode()
+    before = _entries(world)
+    lines = b"".join(b"Host: " + (ours if h == b"x" else h) + b"\r\n" for h in hosts)
+    answer = exchange_raw(world.url, _tools_call(world).replace(
+        b"Host: " + ours + b"\r\n", lines))
+    assert status_of(answer) == 400, answer[:300]
+    assert answer.count(b"HTTP/1.1") == 1
+    why = b"A Host header is required" if not hosts else b"one Host header, not several"
+    assert why in answer
+    assert _entries(world) == before
+    # The same call with one Host is served (and audited).
+    assert status_of(exchange_raw(world.url, _tools_call(world))) == 200
+    assert _entries(world) == before + 1
+
+
+@pytest.mark.req("HARD-ONE-HOST")
+def test_an_http10_request_may_leave_host_out(world: OAuthWorld) -> None:
+    answer = exchange_raw(world.url, b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert status_of(answer) == 200, answer[:300]
+    answer = exchange_raw(world.url, b"GET /healthz HTTP/1.0\r\nHost: x\r\nHost: y\r\n\r\n")
+    assert status_of(answer) == 400, answer[:300]
+
+
 @pytest.mark.req("HARD-HEAD-BOUND")
 def test_breeze_mcp_serve_runs_the_bounded_parser(tmp_path: Path,
                                                   test_db: ProvisionedDatabase) -> None:
@@ -173,6 +203,8 @@ def test_breeze_mcp_serve_runs_the_bounded_parser(tmp_path: Path,
                               _padding(MAX_HEAD_BYTES + 100), b"\r\n")
         assert status_of(answer) == 431, answer[:200]
         answer = exchange_raw(url, AMBIGUOUS["length and chunked"])
+        assert status_of(answer) == 400, answer[:200]
+        answer = exchange_raw(url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n")
         assert status_of(answer) == 400, answer[:200]
     finally:
         server.terminate()

@@ -298,12 +298,15 @@ def test_the_plain_case_shortcut_never_changes_an_outcome(
     from starlette.datastructures import Headers
 
     from breeze_mcp import mcp_eras
+    from breeze_mcp.http_request import IndexedHeaders
 
     raw, message, method = request_
     era = mcp_eras.STATELESS
     assert isinstance(era, mcp_eras._Stateless)
     routing = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
     full = era.full_refusal(routing, dict(routing), message)
+    # The endpoint's headers (the shortcut's), and Starlette's own (always the full check).
+    assert era.refusal(IndexedHeaders({"headers": raw}), message, method) == full
     assert era.refusal(Headers(raw=raw), message, method) == full
 
 
@@ -311,16 +314,18 @@ def test_the_plain_case_shortcut_never_changes_an_outcome(
 def test_the_shortcut_is_taken_by_a_plain_call() -> None:
     # Else the property above holds of nothing: the shortcut must serve the common request.
     from breeze_mcp import mcp_eras
+    from breeze_mcp.http_request import IndexedHeaders
 
     message: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
         "name": "list_devices", "arguments": {},
         "_meta": {_V: "2026-07-28", _CAPS: {}, _INFO: {"name": "c", "version": "1"}}}}
-    routed = {"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call",
-              "mcp-name": "list_devices"}
-    assert mcp_eras._plainly_served(routed, message, "tools/call")
+    headers = IndexedHeaders({"headers": [(b"mcp-protocol-version", b"2026-07-28"),
+                                          (b"mcp-method", b"tools/call"),
+                                          (b"mcp-name", b"list_devices")]})
+    assert mcp_eras._plainly_served(headers, message, "tools/call")
     del message["params"]["_meta"][_INFO]  # client info is optional
-    assert mcp_eras._plainly_served(routed, message, "tools/call")
-    assert mcp_eras._plainly_served(routed, {**message, "method": "tools/list", "params": {
+    assert mcp_eras._plainly_served(headers, message, "tools/call")
+    assert mcp_eras._plainly_served(headers, {**message, "method": "tools/list", "params": {
         "_meta": message["params"]["_meta"]}}, "tools/list") is False  # header says tools/call
 
 
