@@ -253,8 +253,8 @@ def test_disconnect_ends_the_apps_access_on_its_next_request(env: Env) -> None:
     r = post(env, "tech", f"/console/apps/grants/{readers.grant_id}/disconnect")
     assert r.status_code == 404 and works(env, readers)
     [refused] = entries(env.world, since, action="oauth.grant_revoked")
-    assert (refused["decision"], refused["outcome"], refused["auth_path"]) == (
-        "allowed", "error", "session")
+    assert (refused["decision"], refused["outcome"], refused["deny_reason"],
+            refused["auth_path"]) == ("denied", "blocked", "not_found", "session")
     assert refused["parameters"] == {"grant_id": readers.grant_id}
 
     r = post(env, "tech", f"/console/apps/grants/{mine.grant_id}/disconnect")

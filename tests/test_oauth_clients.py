@@ -799,15 +799,16 @@ def test_admin_grant_endpoints_require_an_owner_or_admin(env: Env) -> None:
         # Refused, and audited like the console's refusal of the same request.
         (entry,) = audit(env, "action = 'oauth.grant_revoked' AND parameters->>'grant_id' = :g",
                          g=bad)
-        assert (entry.decision, entry.outcome, entry.auth_path) == ("allowed", "error",
-                                                                     "api_key")
+        assert (entry.decision, entry.outcome, entry.deny_reason, entry.auth_path) == (
+            "denied", "blocked", "not_found", "api_key")
         assert entry.error == "no live grant with that id"
     r = httpx.delete(f"{world.url}/api/v1/oauth/clients/bad%00client/grants",
                      headers=admin_headers(env), timeout=30)
     assert r.status_code == 404
     (entry,) = audit(env, "action = 'oauth.grant_revoked' AND error = 'no such client'"
                      " AND parameters->>'client_id' LIKE 'bad%%client'")
-    assert entry.decision == "allowed" and entry.outcome == "error"
+    assert (entry.decision, entry.outcome, entry.deny_reason) == ("denied", "blocked",
+                                                                  "not_found")
 
     # Another tenant's owner can neither see nor revoke this tenant's grants.
     async def other_tenant(db: Database) -> str:

@@ -113,13 +113,15 @@ def governs(principal: Principal) -> bool:
 async def refuse(tx: Transaction, principal: Principal, request: RequestContext, action: str,
                  refusal: Refusal, message: str, client_id: str | None,
                  parameters: dict[str, Any]) -> Outcome:
-    """Audit a refused request (in ``tx``, which the caller finishes) and say why: a request
-    for what is not there is allowed but fails; one the role may not make is blocked."""
+    """Audit a refused request (in ``tx``, which the caller finishes) and say why. One the
+    role may not make, and one for what is not there (or not the caller's to see), are
+    denied and blocked, as the people endpoints' refusals and an unknown tool are; a
+    malformed one is denied with an error."""
     entry = principal.audit_entry(
-        request, action=action, parameters=parameters,
-        decision="allowed" if refusal == "not_found" else "denied",
-        outcome="blocked" if refusal == "forbidden" else "error",
-        deny_reason={"forbidden": "role", "invalid": "invalid_request"}.get(refusal),
+        request, action=action, parameters=parameters, decision="denied",
+        outcome="error" if refusal == "invalid" else "blocked",
+        deny_reason={"forbidden": "role", "not_found": "not_found",
+                     "invalid": "invalid_request"}[refusal],
         error=None if refusal == "forbidden" else message)
     await audit.write(tx, dataclasses.replace(entry, client_id=client_id))
     return Outcome(refused=refusal, message=message)
