@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.datastructures import Headers
 from starlette.requests import Request
 
 from breeze_mcp.auth import api_keys, auth_failures, oauth
@@ -23,7 +22,7 @@ from breeze_mcp.auth.principal import ALL_SCOPES, AuthPath, Principal, RequestCo
 from breeze_mcp.auth.rate_limit import RateDecision
 from breeze_mcp.auth.tokens import tenant_of
 from breeze_mcp.db.engine import Transaction
-from breeze_mcp.http_request import repeated
+from breeze_mcp.http_request import RepeatedCredential, authorization
 from breeze_mcp.services import Services
 
 __all__ = [
@@ -101,16 +100,11 @@ def bearer_challenge(
     return "Bearer " + ", ".join(parts)
 
 
-def _bearer_token(headers: Headers) -> str | None:
-    """The bearer token; None when no credential was sent; "" when what was sent is not one
-    bearer token (``invalid_request``), a repeated ``Authorization`` included: which copy
-    would a proxy have checked? (RFC 6750 §3.1: a request that "repeats the same
-    parameter")."""
-    value = headers.get("authorization")
+def _bearer_token(value: str | None) -> str | None:
+    """The bearer token in an ``Authorization`` value; None when no credential was sent; ""
+    when what was sent is not one bearer token (``invalid_request``)."""
     if not value:
         return None
-    if repeated(headers, "authorization"):
-        return ""
     scheme, _, token = value.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return ""
@@ -169,7 +163,11 @@ async def bearer_transaction(
     yields an :class:`AuthFailure`, counted and audited per source address
     (:mod:`breeze_mcp.auth.auth_failures`); a throttled source is refused before any lookup.
     """
-    token = _bearer_token(request.headers)
+    malformed = "use Authorization: Bearer <token>"
+    try:
+        token = _bearer_token(authorization(request.headers))
+    except RepeatedCredential as exc:
+        token, malformed = "", str(exc)
     if services.limiter.holds_refusals:  # else no source is throttled: nothing to resolve
         context = request_context(request, services)
         refusal = auth_failures.throttled(services, auth_failures.source_of(context))
@@ -182,10 +180,8 @@ async def bearer_transaction(
                             "missing", None)
         return
     if token == "":
-        yield await _failed(request, services, AuthFailure(
-            "invalid_request", "send one Authorization header, not several"
-            if repeated(request.headers, "authorization")
-            else "use Authorization: Bearer <token>"), "malformed", None)
+        yield await _failed(request, services, AuthFailure("invalid_request", malformed),
+                            "malformed", None)
         return
     prefix = token.split("_", 1)[0]
     tenant_id = tenant_of(token, prefix) if prefix in _REFUSED else None

@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["IndexedHeaders", "IndexedRequest", "Route", "repeated"]
+__all__ = ["IndexedHeaders", "IndexedRequest", "RepeatedCredential", "Route", "authorization"]
 
 _T = TypeVar("_T")
 
@@ -51,8 +51,8 @@ class IndexedHeaders(Headers):
         super().__init__(scope=scope)
         # Later pairs overwrite earlier ones, so reversed: the first of a repeated name wins.
         self._index: dict[bytes, bytes] = dict(reversed(self._list))
-        #: Whether any name came more than once (rarely): :func:`repeated` looks no further
-        #: when not.
+        #: Whether any name came more than once (rarely): :func:`authorization` looks no
+        #: further when not.
         self.repeats = len(self._index) < len(self._list)
 
     def __getitem__(self, key: str) -> str:
@@ -62,7 +62,7 @@ class IndexedHeaders(Headers):
             raise KeyError(key) from None
 
     def __contains__(self, key: Any) -> bool:
-        return isinstance(key, str) and key.lower().encode("latin-1") in self._index
+        return isinstance(key, str) and (_NAMES.get(key) or _name(key)) in self._index
 
     @overload
     def get(self, key: str) -> str | None: ...
@@ -75,18 +75,28 @@ class IndexedHeaders(Headers):
         return default if value is None else value.decode("latin-1")
 
     def getlist(self, key: str) -> list[str]:
-        if key.lower().encode("latin-1") not in self._index:  # the usual answer: none
+        if (_NAMES.get(key) or _name(key)) not in self._index:  # the usual answer: none
             return []
         return super().getlist(key)
 
 
-def repeated(headers: Headers, name: str) -> bool:
-    """Whether header ``name`` came more than once: where a header must be single (a
-    credential), a second copy is refused rather than one picked. One attribute read for a
-    request that repeats no header."""
-    if isinstance(headers, IndexedHeaders) and not headers.repeats:
-        return False
-    return len(headers.getlist(name)) > 1
+class RepeatedCredential(ValueError):
+    """The request carries ``Authorization`` more than once."""
+
+    def __init__(self) -> None:
+        super().__init__("send one Authorization header, not several")
+
+
+def authorization(headers: Headers) -> str | None:
+    """The request's ``Authorization`` header, the one place its rule is kept: sent more than
+    once, it is refused (:class:`RepeatedCredential`, which each door answers as
+    ``invalid_request``, RFC 6750 §3.1), whichever copy is valid, never one copy picked: a
+    proxy could have checked the other. The bearer doors and ``/token`` read it here. One
+    attribute read decides for a request that repeats no header."""
+    if (not isinstance(headers, IndexedHeaders) or headers.repeats) and len(
+            headers.getlist("authorization")) > 1:
+        raise RepeatedCredential
+    return headers.get("authorization")
 
 
 class IndexedRequest(Request):

@@ -51,7 +51,7 @@ from breeze_mcp.auth.oauth.registration import (
 from breeze_mcp.auth.principal import ALL_SCOPES, RequestContext, effective_scopes
 from breeze_mcp.edge import read_body, request_context
 from breeze_mcp.forms import Fields, FormError, read_form, read_query
-from breeze_mcp.http_request import repeated
+from breeze_mcp.http_request import RepeatedCredential, authorization
 from breeze_mcp.services import Services
 from breeze_mcp.web import (
     check_csrf,
@@ -400,9 +400,10 @@ def _consent_page(request: Request, client: oauth.Client, redirect_uri: str,
 
 
 def _basic_credentials(request: Request) -> tuple[str, str] | None:
-    if repeated(request.headers, "authorization"):  # which copy would a proxy have read?
-        raise InvalidRequest("send one Authorization header, not several")
-    header = request.headers.get("authorization", "")
+    try:
+        header = authorization(request.headers) or ""
+    except RepeatedCredential as exc:
+        raise InvalidRequest(str(exc)) from None
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "basic":
         return None

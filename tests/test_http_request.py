@@ -21,7 +21,7 @@ from starlette.datastructures import Headers
 
 from breeze_mcp.app import create_app
 from breeze_mcp.config import Settings
-from breeze_mcp.http_request import IndexedHeaders, Route
+from breeze_mcp.http_request import IndexedHeaders, RepeatedCredential, Route, authorization
 from tests.oauth_support import OAuthWorld, module_world
 from tests.support import ProvisionedDatabase
 from tests.test_http_protocol import exchange_raw, status_of
@@ -70,6 +70,17 @@ def test_every_route_of_the_app_hands_over_the_indexed_request(
     assert len(routes) > 40
     assert all(isinstance(r, Route) for r in routes), [
         r.path for r in routes if not isinstance(r, Route)]  # type: ignore[attr-defined]
+
+
+@pytest.mark.req("HARD-ONE-CREDENTIAL")
+def test_the_authorization_reader_refuses_a_second_copy_whatever_the_headers_object() -> None:
+    one = [(b"host", b"x"), (b"authorization", b"Bearer a"), (b"accept", b"*/*")]
+    two = [*one, (b"authorization", b"Bearer b")]
+    for make in (lambda raw: IndexedHeaders({"headers": raw}), lambda raw: Headers(raw=raw)):
+        assert authorization(make(one)) == "Bearer a"
+        assert authorization(make([(b"host", b"x"), (b"host", b"y")])) is None
+        with pytest.raises(RepeatedCredential, match="send one Authorization header"):
+            authorization(make(two))
 
 
 def test_a_route_refuses_an_endpoint_it_could_not_await() -> None:
