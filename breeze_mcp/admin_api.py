@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 from breeze_mcp import audit
 from breeze_mcp.auth import oauth
 from breeze_mcp.auth.oauth import apps
-from breeze_mcp.auth.principal import ADMIN_ROLES, SCOPE_CEILING, Principal
+from breeze_mcp.auth.principal import ADMIN_ROLES, SCOPE_CEILING, Principal, RefusalCode
 from breeze_mcp.db.engine import Transaction
 from breeze_mcp.edge import (
     AuthFailure,
@@ -137,21 +137,22 @@ async def _serve(request: Request, endpoint: AdminEndpoint) -> Response:
         rate = await meter(request, services, principal, action, tx)
         if rate is not None and not rate.allowed:
             return refused("rate_limited", rate.message, 429, rate.headers())
-        denial: tuple[str, str, dict[str, Any]] | None = None
+        context = request_context(request, services)
+        refusal: tuple[RefusalCode, str] | None = None
         if principal.auth_path != "api_key":
-            denial = ("forbidden", "the admin API needs an API key created by an owner or "
-                      "admin", {})
+            refusal = ("forbidden", "the admin API needs an API key created by an owner or admin")
         elif SCOPE_CEILING[endpoint.scope] > principal.tier_ceiling:
-            denial = ("insufficient_scope", f"this endpoint needs a key with {endpoint.scope}",
-                      {"required_scope": endpoint.scope})
-        elif principal.role not in ADMIN_ROLES:
-            denial = ("forbidden", "only owners and admins use the admin API", {})
-        if denial is not None:
-            code, message, extra = denial
             await tx.finish(principal.audit_entry(
-                request_context(request, services), action=action, decision="denied",
-                outcome="blocked", deny_reason=code))
-            return refused(code, message, 403, **extra)
+                context, action=action, decision="denied", outcome="blocked",
+                deny_reason="insufficient_scope"))
+            return refused("insufficient_scope", f"this endpoint needs a key with "
+                           f"{endpoint.scope}", 403, required_scope=endpoint.scope)
+        elif principal.role not in ADMIN_ROLES:
+            refusal = ("role", "only owners and admins use the admin API")
+        if refusal is not None:
+            code, message = refusal
+            await tx.finish(principal.refusal_entry(context, action, code, message, {}))
+            return refused("forbidden", message, 403)
         return await endpoint.handler(request, principal, tx)
 
 

@@ -31,8 +31,9 @@ __all__ = ["block_client", "list_blocks", "list_clients", "unblock_client"]
 MAX_BLOCK_BODY = 4096
 
 _CLIENT = in_path("client_id", CLIENT_ID_DESCRIPTION)
-_REFUSAL_STATUS = {"forbidden": 403, "not_found": 404, "invalid": 400}
-_REFUSAL_CODE = {"forbidden": "forbidden", "not_found": "not_found", "invalid": "bad_request"}
+_REFUSAL_STATUS: dict[apps.Refusal, int] = {"role": 403, "not_found": 404, "invalid": 400}
+_REFUSAL_CODE: dict[apps.Refusal, str] = {"role": "forbidden", "not_found": "not_found",
+                                          "invalid": "bad_request"}
 
 
 def _refusal(outcome: apps.Outcome) -> Response:

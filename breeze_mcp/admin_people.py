@@ -381,7 +381,9 @@ async def invite_submit(request: Request) -> Response:
 
 # -- the admin API ---------------------------------------------------------------------------
 
-_CODES = {"invalid": "invalid_request"}
+#: The wire's word for a refusal where it is not the refusal's own: a role's refusal is a
+#: plain ``forbidden`` to the caller (the audit entry says ``role``).
+_CODES = {"invalid": "invalid_request", "role": "forbidden"}
 
 
 def _refusal(exc: Refused) -> JSONResponse:

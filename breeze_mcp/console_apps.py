@@ -48,8 +48,9 @@ _DONE = {
                "organization until the block ends.",
     "unblocked": "Unblocked: members may connect the app again.",
 }
-_REFUSED = {"forbidden": ("Not allowed", 403), "not_found": ("Not found", 404),
-            "invalid": ("Bad request", 400)}
+_REFUSED: dict[apps.Refusal, tuple[str, int]] = {
+    "role": ("Not allowed", 403), "not_found": ("Not found", 404),
+    "invalid": ("Bad request", 400)}
 
 
 def _when(moment: dt.datetime | None) -> str:

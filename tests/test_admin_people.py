@@ -239,8 +239,9 @@ def test_only_owners_and_admins_keys_never_an_oauth_token(world: OAuthWorld) -> 
             refused[e["deny_reason"]] = refused.get(e["deny_reason"], 0) + 1
     writes = sum(m != "GET" for m, _, _ in ENDPOINTS)
     # Every refusal is audited; the one GET past the gate asked for an unknown member.
-    assert refused == {"forbidden": 2 * len(ENDPOINTS), "insufficient_scope": writes,
-                       "not_found": 1}
+    # The technician's key for its creator's role, the OAuth token for what it is.
+    assert refused == {"role": len(ENDPOINTS), "forbidden": len(ENDPOINTS),
+                       "insufficient_scope": writes, "not_found": 1}
     assert role_of(world, world.reader_email) == "readonly"
     assert superuser_sql(world.test_db, "SELECT disabled_at FROM users WHERE id = :u",
                          u=reader)[0][0] is None
@@ -362,3 +363,59 @@ def test_hostile_bodies_and_ids_never_5xx(world: OAuthWorld) -> None:
             assert r.status_code in (404, 405), (method, path, r.text)
         r = httpx.get(f"{world.url}/invite?token={junk}", timeout=30)
         assert r.status_code == 400, junk
+
+
+@pytest.mark.req("AUDIT-ONE-REFUSAL", "ADMIN-API-PEOPLE", "ADMIN-API-APPS")
+def test_a_refusal_is_written_one_way_whichever_endpoint_refused_it(world: OAuthWorld) -> None:
+    """A malformed request is denied/error/invalid_request with what was wrong, at the people
+    endpoints as at the apps endpoints and a tool call; a refusal for the caller's role is
+    denied/blocked/role with no error, at the admin API's gate as at a service's check."""
+    client_id, _ = connect(world, owner_of(world), scopes=["ai:read"])
+    reader = user_id(world, world.reader_email)
+    since = last_id(world)
+    answered: list[str] = []
+    for method, path, body in (
+            ("PATCH", f"/members/{reader}", {"role": "superuser"}),
+            ("POST", "/keys", {"name": "bad", "scopes": ["ai:admin"]}),
+            ("POST", "/members/invitations", {"email": "not-an-address", "role": "readonly"}),
+            ("POST", f"/oauth/clients/{client_id}/block", {"days": 0})):
+        r = api(world, world.admin_key, method, path, body)
+        assert r.status_code == 400, (path, r.text)
+        answered.append(r.json()["message"])
+    r = httpx.post(f"{world.url}/mcp", timeout=30, content=json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": [1, 2]}), headers={
+            "Authorization": f"Bearer {world.admin_key}", "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": "2025-06-18"})
+    answered.append(r.json()["error"]["message"])
+    malformed = entries(world, since)
+    assert [e["action"] for e in malformed][:4] == [
+        "member.role_changed", "api_key.created", "member.invited", "oauth.client_blocked"]
+    assert len(malformed) == 5
+    assert [(e["decision"], e["outcome"], e["deny_reason"]) for e in malformed] == [
+        ("denied", "error", "invalid_request")] * 5
+    assert [e["error"] for e in malformed] == answered
+
+    technician = key_for(world, world.tech_email, "ai:read,ai:write")
+    admin = person(world, "admin", scopes="ai:read,ai:write")
+    reader_browser = signed_in(world, world.reader_email)
+    try:
+        since = last_id(world)
+        r = api(world, technician, "GET", "/members")  # the admin API's gate
+        assert (r.status_code, r.json()["error"]) == (403, "forbidden")
+        r = api(world, admin.key, "PATCH", f"/members/{user_id(world, owner_of(world))}",
+                {"role": "admin"})  # the people service's check
+        assert (r.status_code, r.json()["error"]) == (403, "forbidden")
+        r = reader_browser.http.post("/console/keys", data={  # the keys service's, in the console
+            "csrf_token": csrf(reader_browser, "/console/keys"), "name": "more",
+            "scope": ["ai:read", "ai:write"]})
+        assert r.status_code == 403
+    finally:
+        reader_browser.close()
+        admin.close()
+    refused = entries(world, since)
+    assert [(e["action"], e["decision"], e["outcome"], e["deny_reason"], e["error"])
+            for e in refused] == [
+        ("admin.list_members", "denied", "blocked", "role", None),
+        ("member.role_changed", "denied", "blocked", "role", None),
+        ("api_key.created", "denied", "blocked", "role", None)]

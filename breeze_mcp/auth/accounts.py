@@ -22,6 +22,7 @@ from breeze_mcp.auth.passwords import check_strength, hash_password
 from breeze_mcp.auth.principal import (
     ADMIN_ROLES,  # re-exported for the services here
     Principal,
+    RefusalCode,  # re-exported: the front doors import it from here
     RequestContext,
 )
 from breeze_mcp.db import Database
@@ -68,12 +69,10 @@ class AccountError(ValueError):
     """Bad input for an account operation; the message is safe to show as one line."""
 
 
-#: Why a caller's operation was refused (each a status the front doors answer with).
-RefusalCode = Literal["forbidden", "not_found", "last_owner", "conflict", "invalid",
-                      "rate_limited"]
-
-_STATUS: dict[RefusalCode, int] = {"forbidden": 403, "not_found": 404, "last_owner": 409,
-                                   "conflict": 409, "invalid": 400, "rate_limited": 429}
+#: The HTTP status each refusal is answered with at every front door.
+_STATUS: dict[RefusalCode, int] = {"role": 403, "forbidden": 403, "not_found": 404,
+                                   "last_owner": 409, "conflict": 409, "invalid": 400,
+                                   "rate_limited": 429}
 
 
 class Refused(AccountError):
@@ -98,20 +97,18 @@ class Caller:
     def user_id(self) -> uuid.UUID | None:
         return self.principal.acting_user_id
 
-    def entry(self, action: str, *, deny_reason: str | None = None,
-              **parameters: Any) -> audit.AuditEntry:
-        """The caller's entry for ``action``: allowed, or denied (blocked) with
-        ``deny_reason``."""
+    def entry(self, action: str, **parameters: Any) -> audit.AuditEntry:
+        """The caller's entry for ``action`` done (a refusal's is :meth:`refuse`'s)."""
         return self.principal.audit_entry(
-            self.request, action=action, parameters=parameters,
-            decision="denied" if deny_reason else "allowed",
-            outcome="blocked" if deny_reason else "success", deny_reason=deny_reason)
+            self.request, action=action, parameters=parameters, decision="allowed",
+            outcome="success")
 
     async def refuse(self, tx: Transaction, action: str, code: RefusalCode, message: str,
                      **parameters: Any) -> NoReturn:
         """Finish ``tx`` with the refusal's entry and raise :class:`Refused`. Refuse before
         writing anything: what ``tx`` holds so far commits with the entry."""
-        await tx.finish(self.entry(action, deny_reason=code, **parameters))
+        await tx.finish(self.principal.refusal_entry(self.request, action, code, message,
+                                                     parameters))
         raise Refused(code, message)
 
 

@@ -243,10 +243,11 @@ async def create_own_key(
         await caller.refuse(tx, action, "forbidden", "only a person creates API keys")
     beyond = [s for s in wanted if s not in grantable_scopes(principal.role, principal.scopes)]
     if beyond:
-        why = (f"a {principal.role} cannot give a key {beyond[0]}"
-               if beyond[0] not in grantable_scopes(principal.role)
-               else f"a key cannot create a key with a scope it does not hold ({beyond[0]})")
-        await caller.refuse(tx, action, "forbidden", why, scopes=list(wanted))
+        if beyond[0] not in grantable_scopes(principal.role):
+            await caller.refuse(tx, action, "role", f"a {principal.role} cannot give a key "
+                                f"{beyond[0]}", scopes=list(wanted))
+        await caller.refuse(tx, action, "forbidden", "a key cannot create a key with a scope "
+                            f"it does not hold ({beyond[0]})", scopes=list(wanted))
     info, plaintext = await _insert(tx, principal.tenant_id, principal.acting_user_id, name,
                                     wanted, expires_in_days, rate_limit)
     await tx.finish(caller.entry(action, **_parameters(info, expires_in_days)))

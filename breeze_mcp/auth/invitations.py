@@ -144,7 +144,7 @@ async def invite(tx: Transaction, caller: Caller, limiter: RateLimiter, settings
     and the mail to send once the answer is out. Refusals are audited."""
     principal, action = caller.principal, "member.invited"
     if principal.role not in ADMIN_ROLES:
-        await caller.refuse(tx, action, "forbidden", "only owners and admins invite members")
+        await caller.refuse(tx, action, "role", "only owners and admins invite members")
     try:
         email = normalise_email(email)
     except AccountError as exc:
@@ -153,7 +153,7 @@ async def invite(tx: Transaction, caller: Caller, limiter: RateLimiter, settings
         await caller.refuse(tx, action, "invalid", f"unknown role {role!r}: choose one of "
                             + ", ".join(ROLES), email=email)
     if role not in assignable_roles(principal.role):
-        await caller.refuse(tx, action, "forbidden", "only owners may invite an owner",
+        await caller.refuse(tx, action, "role", "only owners may invite an owner",
                             email=email, role=role)
     member = (await tx.execute(
         sa.select(memberships.c.user_id).join(users, users.c.id == memberships.c.user_id)
@@ -213,7 +213,7 @@ async def list_pending(tx: Transaction, principal: Principal) -> list[Invitation
     """The tenant's invitations still waiting (expired ones included, until replaced or
     withdrawn), newest first."""
     if principal.role not in ADMIN_ROLES:
-        raise Refused("forbidden", "only owners and admins manage invitations")
+        raise Refused("role", "only owners and admins manage invitations")
     rows = await tx.execute(
         sa.select(*_COLUMNS).outerjoin(users, users.c.id == invitations.c.invited_by)
         .where(invitations.c.tenant_id == principal.tenant_id, _PENDING)
@@ -227,7 +227,7 @@ async def revoke(tx: Transaction, caller: Caller, invitation_id: uuid.UUID) -> N
     invitation to be owner."""
     action = "member.invitation_revoked"
     if caller.principal.role not in ADMIN_ROLES:
-        await caller.refuse(tx, action, "forbidden", "only owners and admins manage "
+        await caller.refuse(tx, action, "role", "only owners and admins manage "
                             "invitations", invitation_id=str(invitation_id))
     row = (await tx.execute(
         sa.select(invitations.c.email, invitations.c.role)
@@ -238,7 +238,7 @@ async def revoke(tx: Transaction, caller: Caller, invitation_id: uuid.UUID) -> N
         await caller.refuse(tx, action, "not_found", "no such pending invitation",
                             invitation_id=str(invitation_id))
     if row.role not in assignable_roles(caller.principal.role):
-        await caller.refuse(tx, action, "forbidden", "only owners may withdraw an invitation "
+        await caller.refuse(tx, action, "role", "only owners may withdraw an invitation "
                             "to be owner", invitation_id=str(invitation_id))
     await tx.execute(invitations.update().where(invitations.c.id == invitation_id)
                      .values(revoked_at=sa.func.now()))

@@ -96,7 +96,7 @@ def assignable_roles(role: str | None) -> tuple[str, ...]:
 
 def _governs(principal: Principal) -> None:
     if principal.role not in ADMIN_ROLES:
-        raise Refused("forbidden", "only owners and admins manage members")
+        raise Refused("role", "only owners and admins manage members")
 
 
 async def list_members(tx: Transaction, principal: Principal) -> list[Member]:
@@ -126,7 +126,7 @@ async def _target(tx: Transaction, caller: Caller, action: str, user_id: uuid.UU
     act on them; else the refusal, audited."""
     principal = caller.principal
     if principal.role not in ADMIN_ROLES:
-        await caller.refuse(tx, action, "forbidden", "only owners and admins manage members",
+        await caller.refuse(tx, action, "role", "only owners and admins manage members",
                             user_id=str(user_id))
     if not self_allowed and user_id == caller.user_id:
         await caller.refuse(tx, action, "forbidden", "you cannot do this to yourself: ask "
@@ -138,7 +138,7 @@ async def _target(tx: Transaction, caller: Caller, action: str, user_id: uuid.UU
     if role is None:
         await caller.refuse(tx, action, "not_found", "no such member", user_id=str(user_id))
     if role == "owner" and principal.role != "owner":
-        await caller.refuse(tx, action, "forbidden", "only owners may act on an owner",
+        await caller.refuse(tx, action, "role", "only owners may act on an owner",
                             user_id=str(user_id))
     return role
 
@@ -153,7 +153,7 @@ async def change_role(tx: Transaction, caller: Caller, user_id: uuid.UUID,
                             + ", ".join(ROLES), user_id=str(user_id))
     before = await _target(tx, caller, action, user_id)
     if role not in assignable_roles(caller.principal.role):
-        await caller.refuse(tx, action, "forbidden", "only owners may make an owner",
+        await caller.refuse(tx, action, "role", "only owners may make an owner",
                             user_id=str(user_id), to=role)
     if before == "owner" and role != "owner" and await owners(tx, caller.principal.tenant_id) <= 1:
         await caller.refuse(tx, action, "last_owner", "that is the organization's last owner: "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 # The audit log defines who can act and through which door; a Principal uses the same words.
 from breeze_mcp.audit import ActorType, AuditEntry, AuthPath
@@ -24,6 +24,7 @@ __all__ = [
     "ActorType",
     "AuthPath",
     "Principal",
+    "RefusalCode",
     "RequestContext",
     "effective_scopes",
     "scope_for_tier",
@@ -63,6 +64,26 @@ def scope_for_tier(tier: int) -> str | None:
         if SCOPE_CEILING[scope] >= tier:
             return scope
     return None
+
+
+#: Why a caller's request was refused, whichever door it came through: ``role`` (the person's
+#: role may not), ``forbidden`` (not with this credential, or not this caller's to do),
+#: ``not_found`` (not there, or not the caller's to see), ``last_owner``, ``conflict``,
+#: ``invalid`` (a malformed request), ``rate_limited``.
+RefusalCode = Literal["role", "forbidden", "not_found", "last_owner", "conflict", "invalid",
+                      "rate_limited"]
+
+#: How each refusal is written to the audit log: (outcome, deny_reason). A malformed request
+#: is ``error``/``invalid_request`` on every path, as a tool call's is.
+_REFUSAL_AUDIT: dict[RefusalCode, tuple[str, str]] = {
+    "role": ("blocked", "role"), "forbidden": ("blocked", "forbidden"),
+    "not_found": ("blocked", "not_found"), "last_owner": ("blocked", "last_owner"),
+    "conflict": ("blocked", "conflict"), "invalid": ("error", "invalid_request"),
+    "rate_limited": ("rate_limited", "rate_limited"),
+}
+#: Refusals whose reason is the caller's standing, not the request: no ``error`` is written
+#: (as for a tool denied by the gate).
+_STANDING: frozenset[RefusalCode] = frozenset({"role", "forbidden"})
 
 
 @dataclass(frozen=True)
@@ -122,3 +143,15 @@ class Principal:
             request_id=request.request_id, client_ip=request.client_ip,
             user_agent=request.user_agent, **fields,
         )
+
+    def refusal_entry(self, request: RequestContext, action: str, code: RefusalCode,
+                      message: str, parameters: dict[str, Any]) -> AuditEntry:
+        """The entry of ``action`` refused for ``code``: the one shape of a refusal on every
+        path (console, REST, admin API, apps and people alike). Denied; the outcome and
+        ``deny_reason`` by :data:`_REFUSAL_AUDIT`; ``error`` says what was wrong, except
+        where the caller's standing is the reason."""
+        outcome, deny_reason = _REFUSAL_AUDIT[code]
+        return self.audit_entry(
+            request, action=action, parameters=parameters, decision="denied",
+            outcome=outcome, deny_reason=deny_reason,
+            error=None if code in _STANDING else message)

@@ -51,7 +51,9 @@ __all__ = [
     "unblock_client",
 ]
 
-Refusal = Literal["forbidden", "not_found", "invalid"]
+#: The refusals of these actions (a subset of
+#: :data:`~breeze_mcp.auth.principal.RefusalCode`): the role may not, not there, malformed.
+Refusal = Literal["role", "not_found", "invalid"]
 
 
 @dataclass(frozen=True)
@@ -113,16 +115,10 @@ def governs(principal: Principal) -> bool:
 async def refuse(tx: Transaction, principal: Principal, request: RequestContext, action: str,
                  refusal: Refusal, message: str, client_id: str | None,
                  parameters: dict[str, Any]) -> Outcome:
-    """Audit a refused request (in ``tx``, which the caller finishes) and say why. One the
-    role may not make, and one for what is not there (or not the caller's to see), are
-    denied and blocked, as the people endpoints' refusals and an unknown tool are; a
-    malformed one is denied with an error."""
-    entry = principal.audit_entry(
-        request, action=action, parameters=parameters, decision="denied",
-        outcome="error" if refusal == "invalid" else "blocked",
-        deny_reason={"forbidden": "role", "not_found": "not_found",
-                     "invalid": "invalid_request"}[refusal],
-        error=None if refusal == "forbidden" else message)
+    """Audit a refused request (in ``tx``, which the caller finishes) and say why, in the one
+    shape of a refusal (:meth:`~breeze_mcp.auth.principal.Principal.refusal_entry`), with the
+    client it names."""
+    entry = principal.refusal_entry(request, action, refusal, message, parameters)
     await audit.write(tx, dataclasses.replace(entry, client_id=client_id))
     return Outcome(refused=refusal, message=message)
 
@@ -201,7 +197,7 @@ async def disconnect_everywhere(tx: Transaction, principal: Principal, client_id
     """An owner or admin revokes every live grant of the client in the tenant, all in
     ``tx`` (one ``oauth.grant_revoked`` each)."""
     if not governs(principal):
-        return await refuse(tx, principal, request, "oauth.grant_revoked", "forbidden",
+        return await refuse(tx, principal, request, "oauth.grant_revoked", "role",
                              "only owners and admins disconnect an app everywhere", client_id,
                              {"client_id": client_id, "everywhere": True})
     ids = await revoke_client_grants(tx, principal.tenant_id, client_id,
@@ -220,7 +216,7 @@ async def block_client(tx: Transaction, principal: Principal, client_id: str,
     action = "oauth.client_blocked"
     asked = {"client_id": client_id, "days": days, "until": until}
     if not governs(principal):
-        return await refuse(tx, principal, request, action, "forbidden",
+        return await refuse(tx, principal, request, action, "role",
                              "only owners and admins block an app", client_id, asked)
     try:
         end = blocks.block_end(now or dt.datetime.now(dt.UTC), days=days, until=until)
@@ -249,7 +245,7 @@ async def unblock_client(tx: Transaction, principal: Principal, client_id: str,
     grant it again (the grants the block revoked stay revoked)."""
     action = "oauth.client_unblocked"
     if not governs(principal):
-        return await refuse(tx, principal, request, action, "forbidden",
+        return await refuse(tx, principal, request, action, "role",
                              "only owners and admins unblock an app", client_id,
                              {"client_id": client_id})
     was = await blocks.lift_block(tx, principal.tenant_id, client_id, principal.acting_user_id)
