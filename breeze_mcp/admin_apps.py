@@ -36,6 +36,17 @@ _REFUSAL_CODE: dict[apps.Refusal, str] = {"role": "forbidden", "not_found": "not
                                           "invalid": "bad_request"}
 
 
+async def _no_client(request: Request, principal: Principal, tx: Transaction, action: str,
+                     client_id: str, message: str) -> Response:
+    """404 for a client id no client could have, audited as the service audits an unknown
+    one (the id is kept in the parameters, where the audit log caps and escapes it)."""
+    outcome = await apps.refuse(tx, principal,
+                                request_context(request, request.app.state.services), action,
+                                "not_found", message, None, {"client_id": client_id})
+    await tx.finish(None)
+    return _refusal(outcome)
+
+
 def _refusal(outcome: apps.Outcome) -> Response:
     assert outcome.refused is not None
     return refused(_REFUSAL_CODE[outcome.refused], outcome.message,
@@ -80,8 +91,9 @@ async def list_blocks(request: Request, principal: Principal, tx: Transaction) -
                         404: "No such client"})
 async def block_client(request: Request, principal: Principal, tx: Transaction) -> Response:
     client_id = request.path_params["client_id"]
-    if not plausible_client_id(client_id):
-        return refused("not_found", "no such client", 404)
+    if not plausible_client_id(client_id):  # no client could have it
+        return await _no_client(request, principal, tx, "oauth.client_blocked", client_id,
+                                "no such client")
     raw = await read_body(request, MAX_BLOCK_BODY)
     try:
         body = loads(raw) if raw else None
@@ -106,8 +118,9 @@ async def block_client(request: Request, principal: Principal, tx: Transaction) 
                 parameters=(_CLIENT,), errors={404: "The client is not blocked"})
 async def unblock_client(request: Request, principal: Principal, tx: Transaction) -> Response:
     client_id = request.path_params["client_id"]
-    if not plausible_client_id(client_id):
-        return refused("not_found", "the client is not blocked", 404)
+    if not plausible_client_id(client_id):  # no client could have it
+        return await _no_client(request, principal, tx, "oauth.client_unblocked", client_id,
+                                "this app is not blocked")
     outcome = await apps.unblock_client(tx, principal, client_id,
                                         request_context(request, request.app.state.services))
     await tx.finish(None)  # the service wrote the entry

@@ -415,11 +415,10 @@ async def _body(request: Request, principal: Principal, tx: Transaction, action:
                                       or (isinstance(value, bool) and bool not in kinds)):
                 problem = ("invalid_request", f"{name} has the wrong type", 400)
                 break
-    if problem is not None:
+    if problem is not None:  # malformed, whatever the wire calls it
         code, message, status = problem
-        await tx.finish(principal.audit_entry(
-            request_context(request, services), action=action, decision="denied",
-            outcome="blocked", deny_reason=code))
+        await tx.finish(principal.refusal_entry(request_context(request, services), action,
+                                                "invalid", message, {}))
         return refused(code, message, status)
     return {name: body.get(name) for name in fields}
 
@@ -432,9 +431,9 @@ async def _not_found(request: Request, principal: Principal, tx: Transaction, ac
                      what: str) -> Response:
     """404 for an id that names nothing here (not even a well-formed one), audited like the
     services' own refusals."""
-    await tx.finish(principal.audit_entry(
-        request_context(request, request.app.state.services), action=action,
-        decision="denied", outcome="blocked", deny_reason="not_found"))
+    await tx.finish(principal.refusal_entry(
+        request_context(request, request.app.state.services), action, "not_found",
+        f"no such {what}", {}))
     return refused("not_found", f"no such {what}", 404)
 
 

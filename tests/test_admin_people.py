@@ -388,13 +388,35 @@ def test_a_refusal_is_written_one_way_whichever_endpoint_refused_it(world: OAuth
             "Accept": "application/json, text/event-stream",
             "MCP-Protocol-Version": "2025-06-18"})
     answered.append(r.json()["error"]["message"])
+    r = httpx.post(f"{world.url}/api/v1/keys", content=b"not json", timeout=30, headers={
+        "Authorization": f"Bearer {world.admin_key}", "Content-Type": "application/json"})
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_json")  # the wire's own word
+    answered.append(r.json()["message"])
     malformed = entries(world, since)
-    assert [e["action"] for e in malformed][:4] == [
-        "member.role_changed", "api_key.created", "member.invited", "oauth.client_blocked"]
-    assert len(malformed) == 5
+    assert [e["action"] for e in malformed] == [
+        "member.role_changed", "api_key.created", "member.invited", "oauth.client_blocked",
+        "tools/call", "api_key.created"]
     assert [(e["decision"], e["outcome"], e["deny_reason"]) for e in malformed] == [
-        ("denied", "error", "invalid_request")] * 5
+        ("denied", "error", "invalid_request")] * 6
     assert [e["error"] for e in malformed] == answered
+
+    # Not there (or no such id could be): denied, blocked, not_found, saying what.
+    since = last_id(world)
+    answered = []
+    for method, path in (("DELETE", "/keys/not-a-uuid"), ("PATCH", f"/members/{uuid.uuid4()}"),
+                         ("DELETE", "/oauth/grants/not-a-uuid"),
+                         ("POST", "/oauth/clients/%01/block"),
+                         ("DELETE", "/oauth/clients/%01/block")):
+        r = api(world, world.admin_key, method, path, {"role": "admin", "days": 1})
+        assert (r.status_code, r.json()["error"]) == (404, "not_found"), (path, r.text)
+        answered.append(r.json()["message"])
+    missing = entries(world, since)
+    assert [e["action"] for e in missing] == [
+        "api_key.revoked", "member.role_changed", "oauth.grant_revoked", "oauth.client_blocked",
+        "oauth.client_unblocked"]
+    assert [(e["decision"], e["outcome"], e["deny_reason"]) for e in missing] == [
+        ("denied", "blocked", "not_found")] * 5
+    assert [e["error"] for e in missing] == answered
 
     technician = key_for(world, world.tech_email, "ai:read,ai:write")
     admin = person(world, "admin", scopes="ai:read,ai:write")
