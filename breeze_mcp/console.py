@@ -144,12 +144,11 @@ async def open_console(request: Request, page: str, *,
                              "organization.", status=403)
             return
         if roles is not None and principal.role not in roles:
-            await tx.finish(principal.audit_entry(
-                context, action=f"console.{page}", decision="denied", outcome="blocked",
-                deny_reason="role"))
-            yield error_page(request, "Not allowed", "Only "
-                             + " and ".join(f"{r}s" for r in roles)
-                             + " of the organization can open this page.", status=403)
+            message = ("Only " + " and ".join(f"{r}s" for r in roles)
+                       + " of the organization can open this page.")
+            await tx.finish(principal.refusal_entry(context, f"console.{page}", "role",
+                                                    message, {}))
+            yield error_page(request, "Not allowed", message, status=403)
             return
         if metered:
             rate = await meter(request, services, principal, f"console.{page}", tx)
