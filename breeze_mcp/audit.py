@@ -274,8 +274,10 @@ def _params(entry: AuditEntry) -> tuple[str]:
     document["tenant_id"] = None if entry.tenant_id is None else str(entry.tenant_id)
     document["acting_user_id"] = (None if entry.acting_user_id is None
                                   else str(entry.acting_user_id))
-    for name in ("actor_id", "credential_id", "client_id", "request_id", "deny_reason", "error"):
+    for name in ("actor_id", "credential_id", "client_id", "request_id", "deny_reason"):
         document[name] = _optional(document[name])
+    # An error may quote what the caller sent (an unknown role, a scope): masked like it.
+    document["error"] = _optional(entry.error, mask=True)
     document["parameters"] = _capped(entry.parameters)
     document["scopes"] = [stored_text(s, mask=False) for s in entry.scopes]
     document["user_agent"] = _optional(entry.user_agent, 512, mask=True)

@@ -365,7 +365,7 @@ def test_hostile_bodies_and_ids_never_5xx(world: OAuthWorld) -> None:
         assert r.status_code == 400, junk
 
 
-@pytest.mark.req("AUDIT-ONE-REFUSAL", "ADMIN-API-PEOPLE", "ADMIN-API-APPS")
+@pytest.mark.req("AUDIT-ONE-REFUSAL", "AUDIT-REDACT", "ADMIN-API-PEOPLE", "ADMIN-API-APPS")
 def test_a_refusal_is_written_one_way_whichever_endpoint_refused_it(world: OAuthWorld) -> None:
     """A malformed request is denied/error/invalid_request with what was wrong, at the people
     endpoints as at the apps endpoints and a tool call; a refusal for the caller's role is
@@ -399,6 +399,15 @@ def test_a_refusal_is_written_one_way_whichever_endpoint_refused_it(world: OAuth
     assert [(e["decision"], e["outcome"], e["deny_reason"]) for e in malformed] == [
         ("denied", "error", "invalid_request")] * 6
     assert [e["error"] for e in malformed] == answered
+
+    # A message quoting what the caller sent is masked like the parameters are.
+    secret = "bzk_" + "0123456789abcdef" * 2
+    since = last_id(world)
+    r = api(world, world.admin_key, "PATCH", f"/members/{reader}", {"role": secret})
+    assert r.status_code == 400 and secret in r.json()["message"]  # the caller's own answer
+    [quoted] = entries(world, since)
+    assert secret not in quoted["error"] and "[redacted]" in quoted["error"]
+    assert secret not in json.dumps(quoted["parameters"])
 
     # Not there (or no such id could be): denied, blocked, not_found, saying what.
     since = last_id(world)
