@@ -19,6 +19,7 @@ from breeze_mcp.admin_api import (
     in_path,
     refused,
 )
+from breeze_mcp.auth.accounts import REFUSAL_STATUS
 from breeze_mcp.auth.oauth import apps, blocks, plausible_client_id
 from breeze_mcp.auth.principal import Principal
 from breeze_mcp.db.engine import Transaction
@@ -31,7 +32,6 @@ __all__ = ["block_client", "list_blocks", "list_clients", "unblock_client"]
 MAX_BLOCK_BODY = 4096
 
 _CLIENT = in_path("client_id", CLIENT_ID_DESCRIPTION)
-_REFUSAL_STATUS: dict[apps.Refusal, int] = {"role": 403, "not_found": 404, "invalid": 400}
 _REFUSAL_CODE: dict[apps.Refusal, str] = {"role": "forbidden", "not_found": "not_found",
                                           "invalid": "bad_request"}
 
@@ -50,7 +50,7 @@ async def _no_client(request: Request, principal: Principal, tx: Transaction, ac
 def _refusal(outcome: apps.Outcome) -> Response:
     assert outcome.refused is not None
     return refused(_REFUSAL_CODE[outcome.refused], outcome.message,
-                   _REFUSAL_STATUS[outcome.refused])
+                   REFUSAL_STATUS[outcome.refused])
 
 
 @admin_endpoint("GET", "/api/v1/oauth/clients", operation_id="list_oauth_clients",

@@ -18,6 +18,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from breeze_mcp.auth.accounts import REFUSAL_STATUS
 from breeze_mcp.auth.oauth import apps, blocks, plausible_client_id
 from breeze_mcp.console import Console, console_render, open_console
 from breeze_mcp.forms import Fields
@@ -48,9 +49,8 @@ _DONE = {
                "organization until the block ends.",
     "unblocked": "Unblocked: members may connect the app again.",
 }
-_REFUSED: dict[apps.Refusal, tuple[str, int]] = {
-    "role": ("Not allowed", 403), "not_found": ("Not found", 404),
-    "invalid": ("Bad request", 400)}
+_REFUSED_TITLE: dict[apps.Refusal, str] = {
+    "role": "Not allowed", "not_found": "Not found", "invalid": "Bad request"}
 
 
 def _when(moment: dt.datetime | None) -> str:
@@ -116,7 +116,8 @@ async def _act(request: Request, action: Action, done: str) -> Response:
         outcome = await action(console, form)
         await console.tx.finish(None)
         if outcome.refused is not None:
-            title, status = _REFUSED[outcome.refused]
+            title, status = (_REFUSED_TITLE[outcome.refused],
+                             REFUSAL_STATUS[outcome.refused])
             return console_render(request, console, "apps_refused.html", {
                 "title": title, "message": outcome.message[:1].upper() + outcome.message[1:]},
                 page="apps", status=status)

@@ -31,6 +31,7 @@ from breeze_mcp.db.models import ROLES, memberships, oauth_grants, tenants, user
 
 __all__ = [
     "ADMIN_ROLES",
+    "REFUSAL_STATUS",
     "AccessCut",
     "AccountError",
     "Actor",
@@ -70,9 +71,9 @@ class AccountError(ValueError):
 
 
 #: The HTTP status each refusal is answered with at every front door.
-_STATUS: dict[RefusalCode, int] = {"role": 403, "forbidden": 403, "not_found": 404,
-                                   "last_owner": 409, "conflict": 409, "invalid": 400,
-                                   "rate_limited": 429}
+REFUSAL_STATUS: dict[RefusalCode, int] = {
+    "role": 403, "forbidden": 403, "not_found": 404, "last_owner": 409, "conflict": 409,
+    "invalid": 400, "rate_limited": 429}
 
 
 class Refused(AccountError):
@@ -82,7 +83,7 @@ class Refused(AccountError):
     def __init__(self, code: RefusalCode, message: str) -> None:
         super().__init__(message)
         self.code: RefusalCode = code
-        self.status = _STATUS[code]
+        self.status = REFUSAL_STATUS[code]
 
 
 @dataclass(frozen=True)
